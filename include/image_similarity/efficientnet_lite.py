@@ -89,7 +89,9 @@ def build_model(include_top: bool = True):
 
     inputs = keras.Input(shape=(None, None, 3), name="image")
     x = layers.Rescaling(1.0 / INPUT_STD, offset=-INPUT_MEAN / INPUT_STD, name="scale")(inputs)
-    x = layers.Conv2D(STEM_FILTERS, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.Conv2D(STEM_FILTERS, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(
+        x
+    )
     x = relu6("stem_relu")(bn("stem_bn")(x))
 
     for index, stage, filters_in, stride in _block_specs():
@@ -97,7 +99,10 @@ def build_model(include_top: bool = True):
         shortcut = x
         if stage.expand_ratio != 1:
             x = layers.Conv2D(
-                filters_in * stage.expand_ratio, 1, padding="same", use_bias=False,
+                filters_in * stage.expand_ratio,
+                1,
+                padding="same",
+                use_bias=False,
                 name=prefix + "expand_conv",
             )(x)
             x = relu6(prefix + "expand_relu")(bn(prefix + "expand_bn")(x))
@@ -145,7 +150,10 @@ def _keras_weights(kind: str, state: dict[str, np.ndarray], prefix: str) -> list
     if kind == "dwconv":  # torch (channels, 1, h, w) -> keras (h, w, channels, 1)
         return [state[prefix + ".weight"].transpose(2, 3, 0, 1)]
     if kind == "bn":
-        return [state[prefix + suffix] for suffix in (".weight", ".bias", ".running_mean", ".running_var")]
+        return [
+            state[prefix + suffix]
+            for suffix in (".weight", ".bias", ".running_mean", ".running_var")
+        ]
     if kind == "dense":  # torch (out, in) -> keras (in, out)
         return [state[prefix + ".weight"].T, state[prefix + ".bias"]]
     raise ValueError(kind)

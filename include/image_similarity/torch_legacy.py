@@ -57,7 +57,7 @@ class _PendingTensor:
             raise TorchFileError("a tensor refers to a storage whose bytes are missing")
         base = self.storage.data[self.offset :]
         itemsize = base.dtype.itemsize
-        needed = 1 + sum((n - 1) * s for n, s in zip(self.size, self.stride) if n > 0)
+        needed = 1 + sum((n - 1) * s for n, s in zip(self.size, self.stride, strict=True) if n > 0)
         if any(n == 0 for n in self.size):
             return np.zeros(self.size, dtype=base.dtype)
         if needed > base.size:

