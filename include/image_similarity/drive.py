@@ -154,9 +154,14 @@ def stage_drive_folder(hook: Any, folder_id: str, staging_dir: str | Path) -> Li
     log.info(
         "Drive folder %s: %d images (%d downloaded, %d unchanged), %d skipped, "
         "%d stale staged files removed, staged in %s",
-        folder_id, len(listing.images), downloaded, reused, len(listing.problems), removed,
+        folder_id,
+        len(listing.images),
+        downloaded,
+        reused,
+        len(listing.problems),
+        removed,
         staging_dir,
-    )  # fmt: skip
+    )
     return listing
 
 
@@ -271,8 +276,10 @@ def _assign_local_names(
             renamed = _with_id(local_name, entry.id)
             log.warning(
                 "Drive folder has more than one file named %r: staging file %s as %r",
-                entry.name, entry.id, renamed,
-            )  # fmt: skip
+                entry.name,
+                entry.id,
+                renamed,
+            )
             local_name = renamed
         elif len(local_name.encode()) > _MAX_NAME_BYTES:
             local_name = _with_id(local_name, entry.id)
@@ -303,8 +310,10 @@ def _prepare_staging_dir(staging_dir: Path, folder_id: str) -> None:
         if previous != folder_id:
             log.warning(
                 "staging folder %s held Drive folder %s; it now mirrors %s instead",
-                staging_dir, previous, folder_id,
-            )  # fmt: skip
+                staging_dir,
+                previous,
+                folder_id,
+            )
     elif staging_dir.is_dir():
         foreign = sorted(p.name for p in staging_dir.iterdir() if not p.name.startswith("."))
         if foreign:

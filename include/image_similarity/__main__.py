@@ -1,0 +1,93 @@
+"""Command line for the similarity stage alone, without Airflow.
+
+    python -m include.image_similarity match --dataset DIR --queries DIR --out matches.json [--k 3]
+
+writes ``{"<query file name>": [{"name": "<dataset file name>", "score": <cosine>}, ...]}``
+ordered best first, and prints the files it left out with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from include.image_similarity.embedding import DEFAULT_MODEL
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m include.image_similarity")
+    commands = parser.add_subparsers(dest="command", required=True)
+    match = commands.add_parser("match", help="find the k most similar dataset images per query")
+    match.add_argument("--dataset", required=True, type=Path, help="folder of dataset images")
+    match.add_argument("--queries", required=True, type=Path, help="folder of query images")
+    match.add_argument("--out", required=True, type=Path, help="where to write matches.json")
+    match.add_argument("--k", type=int, default=3, help="matches per query (default 3)")
+    match.add_argument("--model", default=DEFAULT_MODEL, help="model spec (default %(default)s)")
+    match.add_argument(
+        "--cache",
+        default=".cache/embeddings",
+        help="embedding cache folder or s3://bucket/prefix ('' to disable; default %(default)s)",
+    )
+    match.add_argument("--model-dir", default=".cache/models", help="converted model cache")
+    match.add_argument("--batch-size", type=int, default=32)
+    match.add_argument("--sheets", type=Path, help="also write contact sheets to this folder")
+    return parser
+
+
+def _match(args: argparse.Namespace) -> int:
+    from include.image_similarity import pipeline
+    from include.image_similarity.cache import EmbeddingCache, store_for_location
+    from include.image_similarity.embedding import Embedder
+
+    if args.k < 1:
+        print("--k must be at least 1", file=sys.stderr)
+        return 2
+    embedder = Embedder(args.model, model_dir=args.model_dir, batch_size=args.batch_size)
+    cache = None
+    if args.cache:
+        cache = EmbeddingCache(store_for_location(args.cache, embedder.model_id), embedder.model_id)
+    work = Path(tempfile.mkdtemp(prefix="image-similarity-"))
+    try:
+        empty = work / "no-known-answers"
+        empty.mkdir()
+        pipeline.list_sources(
+            work, {"dataset": args.dataset, "queries": args.queries, "known_answers": empty}
+        )
+        stats = pipeline.embed_collections(work, embedder, cache)
+        matches = pipeline.match_queries(work, args.k)
+        if args.sheets:
+            from include.image_similarity.contact_sheet import write_contact_sheets
+
+            write_contact_sheets(pipeline.read_json(work / "similarity.json"), args.sheets)
+        problems = pipeline.problems_of(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    pipeline.write_json(args.out, matches)
+    print(
+        f"wrote {args.out}: {len(matches)} queries, k={args.k} "
+        f"({stats['embedded']} images embedded, {stats['from_cache']} from cache)"
+    )
+    for problem in problems:
+        print(f"skipped {problem['collection']}/{problem['name']}: {problem['reason']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        return _match(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
