@@ -1,0 +1,295 @@
+"""
+## Image similarity, validated by a crowd
+
+For every **query image**, find the 3 most similar images of a **dataset** with a pretrained CNN
+(EfficientNet-Lite0 by default), then (crowd stage, separate issue) have Mechanical Turk workers
+validate the matches, guarded by **known-answer** (gold) questions.
+
+This run does the similarity stage:
+
+1. `list_sources`: list (or stage from Google Drive) the dataset, the queries and the
+   known-answer sets; files that are not images are reported by name;
+2. `validate_known_answers`: check the `knownN`, `knownN_1st_match`, `_2nd_match`, `_3rd_match`
+   naming and that every gold image decodes; a misnamed set stops the run here;
+3. `embed_images`: embed dataset and queries (cached by content hash: a rerun on the same images
+   embeds nothing); corrupt, truncated and empty files are reported and left out;
+4. `match_queries`: the k nearest dataset images per query by cosine similarity → `matches.json`;
+5. `write_contact_sheets`: one picture per query beside its matches with their scores.
+
+Everything lands in `<output folder>/<batch id>/`. Sources are local folders (relative paths are
+relative to the project folder) or `gdrive://FOLDER_ID` through the `google_cloud_default`
+connection.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MONEY = r"^(?!0+\.0+$)\d{1,3}\.\d{2}$"
+MATCHES_ASSET = Asset("image_similarity_mturk_matches")
+
+SOURCES, MODEL, HIT, PAYMENTS, MESSAGES, STORAGE = (
+    "Sources", "Model", "HIT", "Payments", "Messages", "Storage",
+)  # fmt: skip
+
+PARAMS = {
+    # Sources
+    "dataset_source": Param(
+        ".demo/data/dataset", type="string", minLength=1, section=SOURCES,
+        title="Dataset images",
+        description="Local folder (relative to the project) or gdrive://FOLDER_ID.",
+    ),
+    "queries_source": Param(
+        ".demo/data/queries", type="string", minLength=1, section=SOURCES,
+        title="Query images", description="Local folder or gdrive://FOLDER_ID.",
+    ),
+    "known_answers_source": Param(
+        ".demo/data/known_answers", type="string", minLength=1, section=SOURCES,
+        title="Known-answer (gold) sets",
+        description="knownN.jpg, knownN_1st_match.jpg (correct), knownN_2nd_match.jpg, "
+        "knownN_3rd_match.jpg. Local folder or gdrive://FOLDER_ID.",
+    ),
+    "gcp_conn_id": Param(
+        "google_cloud_default", type="string", section=SOURCES,
+        title="Google connection", description="Used for gdrive:// sources.",
+    ),
+    # Model
+    "model": Param(
+        "efficientnet_lite0", type="string", section=MODEL, title="Model",
+        description="efficientnet_lite0 (offline), keras:<Application> (downloads ImageNet "
+        "weights), keras:<Application>:<weights file>, or a .keras file.",
+    ),
+    "k": Param(3, type="integer", minimum=1, maximum=10, section=MODEL,
+               title="Matches per query"),
+    "image_area": Param(
+        50176, type="integer", minimum=4096, maximum=1048576, section=MODEL,
+        title="Pixels per image fed to the model",
+        description="About this many pixels, aspect ratio kept (50176 = 224x224; a 16:9 frame "
+        "becomes 288x160).",
+    ),
+    "batch_size": Param(32, type="integer", minimum=1, maximum=512, section=MODEL,
+                        title="Inference batch size"),
+    # HIT
+    "hit_title": Param(
+        "Which picture is most similar?", type="string", minLength=1, maxLength=128,
+        section=HIT, title="HIT title",
+    ),
+    "hit_description": Param(
+        "Look at a picture and choose the most similar one among three candidates.",
+        type="string", minLength=1, maxLength=2000, section=HIT, title="HIT description",
+    ),
+    "hit_keywords": Param(
+        "image, similarity, comparison, photo", type="string", maxLength=1000,
+        section=HIT, title="Keywords", description="Comma-separated.",
+    ),
+    "assignments_per_hit": Param(
+        3, type="integer", minimum=1, maximum=100, section=HIT, title="Assignments per HIT",
+        description="Workers per query. 10 or more moves the HIT to MTurk's 40% fee tier.",
+    ),
+    "hit_lifetime_hours": Param(
+        72, type="number", exclusiveMinimum=0, maximum=8760, section=HIT,
+        title="HIT lifetime (hours)",
+    ),
+    "assignment_duration_minutes": Param(
+        10, type="number", minimum=0.5, maximum=1440, section=HIT,
+        title="Time a worker has per assignment (minutes)",
+    ),
+    "auto_approval_delay_hours": Param(
+        72, type="number", minimum=0, maximum=720, section=HIT,
+        title="Auto-approval delay (hours)",
+    ),
+    "mturk_environment": Param(
+        "sandbox", type="string", enum=["sandbox", "production"], section=HIT,
+        title="Mechanical Turk environment",
+        description="sandbox costs nothing; production pays real workers.",
+    ),
+    # Payments
+    "reward_usd": Param(
+        "0.05", type="string", pattern=MONEY, section=PAYMENTS, title="Reward per assignment (USD)",
+        description="A positive amount with cents, e.g. 0.05.",
+    ),
+    "bonus_usd": Param(
+        "0.05", type="string", pattern=MONEY, section=PAYMENTS,
+        title="Bonus for a correct gold answer (USD)",
+    ),
+    # Messages
+    "bonus_message": Param(
+        "Thank you! You answered the check question correctly, so here is a bonus.",
+        type="string", minLength=1, maxLength=4096, section=MESSAGES, title="Bonus reason",
+    ),
+    "no_bonus_message": Param(
+        "Thank you for your work. The check question in this task was answered incorrectly, "
+        "so no bonus was paid this time.",
+        type="string", minLength=1, maxLength=4096, section=MESSAGES, title="No-bonus e-mail",
+    ),
+    # Storage
+    "batch_id": Param(
+        "", type="string", pattern=r"^[A-Za-z0-9._-]{0,64}$", section=STORAGE, title="Batch id",
+        description="Empty: derived from the run id. Letters, digits, . _ - only.",
+    ),
+    "output_dir": Param(
+        "output", type="string", minLength=1, section=STORAGE, title="Local output folder",
+    ),
+    "embedding_cache": Param(
+        ".cache/embeddings", type="string", section=STORAGE, title="Embedding cache",
+        description="Local folder or s3://bucket/prefix (shared by all workers). Empty: no cache.",
+    ),
+    "s3_bucket": Param("", type="string", section=STORAGE, title="S3 bucket",
+                       description="Used by the crowd stage."),
+    "s3_prefix": Param("image-similarity", type="string", section=STORAGE, title="S3 prefix"),
+    "aws_conn_id": Param("aws_default", type="string", section=STORAGE, title="AWS connection"),
+}  # fmt: skip
+
+
+def _batch_dir(params: dict, run_id: str) -> Path:
+    batch_id = params["batch_id"] or re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("._")
+    output_dir = Path(params["output_dir"]).expanduser()
+    if not output_dir.is_absolute():
+        output_dir = PROJECT_ROOT / output_dir
+    return output_dir / batch_id
+
+
+def _embedder(params: dict):
+    from include.image_similarity.decode import InputSize
+    from include.image_similarity.embedding import Embedder
+
+    model_dir = os.environ.get("IMAGE_SIMILARITY_MODEL_DIR", str(PROJECT_ROOT / ".cache/models"))
+    return Embedder(
+        params["model"],
+        model_dir=model_dir,
+        input_size=InputSize(area=params["image_area"]),
+        batch_size=params["batch_size"],
+    )
+
+
+@dag(
+    dag_id="image_similarity_mturk",
+    schedule=os.environ.get("IMAGE_SIMILARITY_SCHEDULE") or None,
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+    tags=["image-similarity", "mturk", "deep-learning"],
+    params=PARAMS,
+    doc_md=__doc__,
+)
+def image_similarity_mturk():
+    @task
+    def list_sources() -> str:
+        """List the three collections (staging Drive folders locally) into sources.json."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.image_similarity import pipeline
+        from include.image_similarity.sources import SourceSpec, list_local_images
+
+        context = get_current_context()
+        params = context["params"]
+        batch_dir = _batch_dir(params, context["run_id"])
+
+        def resolve(collection: str, text: str):
+            spec = SourceSpec.parse(text, base_dir=PROJECT_ROOT)
+            if spec.kind == "local":
+                return list_local_images(spec.location)
+            from airflow.providers.google.suite.hooks.drive import GoogleDriveHook
+
+            from include.image_similarity.drive import stage_drive_folder
+
+            hook = GoogleDriveHook(gcp_conn_id=params["gcp_conn_id"])
+            staging = PROJECT_ROOT / ".cache" / "drive" / spec.location
+            return stage_drive_folder(hook, spec.location, staging)
+
+        sources = {
+            "dataset": params["dataset_source"],
+            "queries": params["queries_source"],
+            "known_answers": params["known_answers_source"],
+        }
+        try:
+            pipeline.list_sources(batch_dir, sources, resolve)
+        except (FileNotFoundError, ValueError) as exc:  # wrong settings: retrying cannot help
+            raise AirflowFailException(str(exc)) from exc
+        return str(batch_dir)
+
+    @task
+    def validate_known_answers(batch_dir: str) -> str:
+        """Check gold-set names and images; a misnamed set fails here, before any spending."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.image_similarity import pipeline
+
+        try:
+            pipeline.check_known_answers(Path(batch_dir))
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        return batch_dir
+
+    @task
+    def embed_images(batch_dir: str) -> dict:
+        """Embed dataset and queries, reusing cached vectors by content hash."""
+        from include.image_similarity import pipeline
+        from include.image_similarity.cache import EmbeddingCache, store_for_location
+
+        params = get_current_context()["params"]
+        embedder = _embedder(params)
+        cache = None
+        if params["embedding_cache"]:
+            location = params["embedding_cache"]
+            if not location.startswith("s3://") and not Path(location).is_absolute():
+                location = str(PROJECT_ROOT / location)
+
+            def s3_client():
+                from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+                return S3Hook(aws_conn_id=params["aws_conn_id"]).get_conn()
+
+            store = store_for_location(location, embedder.model_id, s3_client)
+            cache = EmbeddingCache(store, embedder.model_id)
+        return pipeline.embed_collections(Path(batch_dir), embedder, cache)
+
+    @task
+    def match_queries(batch_dir: str) -> str:
+        """Find the k most similar dataset images per query; write matches.json."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.image_similarity import pipeline
+
+        params = get_current_context()["params"]
+        try:
+            pipeline.match_queries(Path(batch_dir), params["k"])
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        return str(Path(batch_dir) / "matches.json")
+
+    @task(outlets=[MATCHES_ASSET])
+    def write_contact_sheets(batch_dir: str) -> str:
+        """Draw each query beside its matches; log where the results are."""
+        import logging
+
+        from include.image_similarity import pipeline
+
+        log = logging.getLogger(__name__)
+        sheets = pipeline.contact_sheets(Path(batch_dir))
+        for problem in pipeline.problems_of(Path(batch_dir)):
+            log.warning(
+                "left out %s/%s (%s): %s",
+                problem["collection"],
+                problem["name"],
+                problem["stage"],
+                problem["reason"],
+            )
+        log.info("results in %s: matches.json and %d contact sheets", batch_dir, len(sheets))
+        return batch_dir
+
+    batch_dir = list_sources()
+    checked = validate_known_answers(batch_dir)
+    embedded = embed_images(checked)
+    matched = match_queries(checked)
+    embedded >> matched
+    matched >> write_contact_sheets(checked)
+
+
+image_similarity_mturk()
