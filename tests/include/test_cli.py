@@ -1,0 +1,63 @@
+"""The similarity stage from the command line: `python -m include.image_similarity match`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from imagekit import save, textured, write_bad_files
+from PIL import ImageEnhance
+
+from conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_match_writes_best_first_matches_and_names_bad_files(tmp_path, model_dir):
+    dataset, queries = tmp_path / "dataset", tmp_path / "queries"
+    for i in range(6):
+        save(textured(480, 270, seed=i), dataset / f"frame{i}.jpg", quality=92)
+    write_bad_files(dataset)
+    # Query: a brightened, off-centre crop of frame 2; and an exact copy of frame 4.
+    source = textured(480, 270, seed=2).crop((30, 20, 450, 256))
+    save(ImageEnhance.Brightness(source).enhance(1.3), queries / 'q\'uote "one".jpg', quality=70)
+    save(textured(480, 270, seed=4), queries / "copy.jpg", quality=92)
+
+    out = tmp_path / "out" / "matches.json"
+    command = [
+        sys.executable, "-m", "include.image_similarity", "match", "--dataset", str(dataset),
+        "--queries", str(queries), "--out", str(out), "--k", "3",
+        "--model-dir", str(model_dir), "--cache", str(tmp_path / "cache"),
+        "--sheets", str(tmp_path / "sheets"),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    matches = json.loads(out.read_text())
+    assert set(matches) == {'q\'uote "one".jpg', "copy.jpg"}
+    crop = matches['q\'uote "one".jpg']
+    assert crop[0]["name"] == "frame2.jpg"
+    assert [m["score"] for m in crop] == sorted((m["score"] for m in crop), reverse=True)
+    assert all(set(m) == {"name", "score"} for m in crop) and len(crop) == 3
+    # An exact copy of a dataset image is the query itself: never its own match.
+    assert "frame4.jpg" not in [m["name"] for m in matches["copy.jpg"]]
+    for name in ("corrupt.jpg", "truncated.jpg", "empty.jpg", "notes.txt"):
+        assert f"skipped dataset/{name}:" in done.stdout
+    assert len(list((tmp_path / "sheets").glob("*.jpg"))) == 2
+
+    again = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert "(0 images embedded, 8 from cache)" in again.stdout
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    command = [
+        sys.executable, "-m", "include.image_similarity", "match", "--dataset",
+        str(tmp_path / "nope"), "--queries", str(tmp_path), "--out", str(tmp_path / "m.json"),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert done.returncode == 1
+    assert "does not exist" in done.stderr and "nope" in done.stderr
