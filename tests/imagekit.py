@@ -29,7 +29,7 @@ def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
 
 
 def write_bad_files(folder: Path) -> dict[str, str]:
-    """Write a corrupt JPEG, a truncated JPEG, a zero-byte file and a text file; return name→kind."""
+    """Write a corrupt, a truncated and a zero-byte JPEG and a text file; return name→kind."""
     folder.mkdir(parents=True, exist_ok=True)
     good = jpeg_bytes(textured(seed=99))
     noise = np.random.default_rng(7).integers(0, 256, 300, dtype=np.uint8).tobytes()

@@ -8,10 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import PROJECT_ROOT
 from imagekit import save, textured, write_bad_files
 from PIL import ImageEnhance
-
-from conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -43,7 +43,7 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_every_mode_becomes_rgb(tmp_path, mode):
     base = textured(64, 48)
     if mode == "I;16":
-        image = Image.fromarray((np.asarray(base.convert("L"), np.uint16) * 200))
+        image = Image.fromarray(np.asarray(base.convert("L"), np.uint16) * 200)
     else:
         image = base.convert(mode)
     ext = "tif" if mode in ("CMYK", "I;16") else "png"
