@@ -228,7 +228,7 @@ def image_similarity_mturk():
         return batch_dir
 
     @task
-    def embed_images(batch_dir: str) -> dict:
+    def embed_images(batch_dir: str) -> str:
         """Embed dataset and queries, reusing cached vectors by content hash."""
         from include.image_similarity import pipeline
         from include.image_similarity.cache import EmbeddingCache, store_for_location
@@ -248,7 +248,8 @@ def image_similarity_mturk():
 
             store = store_for_location(location, embedder.model_id, s3_client)
             cache = EmbeddingCache(store, embedder.model_id)
-        return pipeline.embed_collections(Path(batch_dir), embedder, cache)
+        pipeline.embed_collections(Path(batch_dir), embedder, cache)
+        return batch_dir
 
     @task
     def match_queries(batch_dir: str) -> str:
@@ -262,7 +263,7 @@ def image_similarity_mturk():
             pipeline.match_queries(Path(batch_dir), params["k"])
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from exc
-        return str(Path(batch_dir) / "matches.json")
+        return batch_dir
 
     @task(outlets=[MATCHES_ASSET])
     def write_contact_sheets(batch_dir: str) -> str:
@@ -284,12 +285,7 @@ def image_similarity_mturk():
         log.info("results in %s: matches.json and %d contact sheets", batch_dir, len(sheets))
         return batch_dir
 
-    batch_dir = list_sources()
-    checked = validate_known_answers(batch_dir)
-    embedded = embed_images(checked)
-    matched = match_queries(checked)
-    embedded >> matched
-    matched >> write_contact_sheets(checked)
+    write_contact_sheets(match_queries(embed_images(validate_known_answers(list_sources()))))
 
 
 image_similarity_mturk()

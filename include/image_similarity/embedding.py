@@ -259,6 +259,7 @@ class Embedder:
         )
         if not todo:
             result.seconds = time.perf_counter() - started
+            log.info("embedded 0 %s: all %d from cache", label, result.from_cache)
             return result
 
         buckets: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = defaultdict(list)

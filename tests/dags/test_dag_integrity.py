@@ -1,0 +1,94 @@
+"""The DAG imports cleanly, has the expected shape, and its Params form validates input."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from conftest import PROJECT_ROOT
+
+DAG_ID = "image_similarity_mturk"
+EXPECTED_GRAPH = {
+    "list_sources": ["validate_known_answers"],
+    "validate_known_answers": ["embed_images"],
+    "embed_images": ["match_queries"],
+    "match_queries": ["write_contact_sheets"],
+    "write_contact_sheets": [],
+}
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
+
+
+@pytest.fixture(scope="module")
+def dag(dagbag):
+    return dagbag.dags[DAG_ID]
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert DAG_ID in dagbag.dags
+
+
+def test_dag_module_does_not_import_heavy_libraries_at_parse_time():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, runpy; runpy.run_path('dags/image_similarity_mturk.py'); "
+        "print(','.join(m for m in ('tensorflow', 'keras', 'googleapiclient', 'boto3') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
+
+
+def test_tags_retries_and_graph(dag):
+    assert dag.tags and "mturk" in dag.tags
+    assert dag.default_args["retries"] >= 1
+    assert all(task.retries >= 1 for task in dag.tasks)
+    assert {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks} == EXPECTED_GRAPH
+    assert dag.max_active_runs == 1 and not dag.catchup
+
+
+def test_params_form_has_every_section_and_hit_setting(dag):
+    sections = {name: dag.params.get_param(name).schema.get("section") for name in dag.params}
+    assert set(sections.values()) == {"Sources", "Model", "HIT", "Payments", "Messages", "Storage"}
+    for name in (
+        "hit_title", "hit_description", "hit_keywords", "reward_usd", "bonus_usd",
+        "assignments_per_hit", "hit_lifetime_hours", "assignment_duration_minutes",
+        "auto_approval_delay_hours", "mturk_environment", "bonus_message", "no_bonus_message",
+        "k", "dataset_source", "queries_source", "known_answers_source", "s3_bucket",
+        "s3_prefix", "aws_conn_id", "gcp_conn_id",
+    ):  # fmt: skip
+        assert name in dag.params, name
+    dag.params.validate()  # the defaults are valid
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("reward_usd", "0.00"),
+        ("reward_usd", "-1.00"),
+        ("bonus_usd", "0.5"),
+        ("bonus_usd", "ten"),
+        ("k", 0),
+        ("assignments_per_hit", 0),
+        ("mturk_environment", "prod"),
+        ("batch_id", "../escape"),
+    ],
+)
+def test_params_reject_bad_values(dag, name, value):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = copy.deepcopy(dag.params)
+    with pytest.raises(ParamValidationError):
+        params[name] = value
+        params.validate()

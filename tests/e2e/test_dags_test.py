@@ -1,0 +1,102 @@
+"""End to end: `airflow dags test` runs the similarity stage on generated data with bad files."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import PROJECT_ROOT
+from imagekit import write_bad_files
+
+from include.image_similarity.demo_data import generate_demo_data, recall_at_k
+
+pytestmark = pytest.mark.slow
+DAG_ID = "image_similarity_mturk"
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory, model_dir):
+    home = tmp_path_factory.mktemp("airflow-home")
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "IMAGE_SIMILARITY_MODEL_DIR": str(model_dir),
+    }
+    migrate = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], env=env, capture_output=True, text=True
+    )
+    assert migrate.returncode == 0, migrate.stdout[-2000:] + migrate.stderr[-2000:]
+    return env
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sample")
+    data = generate_demo_data(root / "data", frames_per_scene=4, n_queries=4, n_known_sets=2)
+    write_bad_files(data.dataset_dir)
+    return data
+
+
+def dags_test(env, conf) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "test", DAG_ID, "--conf", json.dumps(conf)],
+        env=env, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600,
+    )  # fmt: skip
+
+
+def conf_for(sample, tmp_path, known_answers=None):
+    return {
+        "dataset_source": str(sample.dataset_dir),
+        "queries_source": str(sample.queries_dir),
+        "known_answers_source": str(known_answers or sample.known_answers_dir),
+        "output_dir": str(tmp_path / "output"),
+        "embedding_cache": str(tmp_path / "cache"),
+        "batch_id": "e2e",
+    }
+
+
+def test_run_reports_bad_files_and_rerun_embeds_nothing(airflow_env, sample, tmp_path):
+    conf = conf_for(sample, tmp_path)
+    first = dags_test(airflow_env, conf)
+    log = first.stdout + first.stderr
+    assert first.returncode == 0, log[-4000:]
+    assert "state=success" in log or "success" in log.split("DagRun Finished")[-1]
+
+    batch = tmp_path / "output" / "e2e"
+    matches = json.loads((batch / "matches.json").read_text())
+    assert set(matches) == set(sample.ground_truth)
+    assert all(len(found) == 3 for found in matches.values())
+    assert recall_at_k(matches, sample.ground_truth, 3) > 0  # the model does find frames
+    problems = {p["name"]: p for p in json.loads((batch / "problems.json").read_text())}
+    assert {"corrupt.jpg", "truncated.jpg", "empty.jpg", "notes.txt"} <= set(problems)
+    assert "zero-byte" in problems["empty.jpg"]["reason"]
+    for name in ("corrupt.jpg", "truncated.jpg", "empty.jpg", "notes.txt"):
+        assert name in log  # named in the task logs too
+    assert len(list((batch / "contact_sheets").glob("*.jpg"))) == len(sample.ground_truth)
+
+    second = dags_test(airflow_env, conf)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
+    rerun_log = second.stdout + second.stderr
+    embedded = [int(n) for n in re.findall(r"embedded (\d+) (?:dataset|queries) images", rerun_log)]
+    assert embedded == [0, 0]  # the rerun computes no vector; only the bad files are retried
+    assert "4 cached, 0 to compute" in rerun_log  # queries
+
+
+def test_misnamed_known_answer_set_stops_before_embedding(airflow_env, sample, tmp_path):
+    broken = tmp_path / "known"
+    shutil.copytree(sample.known_answers_dir, broken)
+    (broken / "known2_1st_match.jpg").rename(broken / "known2_first_match.jpg")
+    run = dags_test(airflow_env, conf_for(sample, tmp_path, known_answers=broken))
+    log = run.stdout + run.stderr
+    assert "known2_first_match.jpg" in log and "set 'known2' has no known2_1st_match" in log
+    assert not (tmp_path / "output" / "e2e" / "vectors.npz").exists()
+    assert not (tmp_path / "cache").exists()
