@@ -267,22 +267,11 @@ def image_similarity_mturk():
 
     @task(outlets=[MATCHES_ASSET])
     def write_contact_sheets(batch_dir: str) -> str:
-        """Draw each query beside its matches; log where the results are."""
-        import logging
-
+        """Draw each query beside its matches; log the files left out and where results are."""
         from include.image_similarity import pipeline
 
-        log = logging.getLogger(__name__)
-        sheets = pipeline.contact_sheets(Path(batch_dir))
-        for problem in pipeline.problems_of(Path(batch_dir)):
-            log.warning(
-                "left out %s/%s (%s): %s",
-                problem["collection"],
-                problem["name"],
-                problem["stage"],
-                problem["reason"],
-            )
-        log.info("results in %s: matches.json and %d contact sheets", batch_dir, len(sheets))
+        pipeline.contact_sheets(Path(batch_dir))
+        pipeline.log_summary(Path(batch_dir))
         return batch_dir
 
     write_contact_sheets(match_queries(embed_images(validate_known_answers(list_sources()))))

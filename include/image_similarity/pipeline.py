@@ -263,3 +263,23 @@ def contact_sheets(batch_dir: Path) -> list[Path]:
 
     similarity = read_json(batch_dir / "similarity.json")
     return write_contact_sheets(similarity, batch_dir / "contact_sheets")
+
+
+def log_summary(batch_dir: Path) -> None:
+    """Log every file left out (by name, with the reason) and where the results are."""
+    problems = problems_of(batch_dir)
+    for problem in problems:
+        log.warning(
+            "left out %s/%s (%s): %s",
+            problem["collection"],
+            problem["name"],
+            problem["stage"],
+            problem["reason"],
+        )
+    queries = len(read_json(batch_dir / "matches.json"))
+    log.info(
+        "results in %s: matches.json (%d queries), contact_sheets/, %d files left out",
+        batch_dir,
+        queries,
+        len(problems),
+    )

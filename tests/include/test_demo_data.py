@@ -16,6 +16,7 @@ from include.image_similarity.demo_data import (
     DemoData,
     generate_demo_data,
     recall_at_k,
+    recall_at_k_any,
 )
 
 SMALL = {"frames_per_scene": 3, "frame_size": (96, 54), "n_queries": 5, "n_known_sets": 2}
@@ -93,6 +94,52 @@ def test_ground_truth_points_at_existing_frames(demo: DemoData) -> None:
     assert len(demo.ground_truth) == SMALL["n_queries"]
     for frame in demo.ground_truth.values():
         assert (demo.dataset_dir / frame).is_file()
+
+
+def _contains(outer: list[float], inner: list[float], tolerance: float = 0.5) -> bool:
+    return (
+        outer[0] <= inner[0] + tolerance
+        and outer[1] <= inner[1] + tolerance
+        and outer[2] >= inner[2] - tolerance
+        and outer[3] >= inner[3] - tolerance
+    )
+
+
+def test_acceptable_frames_show_all_of_the_query(demo: DemoData) -> None:
+    on_disk = json.loads(demo.ground_truth_path.read_text(encoding="utf-8"))
+    assert on_disk["acceptable"] == demo.acceptable
+    assert set(demo.acceptable) == set(demo.ground_truth)
+    frame_boxes, query_boxes = on_disk["frame_boxes"], on_disk["query_boxes"]
+    assert set(frame_boxes) == {path.name for path in demo.dataset_dir.iterdir()}
+    assert set(query_boxes) == set(demo.ground_truth)
+    for query, source in demo.ground_truth.items():
+        frames = demo.acceptable[query]
+        assert source in frames
+        assert frames == sorted(set(frames))
+        query_box = query_boxes[query]
+        assert query_box[0] < query_box[2] and query_box[1] < query_box[3]
+        for frame in frames:
+            assert frame[:7] == source[:7], (query, frame)  # the same scene only
+            assert (demo.dataset_dir / frame).is_file()
+            assert _contains(frame_boxes[frame], query_box), (query, frame)
+        # And every frame of the scene containing the query is listed.
+        containing = {
+            frame
+            for frame, box in frame_boxes.items()
+            if frame[:7] == source[:7] and _contains(box, query_box)
+        }
+        assert containing == set(frames)
+
+
+def test_query_box_lies_inside_its_source_frame(demo: DemoData) -> None:
+    on_disk = json.loads(demo.ground_truth_path.read_text(encoding="utf-8"))
+    for query, source in demo.ground_truth.items():
+        frame_box = on_disk["frame_boxes"][source]
+        query_box = on_disk["query_boxes"][query]
+        assert _contains(frame_box, query_box, tolerance=1e-6)
+        # The query is an 80-90% crop of its frame.
+        ratio = (query_box[2] - query_box[0]) / (frame_box[2] - frame_box[0])
+        assert 0.79 <= ratio <= 0.91
 
 
 def test_query_names_do_not_reveal_the_answer(demo: DemoData) -> None:
@@ -224,3 +271,33 @@ def test_recall_at_k_edge_cases() -> None:
         recall_at_k(MATCHES, GROUND_TRUTH, 0)
     with pytest.raises(ValueError, match="ground truth"):
         recall_at_k(MATCHES, {}, 3)
+
+
+ACCEPTABLE = {
+    "query01.jpg": ["scene01_frame001.jpg"],
+    "query02.jpg": ["scene02_frame005.jpg", "scene02_frame006.jpg"],
+    "query03.png": ["scene03_frame009.jpg", "scene03_frame010.jpg"],
+    "query04.jpg": ["scene04_frame002.jpg"],
+}
+
+
+@pytest.mark.parametrize(("k", "expected"), [(1, 0.25), (2, 0.75), (3, 0.75), (10, 0.75)])
+def test_recall_at_k_any(k: int, expected: float) -> None:
+    # query01: the source first; query02 and query03: another acceptable frame second;
+    # query04 is missing (a miss); query99 is not in the ground truth (ignored).
+    assert recall_at_k_any(MATCHES, ACCEPTABLE, k) == pytest.approx(expected)
+
+
+def test_recall_at_k_any_with_only_the_source_equals_recall_at_k() -> None:
+    only_source = {query: [frame] for query, frame in GROUND_TRUTH.items()}
+    for k in (1, 2, 3):
+        assert recall_at_k_any(MATCHES, only_source, k) == recall_at_k(MATCHES, GROUND_TRUTH, k)
+
+
+def test_recall_at_k_any_edge_cases() -> None:
+    assert recall_at_k_any({}, ACCEPTABLE, 3) == 0.0
+    assert recall_at_k_any(MATCHES, {"query01.jpg": []}, 3) == 0.0
+    with pytest.raises(ValueError, match="k must"):
+        recall_at_k_any(MATCHES, ACCEPTABLE, 0)
+    with pytest.raises(ValueError, match="ground truth"):
+        recall_at_k_any(MATCHES, {}, 3)
