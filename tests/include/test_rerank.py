@@ -1,0 +1,167 @@
+"""Tests for the spatial-verification re-ranker (synthetic images, no model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from include.image_similarity.rerank import (
+    DEFAULT_THUMB_SIDE,
+    RerankConfig,
+    align,
+    rerank,
+    thumbnail,
+)
+
+FRAME = (320, 180)
+
+
+def _texture(seed: int = 0, size: tuple[int, int] = (1000, 600)) -> Image.Image:
+    """Return a smooth random texture (blurred noise), like a photograph at low resolution."""
+    rng = np.random.default_rng(seed)
+    noise = rng.uniform(0, 255, size=(size[1] // 20, size[0] // 20)).astype(np.uint8)
+    image = Image.fromarray(noise).resize(size, Image.Resampling.BICUBIC)
+    return image.filter(ImageFilter.GaussianBlur(3)).convert("RGB")
+
+
+def _frame(photo: Image.Image, x: float, y: float, width: float = 600) -> Image.Image:
+    """Return one frame of a camera pan: a 16:9 window of ``photo`` resized to ``FRAME``."""
+    box = (x, y, x + width, y + width * FRAME[1] / FRAME[0])
+    return photo.resize(FRAME, Image.Resampling.LANCZOS, box=box)
+
+
+def _altered(frame: Image.Image, scale: float, fx: float, fy: float) -> Image.Image:
+    """Return an off-centre crop of ``frame``, darker, higher contrast and blurred."""
+    width, height = frame.size
+    cw, ch = width * scale, height * scale
+    x, y = (width - cw) * fx, (height - ch) * fy
+    image = frame.resize(frame.size, Image.Resampling.LANCZOS, box=(x, y, x + cw, y + ch))
+    pixels = np.asarray(image, dtype=np.float32) * 1.3 - 40
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    return image.filter(ImageFilter.GaussianBlur(1.0))
+
+
+@pytest.fixture(scope="module")
+def pan() -> list[Image.Image]:
+    """Return six frames of a pan, 60 photo pixels apart (about 30 frame pixels)."""
+    photo = _texture()
+    return [_frame(photo, 20 + 60 * i, 40 + 10 * i) for i in range(6)]
+
+
+def test_thumbnail_keeps_aspect_and_is_small(pan):
+    thumb = thumbnail(pan[0])
+    assert thumb.dtype == np.uint8
+    assert thumb.shape == (72, DEFAULT_THUMB_SIDE)
+    assert thumbnail(np.asarray(pan[0])).shape == (72, 128)
+    assert thumbnail(np.asarray(pan[0].convert("L")), long_side=64).shape == (36, 64)
+    portrait = Image.new("RGB", (50, 200), "red")
+    assert thumbnail(portrait).shape == (128, 32)
+
+
+def test_thumbnail_from_path(tmp_path, pan):
+    path = tmp_path / "frame.png"
+    pan[0].save(path)
+    np.testing.assert_array_equal(thumbnail(path), thumbnail(pan[0]))
+
+
+def test_thumbnail_rejects_bad_input():
+    with pytest.raises(ValueError):
+        thumbnail(np.zeros((0, 5), np.uint8))
+    with pytest.raises(ValueError):
+        thumbnail(Image.new("RGB", (10, 10)), long_side=2)
+
+
+def test_query_crop_is_found_in_its_source(pan):
+    query = thumbnail(_altered(pan[2], scale=0.85, fx=0.9, fy=0.1))
+    found = align(query, [thumbnail(frame) for frame in pan])
+    assert found.ncc[2] > 0.95
+    assert found.inside_candidate[2]
+    assert found.scale[2] == pytest.approx(0.85, abs=0.03)
+    assert found.ncc.argmax() == 2
+
+
+def test_rerank_puts_true_source_first_when_cosine_order_is_wrong(pan):
+    query = thumbnail(_altered(pan[3], scale=0.82, fx=0.5, fy=0.6))
+    thumbs = [thumbnail(frame) for frame in pan]
+    shortlist = [0, 5, 1, 4, 3, 2]  # the true frame (3) ranked fifth by the cosine
+    cosines = np.array([0.86, 0.855, 0.85, 0.85, 0.849, 0.848])
+    result = rerank(query, [thumbs[i] for i in shortlist], cosines)
+    assert shortlist[result.order[0]] == 3
+    assert sorted(result.order.tolist()) == list(range(6))
+    assert np.all(np.isfinite(result.scores))
+
+
+def test_candidate_inside_query_is_found(pan):
+    # The dataset image is the tighter view: the query is wider than the candidate.
+    wide = thumbnail(pan[1])
+    tight = thumbnail(_altered(pan[1], scale=0.8, fx=0.2, fy=0.7))
+    thumbs = [thumbnail(pan[0]), tight, thumbnail(pan[2])]
+    found = align(wide, thumbs)
+    assert found.ncc.argmax() == 1
+    assert not found.inside_candidate[1]
+    one_way = align(wide, thumbs, RerankConfig(both_directions=False))
+    assert one_way.ncc[1] < found.ncc[1]
+
+
+def test_unrelated_candidates_are_not_promoted(pan):
+    query = thumbnail(_altered(pan[2], scale=0.85, fx=0.0, fy=1.0))
+    unrelated = thumbnail(_frame(_texture(seed=7), 100, 100))
+    # The unrelated image has a far lower cosine: it stays below the related ones, whatever
+    # its correlation, and the related ones are re-ordered among themselves.
+    cosines = np.array([0.80, 0.79, 0.40])
+    result = rerank(query, [thumbnail(pan[0]), thumbnail(pan[2]), unrelated], cosines)
+    assert result.order.tolist() == [1, 0, 2]
+
+
+def test_constant_images_give_no_nan():
+    flat = np.full((72, 128), 128, np.uint8)
+    black = np.zeros((72, 128), np.uint8)
+    textured = thumbnail(_frame(_texture(), 0, 0))
+    for query in (flat, textured):
+        result = rerank(query, [flat, black, textured], [0.5, 0.5, 0.5])
+        assert np.all(np.isfinite(result.scores))
+        assert np.all(np.isfinite(result.alignment.ncc))
+    found = align(flat, [flat, black])
+    np.testing.assert_array_equal(found.ncc, [0.0, 0.0])
+
+
+def test_ties_keep_the_shortlist_order():
+    flat = np.full((36, 64), 200, np.uint8)
+    result = rerank(flat, [flat] * 4, [0.7, 0.7, 0.7, 0.7])
+    assert result.order.tolist() == [0, 1, 2, 3]
+
+
+def test_result_is_deterministic(pan):
+    query = thumbnail(_altered(pan[4], scale=0.88, fx=0.75, fy=0.25))
+    thumbs = [thumbnail(frame) for frame in pan]
+    cosines = np.linspace(0.9, 0.85, len(thumbs))
+    first = rerank(query, thumbs, cosines)
+    second = rerank(query.copy(), [t.copy() for t in thumbs], cosines.copy())
+    np.testing.assert_array_equal(first.order, second.order)
+    np.testing.assert_array_equal(first.scores, second.scores)
+
+
+def test_mixed_shapes_and_edge_cases(pan):
+    query = thumbnail(pan[0])
+    portrait = thumbnail(Image.new("RGB", (40, 200), "blue"))
+    tiny = np.zeros((4, 4), np.uint8)  # too small for any scale: simply unverified
+    result = rerank(query, [portrait, thumbnail(pan[0]), tiny], [0.9, 0.8, 0.7])
+    assert result.order.tolist() == [1, 0, 2]
+    assert result.alignment.ncc[2] == 0.0
+
+    empty = rerank(query, [], [])
+    assert empty.order.shape == (0,)
+
+    missing = rerank(query, [thumbnail(pan[1]), thumbnail(pan[2])], [0.9, -np.inf])
+    assert np.all(~np.isnan(missing.scores))
+    assert missing.order.tolist() == [0, 1]
+
+    with pytest.raises(ValueError):
+        rerank(query, [query], [0.5, 0.4])
+    with pytest.raises(ValueError):
+        rerank(np.zeros((3, 3, 3)), [query], [0.5])
+    with pytest.raises(ValueError):
+        align(query, [np.zeros((5, 5, 3))])
+    with pytest.raises(ValueError):
+        RerankConfig(min_scale=0).scales()
