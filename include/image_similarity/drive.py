@@ -99,12 +99,7 @@ def list_drive_folder(hook: Any, folder_id: str) -> list[DriveEntry]:
             includeItemsFromAllDrives=True,
             orderBy="name",
         )
-        try:
-            response = request.execute(num_retries=num_retries)
-        except HttpError as exc:
-            if _status(exc) == 404:
-                raise DriveFolderError(_not_found_message(folder_id)) from exc
-            raise
+        response = _execute(request, folder_id, num_retries)
         entries.extend(_entry(item) for item in response.get("files", []))
         page_token = response.get("nextPageToken")
         if not page_token:
@@ -213,17 +208,22 @@ def _entry(item: dict[str, Any]) -> DriveEntry:
     )
 
 
+def _execute(request: Any, folder_id: str, num_retries: int) -> dict[str, Any]:
+    """Run a Drive request about ``folder_id``; a 404 becomes a ``DriveFolderError``."""
+    try:
+        return request.execute(num_retries=num_retries)
+    except HttpError as exc:
+        if _status(exc) == 404:
+            raise DriveFolderError(_not_found_message(folder_id)) from exc
+        raise
+
+
 def _check_is_folder(service: Any, folder_id: str, num_retries: int) -> None:
     """Raise ``DriveFolderError`` unless ``folder_id`` is a folder the caller can see."""
     request = service.files().get(
         fileId=folder_id, fields="id, name, mimeType", supportsAllDrives=True
     )
-    try:
-        metadata = request.execute(num_retries=num_retries)
-    except HttpError as exc:
-        if _status(exc) == 404:
-            raise DriveFolderError(_not_found_message(folder_id)) from exc
-        raise
+    metadata = _execute(request, folder_id, num_retries)
     mime_type = metadata.get("mimeType")
     if mime_type != FOLDER_MIME_TYPE:
         raise DriveFolderError(

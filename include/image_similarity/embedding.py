@@ -18,7 +18,6 @@ and only a bounded window of decoded images is ever held in memory.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import logging
 import threading
@@ -38,7 +37,7 @@ from include.image_similarity.decode import (
     InputSize,
     load_for_model,
 )
-from include.image_similarity.sources import ImageFile, Problem
+from include.image_similarity.sources import ImageFile, Problem, sha256_of_file
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +47,6 @@ DEFAULT_GEM_P = 3.0
 PROGRESS_EVERY_SECONDS = 10.0
 # Bumped whenever preprocessing or pooling changes, so old cached vectors are not reused.
 EMBEDDING_VERSION = 1
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -138,13 +129,13 @@ class Embedder:
         if self.spec.kind == "efficientnet_lite0":
             from include.image_similarity.efficientnet_lite import weights_file_path
 
-            weights = _file_sha256(weights_file_path())[:12]
+            weights = sha256_of_file(weights_file_path())[:12]
         elif self.spec.kind == "keras_app":
             weights = "imagenet"
             if self.spec.weights:
-                weights = _file_sha256(Path(self.spec.weights))[:12]
+                weights = sha256_of_file(Path(self.spec.weights))[:12]
         else:
-            weights = _file_sha256(Path(self.spec.name))[:12]
+            weights = sha256_of_file(Path(self.spec.name))[:12]
         name = Path(self.spec.name).stem if self.spec.kind == "keras_file" else self.spec.name
         return (
             f"{name}-{weights}-a{self.input_size.area}-gem{self.gem_p:g}-v{EMBEDDING_VERSION}"
