@@ -20,11 +20,16 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 DEMO_DIR := $(CURDIR)/.demo
 
-.PHONY: help install demo test lint unit benchmark lock clean
+SANDBOX_PORT ?= 8911
+SANDBOX_STATE ?= $(CURDIR)/.crowd/sandbox.sqlite
+SANDBOX_WORKERS ?= diligent:6,careless:3,spammer:1
+
+.PHONY: help install demo test lint unit benchmark lock clean sandbox
 
 help:
 	@echo "make demo       generate sample data offline and run the image_similarity_mturk DAG on it"
 	@echo "make test       lint and run the whole test suite"
+	@echo "make sandbox    start the local crowd sandbox (MTurk API + worker page) on 127.0.0.1:$(SANDBOX_PORT)"
 	@echo "make benchmark  embedding throughput and recall (benchmarks/embedding.py)"
 	@echo "make lock       re-resolve constraints.txt from requirements*.txt"
 
@@ -55,6 +60,10 @@ unit: $(STAMP)
 
 test: lint unit
 
+sandbox: $(STAMP)
+	$(BIN)/python -m include.crowd_sandbox --port $(SANDBOX_PORT) --state $(SANDBOX_STATE) \
+	  --workers $(SANDBOX_WORKERS)
+
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/embedding.py
 
@@ -68,4 +77,4 @@ lock:
 	rm -rf $(CURDIR)/.lock-venv
 
 clean:
-	rm -rf $(VENV) $(AIRFLOW_HOME) $(DEMO_DIR) .cache
+	rm -rf $(VENV) $(AIRFLOW_HOME) $(DEMO_DIR) .cache .crowd

@@ -1,0 +1,271 @@
+"""MTurk's wire protocol (JSON 1.1), checked and shaped with botocore's own service model.
+
+Requests are validated against the operation's input shape (required members, types, enums,
+lengths, ranges, patterns) before anything runs, and responses are shaped by the output shape:
+only members the model knows, timestamps as epoch seconds, nothing ``None``. Errors are MTurk's
+``RequestError`` / ``ServiceFault`` in the JSON body botocore reads (``__type``, ``Message``,
+``TurkErrorCode``), so boto3 raises ``ClientError`` with that code and message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+import botocore.session
+from botocore.model import OperationModel, ServiceModel, Shape
+
+TARGET_PREFIX = "MTurkRequesterServiceV20170117"
+CONTENT_TYPE = "application/x-amz-json-1.1"
+
+
+class MTurkError(Exception):
+    """An error MTurk answers with: ``code`` is the error type botocore reports."""
+
+    status = 400
+
+    def __init__(self, message: str, turk_error_code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.turk_error_code = turk_error_code
+
+    code = "RequestError"
+
+    def body(self, request_id: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"__type": self.code, "Message": f"{self.message} ({request_id})"}
+        if self.turk_error_code:
+            body["TurkErrorCode"] = self.turk_error_code
+        return body
+
+
+class RequestError(MTurkError):
+    """The request is invalid for MTurk (HTTP 400)."""
+
+
+class ServiceFault(MTurkError):
+    """MTurk failed internally (HTTP 500); the client may retry."""
+
+    code = "ServiceFault"
+    status = 500
+
+
+class Throttled(MTurkError):
+    """The caller exceeded the request rate (what MTurk answers when throttling)."""
+
+    code = "ThrottlingException"
+
+    def __init__(self) -> None:
+        super().__init__("Rate exceeded")
+
+
+class ServiceUnavailable(MTurkError):
+    """A 503 from the front door, as AWS answers when a service is briefly unavailable."""
+
+    code = "ServiceUnavailable"
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__("Service Unavailable")
+
+
+@cache
+def service_model() -> ServiceModel:
+    """Return botocore's service model for ``mturk`` (shipped with botocore, read offline)."""
+    return botocore.session.get_session().get_service_model("mturk")
+
+
+def operation(target: str | None) -> OperationModel:
+    """Return the operation named by an ``X-Amz-Target`` header, or raise ``RequestError``."""
+    prefix = TARGET_PREFIX + "."
+    if not target or not target.startswith(prefix):
+        raise RequestError(f"Missing or unknown X-Amz-Target header: {target!r}")
+    name = target[len(prefix) :]
+    model = service_model()
+    if name not in model.operation_names:
+        raise RequestError(f"Unknown operation {name!r}")
+    return model.operation_model(name)
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+# --- input ----------------------------------------------------------------------------------
+
+
+class _Validator:
+    """Collect every violation of the input shape, as AWS reports them, in one error."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def fail(self, path: str, value: Any, constraint: str) -> None:
+        shown = value if isinstance(value, int | float | bool) or value is None else repr(value)
+        if isinstance(value, str) and len(value) > 80:
+            shown = repr(value[:77] + "...")
+        self.errors.append(
+            f"Value {shown} at '{path}' failed to satisfy constraint: Member must {constraint}"
+        )
+
+    def check(self, shape: Shape, value: Any, path: str) -> Any:
+        kind = shape.type_name
+        if kind == "structure":
+            return self._structure(shape, value, path)
+        if kind == "list":
+            return self._list(shape, value, path)
+        if kind == "map":
+            if not isinstance(value, dict):
+                self.fail(path, value, "be a map")
+                return value
+            return {k: self.check(shape.value, v, f"{path}.{k}") for k, v in value.items()}
+        if kind == "string":
+            return self._string(shape, value, path)
+        if kind in ("integer", "long"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.fail(path, value, "be an integer")
+                return value
+            self._range(shape, value, path)
+            return value
+        if kind in ("double", "float"):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                self.fail(path, value, "be a number")
+            return value
+        if kind == "boolean":
+            if not isinstance(value, bool):
+                self.fail(path, value, "be a boolean")
+            return value
+        if kind == "timestamp":
+            return self._timestamp(value, path)
+        return value
+
+    def _structure(self, shape: Shape, value: Any, path: str) -> Any:
+        if not isinstance(value, dict):
+            self.fail(path or "request", value, "be a structure")
+            return value
+        out: dict[str, Any] = {}
+        for name in shape.required_members:
+            if value.get(name) is None:
+                self.fail(_join(path, name), None, "not be null")
+        for name, member in shape.members.items():
+            if value.get(name) is not None:
+                out[name] = self.check(member, value[name], _join(path, name))
+        return out  # unknown members are ignored, as AWS services do
+
+    def _list(self, shape: Shape, value: Any, path: str) -> Any:
+        if not isinstance(value, list):
+            self.fail(path, value, "be a list")
+            return value
+        low, high = shape.metadata.get("min"), shape.metadata.get("max")
+        if low is not None and len(value) < low:
+            self.fail(path, f"list of {len(value)}", f"have length greater than or equal to {low}")
+        if high is not None and len(value) > high:
+            self.fail(path, f"list of {len(value)}", f"have length less than or equal to {high}")
+        return [self.check(shape.member, item, f"{path}.{i + 1}") for i, item in enumerate(value)]
+
+    def _string(self, shape: Shape, value: Any, path: str) -> Any:
+        if not isinstance(value, str):
+            self.fail(path, value, "be a string")
+            return value
+        low, high = shape.metadata.get("min"), shape.metadata.get("max")
+        if low is not None and len(value) < low:
+            self.fail(path, value, f"have length greater than or equal to {low}")
+        if high is not None and len(value) > high:
+            self.fail(path, value, f"have length less than or equal to {high}")
+        enum = shape.metadata.get("enum")
+        if enum and value not in enum:
+            self.fail(path, value, f"satisfy enum value set: [{', '.join(enum)}]")
+        pattern = shape.metadata.get("pattern")
+        if pattern and not _regex(pattern).search(value):
+            self.fail(path, value, f"satisfy regular expression pattern: {pattern}")
+        return value
+
+    def _range(self, shape: Shape, value: int, path: str) -> None:
+        low, high = shape.metadata.get("min"), shape.metadata.get("max")
+        if low is not None and value < low:
+            self.fail(path, value, f"have value greater than or equal to {low}")
+        if high is not None and value > high:
+            self.fail(path, value, f"have value less than or equal to {high}")
+
+    def _timestamp(self, value: Any, path: str) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return datetime.fromtimestamp(value, UTC)
+        if isinstance(value, str):
+            try:
+                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                pass
+            else:
+                return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        self.fail(path, value, "be a timestamp (epoch seconds or ISO 8601)")
+        return value
+
+
+def _join(path: str, name: str) -> str:
+    name = name[:1].lower() + name[1:]
+    return f"{path}.{name}" if path else name
+
+
+@cache
+def _regex(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def parse_request(op: OperationModel, raw: bytes) -> dict[str, Any]:
+    """Decode and validate a request body; timestamps become aware ``datetime`` objects."""
+    try:
+        payload = json.loads(raw.decode("utf-8") or "{}") if raw else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RequestError(f"The request body is not valid JSON: {error}") from None
+    if op.input_shape is None:
+        return {}
+    validator = _Validator()
+    params = validator.check(op.input_shape, payload, "")
+    if validator.errors:
+        count = len(validator.errors)
+        raise RequestError(
+            f"{count} validation error{'s' if count > 1 else ''} detected: "
+            + "; ".join(validator.errors),
+            "AWS.MechanicalTurk.ValidationError",
+        )
+    return params
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def shape_response(op: OperationModel, result: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Keep what the output shape declares, in its wire form."""
+    if op.output_shape is None or result is None:
+        return {}
+    return _shape(op.output_shape, result) or {}
+
+
+def _shape(shape: Shape, value: Any) -> Any:
+    if value is None:
+        return None
+    kind = shape.type_name
+    if kind == "structure":
+        out = {}
+        for name, member in shape.members.items():
+            shaped = _shape(member, value.get(name))
+            if shaped is not None:
+                out[name] = shaped
+        return out
+    if kind == "list":
+        return [_shape(shape.member, item) for item in value]
+    if kind == "map":
+        return {k: _shape(shape.value, v) for k, v in value.items()}
+    if kind == "timestamp":
+        if isinstance(value, datetime):
+            return round(value.timestamp(), 3)
+        return float(value)
+    if kind in ("integer", "long"):
+        return int(value)
+    if kind == "boolean":
+        return bool(value)
+    return value
