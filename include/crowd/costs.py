@@ -1,0 +1,108 @@
+"""What a batch can cost, under MTurk's published fees, checked before any HIT exists.
+
+MTurk charges 20 % on rewards and bonuses (at least $0.01 each), 20 % more on rewards of HITs
+with 10 or more assignments, and 5 % more on rewards of HITs that require Masters. The estimate
+is the most the batch can cost: every assignment approved and every worker paid the bonus.
+(The crowd sandbox charges the same schedule through its own, separate implementation, so the
+two check each other in the tests.)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+
+log = logging.getLogger(__name__)
+
+HIGH_FEE_ASSIGNMENTS = 10
+
+
+class BudgetError(RuntimeError):
+    """The batch could cost more than the budget cap or the account balance."""
+
+
+def cents(amount: str) -> int:
+    return int((Decimal(amount) * 100).to_integral_value(ROUND_HALF_UP))
+
+
+def usd(value: int) -> str:
+    return f"${value // 100}.{value % 100:02d}" if value >= 0 else f"-{usd(-value)}"
+
+
+def _fee(amount_cents: int, rate: Decimal) -> int:
+    if amount_cents <= 0:
+        return 0
+    return max(1, int((amount_cents * rate).to_integral_value(ROUND_HALF_UP)))
+
+
+def reward_fee(reward_cents: int, assignments: int, masters: bool = False) -> int:
+    rate = Decimal("0.20")
+    if assignments >= HIGH_FEE_ASSIGNMENTS:
+        rate += Decimal("0.20")
+    if masters:
+        rate += Decimal("0.05")
+    return _fee(reward_cents, rate)
+
+
+def bonus_fee(bonus_cents: int) -> int:
+    return _fee(bonus_cents, Decimal("0.20"))
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    hits: int
+    assignments_per_hit: int
+    rewards: int  # cents
+    max_bonuses: int
+    fees: int
+
+    @property
+    def total(self) -> int:
+        return self.rewards + self.max_bonuses + self.fees
+
+    def describe(self) -> str:
+        return (
+            f"{self.hits} HITs x {self.assignments_per_hit} assignments: rewards "
+            f"{usd(self.rewards)} + bonuses up to {usd(self.max_bonuses)} + MTurk fees "
+            f"{usd(self.fees)} = at most {usd(self.total)}"
+        )
+
+
+def estimate(
+    hits: int, assignments: int, reward_cents: int, bonus_cents: int, *, masters: bool = False
+) -> CostEstimate:
+    n = hits * assignments
+    return CostEstimate(
+        hits=hits,
+        assignments_per_hit=assignments,
+        rewards=n * reward_cents,
+        max_bonuses=n * bonus_cents,
+        fees=n * (reward_fee(reward_cents, assignments, masters) + bonus_fee(bonus_cents)),
+    )
+
+
+def check_budget(cost: CostEstimate, *, balance_cents: int, budget_cents: int | None) -> None:
+    """Raise ``BudgetError`` when the batch could exceed the budget cap or the balance."""
+    log.info("cost estimate: %s", cost.describe())
+    if cost.assignments_per_hit >= HIGH_FEE_ASSIGNMENTS:
+        log.warning(
+            "%d assignments per HIT: MTurk charges 40 %% instead of 20 %% on rewards of HITs "
+            "with 10 or more assignments",
+            cost.assignments_per_hit,
+        )
+    if budget_cents is not None and cost.total > budget_cents:
+        raise BudgetError(
+            f"the batch could cost {usd(cost.total)}, over the budget cap of "
+            f"{usd(budget_cents)} ({cost.describe()}); no HIT was created"
+        )
+    if cost.total > balance_cents:
+        raise BudgetError(
+            f"the batch could cost {usd(cost.total)}, but the account balance is "
+            f"{usd(balance_cents)}; no HIT was created"
+        )
+    log.info(
+        "budget check passed: balance %s, cap %s",
+        usd(balance_cents),
+        usd(budget_cents) if budget_cents is not None else "none",
+    )

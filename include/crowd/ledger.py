@@ -1,0 +1,87 @@
+"""A batch's durable state in S3: one JSON object per fact, under ``batches/<batch_id>/``.
+
+Every side effect that costs money or mails a person is recorded here, one object per entry
+(``ledger/<kind>/<key>.json``), written with a single ``PutObject`` so an object is either whole
+or absent: a half-written ledger cannot confuse the next attempt. Whole files (``hits.jsonl``,
+``reviews.jsonl``, results) are also written with one ``PutObject`` each.
+
+Kinds used by the crowd stage:
+
+- ``hits/<token>``: a created HIT (its ``HitPlan`` with ``hit_id``), written right after
+  ``CreateHIT`` returns;
+- ``reviews/<assignment_id>``: the review decision for an assignment;
+- ``approvals/<assignment_id>``, ``bonuses/<hit_id>.<worker_id>``: done;
+- ``emails/<worker_id>``: ``{"status": "sending" | "sent" | "failed"}``; written as
+  "sending" *before* NotifyWorkers, so a crash mid-call can never lead to a second e-mail.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class S3Ledger:
+    """JSON objects under ``<prefix>/batches/<batch_id>/`` in a private bucket."""
+
+    def __init__(self, s3, bucket: str, prefix: str, batch_id: str) -> None:
+        self.s3 = s3
+        self.bucket = bucket
+        self.root = "/".join(p for p in (prefix.strip("/"), "batches", batch_id) if p)
+
+    def key(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    # --- whole files ------------------------------------------------------------------------
+
+    def put_bytes(self, name: str, data: bytes, content_type: str) -> str:
+        key = self.key(name)
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        return key
+
+    def put_json(self, name: str, doc: Any) -> str:
+        body = json.dumps(doc, ensure_ascii=False, indent=1, sort_keys=True).encode("utf-8")
+        return self.put_bytes(name, body, "application/json")
+
+    def get_bytes(self, name: str) -> bytes | None:
+        try:
+            response = self.s3.get_object(Bucket=self.bucket, Key=self.key(name))
+        except self.s3.exceptions.NoSuchKey:
+            return None
+        return response["Body"].read()
+
+    def get_json(self, name: str) -> Any | None:
+        data = self.get_bytes(name)
+        return None if data is None else json.loads(data)
+
+    # --- ledger entries ---------------------------------------------------------------------
+
+    def entry_name(self, kind: str, key: str) -> str:
+        return f"ledger/{kind}/{key}.json"
+
+    def get(self, kind: str, key: str) -> dict[str, Any] | None:
+        return self.get_json(self.entry_name(kind, key))
+
+    def put(self, kind: str, key: str, doc: dict[str, Any]) -> None:
+        self.put_json(self.entry_name(kind, key), doc)
+
+    def entries(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Every entry of a kind, by key (one ListObjectsV2 walk plus one GET per entry)."""
+        found = {}
+        for key in self._keys(f"{self.root}/ledger/{kind}/"):
+            name = key.rsplit("/", 1)[-1]
+            if not name.endswith(".json"):
+                continue
+            body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            found[name[: -len(".json")]] = json.loads(body)
+        return found
+
+    def _keys(self, prefix: str) -> Iterator[str]:
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"]

@@ -1,0 +1,338 @@
+"""Review submitted assignments: read the answers, approve, pay gold passers, mail the others.
+
+Per assignment, in this order, each step recorded in the batch's S3 ledger before the next:
+
+1. **decide** (``decide``): parse MTurk's ``QuestionFormAnswers``; the gold answer is right or
+   wrong; the model answer becomes a vote. Malformed or tampered answers (a missing field, a
+   value that is not an option, unparsable XML) are recorded with their problems and never
+   counted. Policy: such an assignment is still approved (the worker did submit work and MTurk
+   would auto-approve it anyway), it gets no bonus and no e-mail, and its vote is ignored.
+2. **approve** every submitted assignment (an already approved one is left alone).
+3. **bonus** when the gold answer is right: ``SendBonus`` with a token from (batch, HIT,
+   worker) and the bonus message as Reason; before paying, the ledger and then
+   ``ListBonusPayments`` are checked, so a bonus is paid at most once per worker per HIT even
+   after MTurk's 24 h token memory is gone. The vote counts.
+4. **e-mail** when the gold answer is wrong: ``NotifyWorkers`` with the no-bonus message, after
+   approval, in batches of at most 100, at most once per worker per batch: the ledger entry is
+   written as "sending" *before* the call, so a crash during the call can never cause a second
+   e-mail (it is logged as possibly unsent instead). Per-worker failures are logged and kept.
+   The vote is ignored.
+
+Running the review again pays and mails nobody twice; it only picks up new submissions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from botocore.exceptions import ClientError
+
+from include.crowd.costs import bonus_fee, cents, reward_fee, usd
+from include.crowd.ledger import S3Ledger
+from include.crowd.records import NONE_OF_THESE, HitPlan, Review
+
+log = logging.getLogger(__name__)
+
+NOTIFY_BATCH = 100
+MAX_ANSWER_BYTES = 64 * 1024
+
+
+@dataclass
+class ReviewSettings:
+    reward: str
+    bonus: str
+    bonus_message: str
+    no_bonus_message: str
+    email_subject: str = "About your answers"
+    assignments_per_hit: int = 1
+
+
+@dataclass
+class ReviewOutcome:
+    reviews: list[Review] = field(default_factory=list)
+    approved: int = 0
+    bonuses_paid: int = 0
+    emails_sent: int = 0
+    email_failures: list[dict] = field(default_factory=list)
+    spent: dict = field(default_factory=dict)
+
+
+def parse_answers(answer_xml: str | None) -> tuple[dict[str, str], list[str]]:
+    """Return ``{QuestionIdentifier: FreeText}`` and the problems found reading it."""
+    if not answer_xml:
+        return {}, ["the assignment has no answer"]
+    if len(answer_xml.encode("utf-8")) > MAX_ANSWER_BYTES:
+        return {}, [f"the answer is larger than {MAX_ANSWER_BYTES} bytes"]
+    try:
+        root = ET.fromstring(answer_xml.encode("utf-8"))
+    except ET.ParseError as error:
+        return {}, [f"the answer is not valid XML: {error}"]
+    answers: dict[str, str] = {}
+    problems = []
+    for answer in root:
+        if _local(answer.tag) != "Answer":
+            continue
+        parts = {_local(child.tag): (child.text or "") for child in answer}
+        name = parts.get("QuestionIdentifier", "").strip()
+        value = parts.get("FreeText", parts.get("SelectionIdentifier", "")).strip()
+        if not name:
+            problems.append("an answer has no QuestionIdentifier")
+        elif name in answers:
+            problems.append(f"field {name!r} is answered twice")
+        else:
+            answers[name] = value
+    return answers, problems
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def decide(plan: HitPlan, assignment: dict) -> Review:
+    """Read one assignment against its HIT's plan (pure: no calls)."""
+    answers, problems = parse_answers(assignment.get("Answer"))
+    positions: dict[str, int | None] = {}
+    for question in plan.questions:
+        raw = answers.get(question.field)
+        if raw is None:
+            problems.append(f"question {question.field!r} is not answered")
+            positions[question.kind] = None
+            continue
+        if not raw.isdigit() or question.option(int(raw)) is None:
+            shown = raw if len(raw) <= 40 else raw[:37] + "..."
+            problems.append(f"question {question.field!r} has an unknown value {shown!r}")
+            positions[question.kind] = None
+            continue
+        positions[question.kind] = int(raw)
+    fields = {q.field for q in plan.questions}
+    extra = sorted(name for name in answers if name not in fields)
+    notes = [f"extra fields ignored: {', '.join(extra)[:200]}"] if extra else []
+    valid = not problems
+    gold_correct = positions.get("gold") == plan.gold.correct_position if valid else None
+    vote = None
+    if valid:
+        option = plan.model.option(positions["model"])
+        vote = option.image.name if option and option.image else NONE_OF_THESE
+    submit = assignment.get("SubmitTime")
+    return Review(
+        assignment_id=assignment["AssignmentId"],
+        hit_id=assignment["HITId"],
+        worker_id=assignment["WorkerId"],
+        query=plan.query.name,
+        valid=valid,
+        gold_correct=gold_correct,
+        gold_position=positions.get("gold"),
+        model_position=positions.get("model"),
+        vote=vote,
+        counted=bool(valid and gold_correct),
+        problems=problems + notes,
+        submit_time=submit.astimezone(UTC).isoformat() if isinstance(submit, datetime) else None,
+    )
+
+
+def bonus_token(plan: HitPlan, worker_id: str) -> str:
+    digest = hashlib.sha256(f"{plan.batch_id}|{plan.hit_id}|{worker_id}".encode()).hexdigest()
+    return f"bonus-{digest[:40]}"
+
+
+def _assignments(mturk, hit_id: str) -> list[dict]:
+    found = []
+    paginator = mturk.get_paginator("list_assignments_for_hit")
+    for page in paginator.paginate(
+        HITId=hit_id,
+        AssignmentStatuses=["Submitted", "Approved", "Rejected"],
+        PaginationConfig={"PageSize": 100},
+    ):
+        found.extend(page.get("Assignments", []))
+    return found
+
+
+def _error_code(error: ClientError) -> str:
+    return error.response.get("Error", {}).get("Code", "")
+
+
+def review_batch(
+    mturk, plans: Sequence[HitPlan], ledger: S3Ledger, settings: ReviewSettings
+) -> ReviewOutcome:
+    """Review every submitted assignment of the batch's HITs (see the module docstring)."""
+    outcome = ReviewOutcome()
+    decided = {key: Review.from_dict(doc) for key, doc in ledger.entries("reviews").items()}
+    approvals = ledger.entries("approvals")
+    bonuses = ledger.entries("bonuses")
+    emails = ledger.entries("emails")
+    to_mail: dict[str, Review] = {}
+    plans = [plan for plan in plans if plan.hit_id]
+
+    for index, plan in enumerate(plans, 1):
+        for assignment in _assignments(mturk, plan.hit_id):
+            assignment_id = assignment["AssignmentId"]
+            review = decided.get(assignment_id)
+            if review is None:
+                review = decide(plan, assignment)
+                ledger.put("reviews", assignment_id, review.to_dict())
+                decided[assignment_id] = review
+                if not review.valid:
+                    log.warning(
+                        "assignment %s of worker %s (query %s) is not counted: %s",
+                        assignment_id,
+                        review.worker_id,
+                        plan.query.name,
+                        "; ".join(review.problems),
+                    )
+            outcome.reviews.append(review)
+            _approve(mturk, ledger, approvals, assignment, outcome)
+            if review.valid and review.gold_correct:
+                _pay_bonus(mturk, ledger, bonuses, plan, review, settings, outcome)
+            elif review.valid and review.worker_id not in emails:
+                to_mail.setdefault(review.worker_id, review)
+        if index % max(1, len(plans) // 10) == 0 or index == len(plans):
+            log.info(
+                "reviewed %d/%d HITs: %d assignments, %d approved now, %d bonuses paid now",
+                index,
+                len(plans),
+                len(outcome.reviews),
+                outcome.approved,
+                outcome.bonuses_paid,
+            )
+
+    _send_emails(mturk, ledger, emails, sorted(to_mail), settings, outcome)
+    outcome.spent = spent(ledger, settings)
+    log.info(
+        "review done: %d assignments (%d valid, %d counted); approved %d, bonuses paid %d, "
+        "e-mails sent %d; spent so far %s",
+        len(outcome.reviews),
+        sum(r.valid for r in outcome.reviews),
+        sum(r.counted for r in outcome.reviews),
+        outcome.approved,
+        outcome.bonuses_paid,
+        outcome.emails_sent,
+        usd(outcome.spent["total_cents"]),
+    )
+    reviews = sorted(outcome.reviews, key=lambda r: (r.query, r.assignment_id))
+    ledger.put_bytes(
+        "reviews.jsonl",
+        "".join(_json_line(r.to_dict()) for r in reviews).encode("utf-8"),
+        "application/x-ndjson",
+    )
+    return outcome
+
+
+def _json_line(doc: dict) -> str:
+    import json
+
+    return json.dumps(doc, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+def _approve(mturk, ledger, approvals, assignment, outcome) -> None:
+    assignment_id = assignment["AssignmentId"]
+    if assignment_id in approvals:
+        return
+    status = assignment["AssignmentStatus"]
+    if status == "Submitted":
+        try:
+            mturk.approve_assignment(AssignmentId=assignment_id)
+            outcome.approved += 1
+        except ClientError as error:
+            # Approved meanwhile (auto-approval, or our own call whose answer was lost).
+            current = mturk.get_assignment(AssignmentId=assignment_id)["Assignment"]
+            if current["AssignmentStatus"] != "Approved":
+                raise
+            log.info("assignment %s was already approved (%s)", assignment_id, error)
+    elif status == "Rejected":
+        log.warning("assignment %s was rejected outside this review; left as is", assignment_id)
+    entry = {
+        "status": "Approved" if status != "Rejected" else "Rejected",
+        "worker": assignment["WorkerId"],
+    }
+    ledger.put("approvals", assignment_id, entry)
+    approvals[assignment_id] = entry
+
+
+def _pay_bonus(mturk, ledger, bonuses, plan, review, settings, outcome) -> None:
+    key = f"{plan.hit_id}.{review.worker_id}"
+    if key in bonuses:
+        return
+    paid = mturk.list_bonus_payments(AssignmentId=review.assignment_id).get("BonusPayments", [])
+    if not paid:
+        try:
+            mturk.send_bonus(
+                WorkerId=review.worker_id,
+                BonusAmount=settings.bonus,
+                AssignmentId=review.assignment_id,
+                Reason=settings.bonus_message,
+                UniqueRequestToken=bonus_token(plan, review.worker_id),
+            )
+            outcome.bonuses_paid += 1
+            log.info(
+                "bonus %s paid to %s for HIT %s",
+                usd(cents(settings.bonus)),
+                review.worker_id,
+                plan.hit_id,
+            )
+        except ClientError as error:
+            if "UniqueRequestToken" not in str(error) and "already" not in str(error):
+                raise
+            log.info("bonus for %s on HIT %s was already paid", review.worker_id, plan.hit_id)
+    entry = {"assignment": review.assignment_id, "amount": settings.bonus}
+    ledger.put("bonuses", key, entry)
+    bonuses[key] = entry
+
+
+def _send_emails(mturk, ledger, emails, worker_ids, settings, outcome) -> None:
+    for start in range(0, len(worker_ids), NOTIFY_BATCH):
+        chunk = worker_ids[start : start + NOTIFY_BATCH]
+        for worker_id in chunk:  # at most once: marked before the call
+            ledger.put("emails", worker_id, {"status": "sending"})
+            emails[worker_id] = {"status": "sending"}
+        response = mturk.notify_workers(
+            Subject=settings.email_subject, MessageText=settings.no_bonus_message, WorkerIds=chunk
+        )
+        failed = {f["WorkerId"]: f for f in response.get("NotifyWorkersFailureStatuses", [])}
+        for worker_id in chunk:
+            if worker_id in failed:
+                failure = failed[worker_id]
+                log.warning(
+                    "e-mail to %s failed: %s %s",
+                    worker_id,
+                    failure.get("NotifyWorkersFailureCode"),
+                    failure.get("NotifyWorkersFailureMessage"),
+                )
+                entry = {"status": "failed", **failure}
+                outcome.email_failures.append(failure)
+            else:
+                entry = {"status": "sent"}
+                outcome.emails_sent += 1
+            ledger.put("emails", worker_id, entry)
+            emails[worker_id] = entry
+        log.info("e-mails sent %d/%d", outcome.emails_sent, len(worker_ids))
+    unsure = [w for w, e in emails.items() if e.get("status") == "sending"]
+    if unsure:
+        log.warning(
+            "%d e-mails may not have been sent (a previous attempt stopped during the call); "
+            "they are not sent again: %s",
+            len(unsure),
+            ", ".join(sorted(unsure)[:20]),
+        )
+
+
+def spent(ledger: S3Ledger, settings: ReviewSettings) -> dict:
+    """Money committed so far by this batch, from the ledger (rewards, bonuses, fees)."""
+    approvals = [a for a in ledger.entries("approvals").values() if a["status"] == "Approved"]
+    bonuses = ledger.entries("bonuses")
+    reward = cents(settings.reward)
+    rewards = len(approvals) * reward
+    bonus_total = sum(cents(b["amount"]) for b in bonuses.values())
+    fees = len(approvals) * reward_fee(reward, settings.assignments_per_hit) + sum(
+        bonus_fee(cents(b["amount"])) for b in bonuses.values()
+    )
+    return {
+        "rewards_cents": rewards,
+        "bonuses_cents": bonus_total,
+        "fees_cents": fees,
+        "total_cents": rewards + bonus_total + fees,
+    }

@@ -1,0 +1,315 @@
+"""Creating HITs exactly once and reviewing them exactly once, against moto's S3 server and the
+crowd sandbox, both on 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+import xml.etree.ElementTree as ET
+
+import boto3
+import pytest
+import sandbox_process as sandbox_fixtures
+
+from include.crowd import costs
+from include.crowd.create import HitSettings, create_hits, created_plans, load_manifest
+from include.crowd.ledger import S3Ledger
+from include.crowd.records import NONE_OF_THESE, HitPlan, ImageRef, Option, Question
+from include.crowd.review import ReviewSettings, decide, parse_answers, review_batch
+
+SETTINGS = HitSettings(
+    title="Which picture is most similar?",
+    description="Pick the most similar picture",
+    keywords="image",
+    reward="0.05",
+    assignments=3,
+    lifetime_s=3600,
+    assignment_duration_s=600,
+    auto_approval_delay_s=86400,
+)
+REVIEW = ReviewSettings(
+    reward="0.05",
+    bonus="0.10",
+    bonus_message="Right check answer: here is a bonus.",
+    no_bonus_message="The check question was answered wrongly, so no bonus this time.",
+    assignments_per_hit=3,
+)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def ledger(s3_endpoint, request):
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    bucket = "crowd-" + request.node.name.lower().replace("_", "-")[:40]
+    s3.create_bucket(Bucket=bucket)
+    return S3Ledger(s3, bucket, "image-similarity", "batch-1")
+
+
+@pytest.fixture
+def crowd(tmp_path):
+    running = sandbox_fixtures.start_sandbox(tmp_path / "sandbox.sqlite")
+    yield running
+    running.stop()
+
+
+def image(name: str) -> ImageRef:
+    return ImageRef(name, name.encode().hex().ljust(64, "0")[:64], f"images/{name}")
+
+
+def plan(query: str, *, gold_correct: int = 2) -> HitPlan:
+    matches = [image(f"{query}-match{i}.jpg") for i in (1, 2, 3)]
+    model = Question(
+        field=f"f{abs(hash(query)) % 10_000}a",
+        kind="model",
+        target=image(query),
+        options=(
+            *(Option(i + 1, m, rank=i + 1, score=0.9 - i / 10) for i, m in enumerate(matches)),
+            Option(4, None),
+        ),
+    )
+    gold = Question(
+        field=f"f{abs(hash(query)) % 10_000}b",
+        kind="gold",
+        target=image("known1.jpg"),
+        options=tuple(Option(i, image(f"known1_{i}.jpg")) for i in (1, 2, 3)) + (Option(4, None),),
+        gold_set="known1",
+        correct_position=gold_correct,
+    )
+    return HitPlan("batch-1", image(query), f"tok-{query}", (gold, model))
+
+
+def render(plan: HitPlan) -> str:
+    return sandbox_fixtures.html_question(plan.query.name)
+
+
+class CountingClient:
+    """Wraps a boto3 client: counts calls per operation, can fail after some calls."""
+
+    def __init__(self, client, fail_after: dict[str, int] | None = None) -> None:
+        self._client = client
+        self.calls: dict[str, int] = {}
+        self.fail_after = fail_after or {}
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):
+        attribute = getattr(self._client, name)
+        if not callable(attribute) or name.startswith("get_paginator"):
+            return attribute
+
+        def call(*args, **kwargs):
+            with self._lock:
+                self.calls[name] = self.calls.get(name, 0) + 1
+                if name in self.fail_after and self.calls[name] > self.fail_after[name]:
+                    raise ConnectionError(f"simulated crash before {name} #{self.calls[name]}")
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+# --- creation -------------------------------------------------------------------------------
+
+
+def test_each_hit_is_created_once_and_a_rerun_creates_nothing(crowd, ledger):
+    mturk = CountingClient(crowd.client())
+    plans = [plan(f"q{i}.jpg") for i in range(5)]
+    created = create_hits(mturk, plans, ledger, SETTINGS, render, concurrency=3)
+    assert all(p.hit_id for p in created)
+    assert mturk.calls["create_hit"] == 5
+    hit = crowd.client().get_hit(HITId=created[0].hit_id)["HIT"]
+    assert hit["RequesterAnnotation"] == "batch-1"
+    assert [p.query.name for p in load_manifest(ledger)] == [f"q{i}.jpg" for i in range(5)]
+
+    again = create_hits(mturk, plans, ledger, SETTINGS, render)
+    assert [p.hit_id for p in again] == [p.hit_id for p in created]
+    assert mturk.calls["create_hit"] == 5  # the ledger answered
+    more = create_hits(mturk, [*plans, plan("new.jpg")], ledger, SETTINGS, render)
+    assert mturk.calls["create_hit"] == 6 and len({p.hit_id for p in more}) == 6
+
+
+def test_a_create_retried_after_half_the_hits_ends_with_each_hit_once(crowd, ledger):
+    plans = [plan(f"q{i}.jpg") for i in range(6)]
+    crashing = CountingClient(crowd.client(), fail_after={"create_hit": 3})
+    with pytest.raises(ConnectionError):
+        create_hits(crashing, plans, ledger, SETTINGS, render, concurrency=1)
+    assert len(created_plans(ledger)) == 3
+    create_hits(crowd.client(), plans, ledger, SETTINGS, render)
+    hits = crowd.client().list_hits(MaxResults=100)["HITs"]
+    assert len(hits) == 6
+    assert {p.hit_id for p in load_manifest(ledger)} == {h["HITId"] for h in hits}
+
+
+def test_a_lost_ledger_write_is_recovered_through_the_request_token(crowd, ledger, monkeypatch):
+    plans = [plan(f"q{i}.jpg") for i in range(3)]
+    real_put = ledger.put
+    state = {"n": 0}
+
+    def flaky_put(kind, key, doc):
+        if kind == "hits":
+            state["n"] += 1
+            if state["n"] == 2:  # the HIT exists at MTurk, the ledger never hears of it
+                raise ConnectionError("simulated crash after CreateHIT")
+        real_put(kind, key, doc)
+
+    monkeypatch.setattr(ledger, "put", flaky_put)
+    with pytest.raises(ConnectionError):
+        create_hits(crowd.client(), plans, ledger, SETTINGS, render, concurrency=1)
+    monkeypatch.setattr(ledger, "put", real_put)
+    created = create_hits(crowd.client(), plans, ledger, SETTINGS, render)
+    hits = crowd.client().list_hits(MaxResults=100)["HITs"]
+    assert len(hits) == 3
+    assert sorted(p.hit_id for p in created) == sorted(h["HITId"] for h in hits)
+
+
+def test_the_budget_guard_stops_before_any_money_is_committed():
+    cost = costs.estimate(100, 3, reward_cents=5, bonus_cents=10)
+    assert cost.rewards == 1500 and cost.max_bonuses == 3000
+    assert cost.fees == 300 * (1 + 2)  # 20 % of 5 c rounds to 1 c; 20 % of 10 c = 2 c
+    costs.check_budget(cost, balance_cents=10_000, budget_cents=6_000)
+    with pytest.raises(costs.BudgetError, match="over the budget cap of \\$50.00"):
+        costs.check_budget(cost, balance_cents=10_000, budget_cents=5_000)
+    with pytest.raises(costs.BudgetError, match="account balance is \\$10.00"):
+        costs.check_budget(cost, balance_cents=1_000, budget_cents=None)
+    assert costs.estimate(1, 10, 100, 0).fees == 10 * 40  # 40 % tier
+
+
+# --- review ---------------------------------------------------------------------------------
+
+
+def answers_for(p: HitPlan, *, gold: int, model: int) -> dict[str, str]:
+    return {p.gold.field: str(gold), p.model.field: str(model)}
+
+
+def test_review_pays_gold_passers_mails_the_others_and_counts_only_valid_votes(crowd, ledger):
+    mturk = crowd.client()
+    p = plan("q.jpg", gold_correct=2)
+    settings = HitSettings(**{**SETTINGS.__dict__, "assignments": 4})
+    (p,) = create_hits(mturk, [p], ledger, settings, render)
+    crowd.work(p.hit_id, "AGOOD", answers_for(p, gold=2, model=1))
+    crowd.work(p.hit_id, "AWRONG", answers_for(p, gold=3, model=2))
+    crowd.work(p.hit_id, "ATAMPER", {p.gold.field: "2", p.model.field: "<script>"})
+    crowd.work(p.hit_id, "AMISSING", {p.gold.field: "2"})
+
+    outcome = review_batch(mturk, [p], ledger, REVIEW)
+    by_worker = {r.worker_id: r for r in outcome.reviews}
+    assert by_worker["AGOOD"].counted and by_worker["AGOOD"].vote == "q.jpg-match1.jpg"
+    assert by_worker["AWRONG"].valid and not by_worker["AWRONG"].counted
+    assert not by_worker["ATAMPER"].valid and "unknown value" in by_worker["ATAMPER"].problems[0]
+    assert not by_worker["AMISSING"].valid
+    assert (outcome.approved, outcome.bonuses_paid, outcome.emails_sent) == (4, 1, 1)
+    statuses = {
+        a["WorkerId"]: a["AssignmentStatus"]
+        for a in mturk.list_assignments_for_hit(HITId=p.hit_id)["Assignments"]
+    }
+    assert set(statuses.values()) == {"Approved"}
+    (bonus,) = mturk.list_bonus_payments(HITId=p.hit_id)["BonusPayments"]
+    assert (bonus["WorkerId"], bonus["Reason"]) == ("AGOOD", REVIEW.bonus_message)
+    assert outcome.spent == {
+        "rewards_cents": 20,
+        "bonuses_cents": 10,
+        "fees_cents": 4 + 2,
+        "total_cents": 36,
+    }
+    balance = mturk.get_account_balance()["AvailableBalance"]
+    assert balance == "9999.64"  # the sandbox charged exactly what the ledger says
+
+    again = review_batch(mturk, [p], ledger, REVIEW)
+    assert (again.approved, again.bonuses_paid, again.emails_sent) == (0, 0, 0)
+    assert mturk.get_account_balance()["AvailableBalance"] == balance
+    assert len(mturk.list_bonus_payments(HITId=p.hit_id)["BonusPayments"]) == 1
+    _, _, outbox = crowd.page("/outbox")
+    assert outbox.count(REVIEW.no_bonus_message) == 1
+    assert ledger.get_bytes("reviews.jsonl").count(b"\n") == 4
+
+
+def test_a_bonus_paid_before_a_crash_is_not_paid_again(crowd, ledger, monkeypatch):
+    mturk = crowd.client()
+    (p,) = create_hits(mturk, [plan("q.jpg")], ledger, SETTINGS, render)
+    crowd.work(p.hit_id, "AGOOD", answers_for(p, gold=2, model=1))
+    real_put = ledger.put
+
+    def crash_on_bonus_record(kind, key, doc):
+        if kind == "bonuses":
+            raise ConnectionError("simulated crash after SendBonus")
+        real_put(kind, key, doc)
+
+    monkeypatch.setattr(ledger, "put", crash_on_bonus_record)
+    with pytest.raises(ConnectionError):
+        review_batch(mturk, [p], ledger, REVIEW)
+    monkeypatch.setattr(ledger, "put", real_put)
+    outcome = review_batch(mturk, [p], ledger, REVIEW)
+    assert outcome.bonuses_paid == 0
+    assert len(mturk.list_bonus_payments(HITId=p.hit_id)["BonusPayments"]) == 1
+
+
+def test_notify_goes_out_in_batches_of_at_most_100(crowd, ledger):
+    mturk = crowd.client()
+    settings = HitSettings(**{**SETTINGS.__dict__, "assignments": 105})
+    (p,) = create_hits(mturk, [plan("q.jpg")], ledger, settings, render)
+    workers = [f"AWORKER{i:03d}" for i in range(105)]
+    for worker in workers:
+        crowd.work(p.hit_id, worker, answers_for(p, gold=1, model=1))
+    counting = CountingClient(mturk)
+    outcome = review_batch(counting, [p], ledger, REVIEW)
+    assert counting.calls["notify_workers"] == 2
+    assert outcome.emails_sent == 105 and outcome.bonuses_paid == 0
+    again = review_batch(counting, [p], ledger, REVIEW)
+    assert again.emails_sent == 0 and counting.calls["notify_workers"] == 2
+
+
+# --- reading answers ------------------------------------------------------------------------
+
+
+def answer_xml(fields: dict[str, str]) -> str:
+    ns = (
+        "http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2005-10-01/"
+        "QuestionFormAnswers.xsd"
+    )
+    root = ET.Element("QuestionFormAnswers", xmlns=ns)
+    for name, value in fields.items():
+        answer = ET.SubElement(root, "Answer")
+        ET.SubElement(answer, "QuestionIdentifier").text = name
+        ET.SubElement(answer, "FreeText").text = value
+    return ET.tostring(root, encoding="unicode")
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        ("<not xml", "not valid XML"),
+        ("", "no answer"),
+        ("x" * 70_000, "larger than"),
+    ],
+)
+def test_unreadable_answers_are_recorded_not_counted(answer, problem):
+    p = plan("q.jpg")
+    p.hit_id = "HIT1"
+    review = decide(p, {"AssignmentId": "A1", "HITId": "HIT1", "WorkerId": "AW", "Answer": answer})
+    assert not review.valid and not review.counted and review.vote is None
+    assert problem in review.problems[0]
+
+
+def test_extra_fields_are_noted_and_none_of_these_is_a_vote():
+    p = plan("q.jpg")
+    fields = {**answers_for(p, gold=2, model=4), "injected": "1"}
+    review = decide(
+        p, {"AssignmentId": "A1", "HITId": "H", "WorkerId": "AW", "Answer": answer_xml(fields)}
+    )
+    assert review.valid and review.counted and review.vote == NONE_OF_THESE
+    assert "extra fields ignored: injected" in review.problems
+    parsed, problems = parse_answers(answer_xml({"a": "1"}).replace("</Answer>", "</Answer>" * 1))
+    assert parsed == {"a": "1"} and not problems

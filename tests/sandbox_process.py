@@ -1,0 +1,173 @@
+"""Run the crowd sandbox as users do (``python -m include.crowd_sandbox``) and talk to it.
+
+Shared by every test that needs a crowd: ``from sandbox_process import start_sandbox``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.error import HTTPError
+from urllib.parse import urlencode
+from urllib.request import HTTPRedirectHandler, Request, build_opener
+
+import boto3
+from botocore.config import Config
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class RunningSandbox:
+    url: str
+    state: Path
+    process: subprocess.Popen
+    log: list[str]
+
+    def client(self, **config):
+        """A plain boto3 MTurk client pointed at the sandbox, with throw-away credentials."""
+        return boto3.client(
+            "mturk",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="sandbox-test",
+            aws_secret_access_key="sandbox-test-secret",
+            config=Config(**({"retries": {"total_max_attempts": 1, "mode": "standard"}} | config)),
+        )
+
+    def admin(self, path: str, payload: dict | None = None) -> dict:
+        """GET (or POST JSON to) an admin endpoint, e.g. ``admin("clock", {"advance": 60})``."""
+        data = None if payload is None else json.dumps(payload).encode()
+        request = Request(f"{self.url}/admin/{path}", data=data, method="POST" if data else "GET")
+        request.add_header("Content-Type", "application/json")
+        with _OPENER.open(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def accept(self, hit_id: str, worker_id: str) -> str:
+        """Accept a HIT as a worker through the worker site; return the assignment id."""
+        status, headers, body = http(f"{self.url}/hit/{hit_id}/accept", {"workerId": worker_id})
+        if status != 303:
+            raise AssertionError(f"accept answered {status}: {body[:500]}")
+        found = re.search(r"assignmentId=([A-Z0-9]+)", headers.get("Location", ""))
+        assert found, headers
+        return found.group(1)
+
+    def accept_status(self, hit_id: str, worker_id: str) -> int:
+        """The HTTP status of an accept attempt (303 when accepted)."""
+        return http(f"{self.url}/hit/{hit_id}/accept", {"workerId": worker_id})[0]
+
+    def page(self, path: str) -> tuple[int, dict[str, str], str]:
+        """GET a worker-site page."""
+        return http(self.url + path)
+
+    def submit(self, assignment_id: str, answers: dict[str, str]) -> int:
+        """Post a form to the sandbox's externalSubmit, as a HIT page does."""
+        status, _, _ = http(
+            f"{self.url}/mturk/externalSubmit", {"assignmentId": assignment_id, **answers}
+        )
+        return status
+
+    def work(self, hit_id: str, worker_id: str, answers: dict[str, str] | None = None) -> str:
+        """Accept and submit a HIT as a worker; return the assignment id."""
+        assignment_id = self.accept(hit_id, worker_id)
+        status = self.submit(assignment_id, answers or {"choice": "1"})
+        assert status == 200, status
+        return assignment_id
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                return self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise
+        return self.process.returncode
+
+
+class _NoRedirect(HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+_OPENER = build_opener(_NoRedirect)
+
+
+def http(url: str, form: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+    """GET, or POST a form; redirects are not followed. Return status, headers and body."""
+    data = urlencode(form).encode() if form is not None else None
+    request = Request(url, data=data, method="POST" if data is not None else "GET")
+    try:
+        with _OPENER.open(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except HTTPError as error:
+        return error.code, dict(error.headers), error.read().decode("utf-8", "replace")
+
+
+HTML_QUESTION = """<HTMLQuestion xmlns="http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2011-11-11/HTMLQuestion.xsd">
+<HTMLContent><![CDATA[<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{title}</title></head><body>
+<form name="mturk_form" method="post" id="mturk_form"
+      action="https://www.mturk.com/mturk/externalSubmit">
+<input type="hidden" name="assignmentId" id="assignmentId" value="">
+<p>Which option matches?</p>
+<label><input type="radio" name="choice" value="1" required> one</label>
+<label><input type="radio" name="choice" value="2"> two</label>
+<p><label>Comment <input type="text" name="comment"></label></p>
+<input type="submit" id="submitButton" value="Submit">
+</form>
+<script>
+document.getElementById("assignmentId").value =
+  new URLSearchParams(location.search).get("assignmentId");
+</script>
+</body></html>]]></HTMLContent>
+<FrameHeight>600</FrameHeight>
+</HTMLQuestion>"""
+
+
+def html_question(title: str = "Pick one") -> str:
+    """A small, real HTMLQuestion: two radio options and a comment field."""
+    return HTML_QUESTION.replace("{title}", title)
+
+
+def start_sandbox(state: Path, *args: str) -> RunningSandbox:
+    """Start ``python -m include.crowd_sandbox --port 0`` and wait for its URL line."""
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "include.crowd_sandbox",
+            "--port",
+            "0",
+            "--state",
+            str(state),
+            *args,
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = process.stdout.readline().strip()
+    log: list[str] = []
+    if not url.startswith("http://127.0.0.1:"):
+        process.kill()
+        _, err = process.communicate(timeout=10)
+        raise RuntimeError(f"crowd sandbox did not start: {url!r}\n{err}")
+
+    def drain() -> None:
+        for line in process.stderr:
+            log.append(line)
+
+    threading.Thread(target=drain, daemon=True).start()
+    return RunningSandbox(url, state, process, log)
