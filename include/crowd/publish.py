@@ -94,7 +94,11 @@ def publish_images(
 
 
 class ImageUrls:
-    """Turns an ``ImageRef`` into the URL a worker's browser loads."""
+    """Turns an ``ImageRef`` into the URL a worker's browser loads.
+
+    Give it an S3 client configured for SigV4 (``Config(signature_version="s3v4")``): SigV4
+    URLs carry their expiry (``X-Amz-Expires``), at most 7 days.
+    """
 
     def __init__(
         self, s3, bucket: str, *, expires_in: int, public_base_url: str | None = None

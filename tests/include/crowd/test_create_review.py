@@ -313,3 +313,36 @@ def test_extra_fields_are_noted_and_none_of_these_is_a_vote():
     assert "extra fields ignored: injected" in review.problems
     parsed, problems = parse_answers(answer_xml({"a": "1"}).replace("</Answer>", "</Answer>" * 1))
     assert parsed == {"a": "1"} and not problems
+
+
+# --- cleanup --------------------------------------------------------------------------------
+
+
+def test_cleanup_touches_only_its_own_batch_and_settles_first(crowd, ledger, s3_endpoint):
+    from include.crowd.cleanup import cleanup_batch
+
+    mturk = crowd.client()
+    mine = create_hits(mturk, [plan("a.jpg"), plan("b.jpg")], ledger, SETTINGS, render)
+    other_ledger = S3Ledger(ledger.s3, ledger.bucket, "image-similarity", "batch-2")
+    other = plan("c.jpg")
+    other.batch_id = "batch-2"
+    (theirs,) = create_hits(mturk, [other], other_ledger, SETTINGS, render)
+    crowd.work(mine[0].hit_id, "AGOOD", answers_for(mine[0], gold=2, model=1))
+    busy = crowd.accept(mine[1].hit_id, "ABUSY")  # still working: MTurk keeps that HIT
+
+    outcome = cleanup_batch(
+        mturk, "batch-1", settle=lambda: review_batch(mturk, mine, ledger, REVIEW)
+    )
+    assert sorted(outcome.expired) == sorted(p.hit_id for p in mine)
+    assert outcome.deleted == [mine[0].hit_id]
+    assert list(outcome.kept) == [mine[1].hit_id]
+    assert mturk.get_hit(HITId=mine[0].hit_id)["HIT"]["HITStatus"] == "Disposed"
+    assert len(mturk.list_bonus_payments(HITId=mine[0].hit_id)["BonusPayments"]) == 1
+    assert mturk.get_hit(HITId=theirs.hit_id)["HIT"]["HITStatus"] == "Assignable"
+
+    crowd.submit(busy, answers_for(mine[1], gold=2, model=2))
+    again = cleanup_batch(
+        mturk, "batch-1", settle=lambda: review_batch(mturk, mine, ledger, REVIEW)
+    )
+    assert again.deleted == [mine[1].hit_id] and not again.kept
+    assert mturk.get_hit(HITId=theirs.hit_id)["HIT"]["HITStatus"] == "Assignable"
