@@ -1,0 +1,423 @@
+"""The HITs' layout: which images go where, the HTML a worker sees, and who may see it.
+
+One HIT per query, two questions styled alike, in random order: the *gold* question (a
+known-answer set: its target, its correct match and two wrong matches) and the *model* question
+(the query and the model's top matches). Each question also offers "None of these" as its last
+option, so both look the same. The plan (``HitPlan``) records the position → image mapping and
+the gold's correct position; the HTML only shows the images, under opaque field names and
+position values.
+
+Plans are deterministic: every random choice is a SHA-256 of stable inputs (batch id, query
+content hash, seed), never Python's ``random``, so a retried task (even on another Python)
+renders byte-identical HITs and reuses the same ``UniqueRequestToken``.
+
+Known-answer sets are used in a balanced rotation: a batch shuffles the sets once (from the batch
+id and seed), and each new query takes the least-used set, ties going to the earlier set in the
+rotation. Counts continue from the plans already created (``existing``), so adding queries to a
+batch leaves every created HIT's plan as it was and keeps the counts within one of each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from include.crowd.records import HitPlan, ImageRef, Option, Question
+
+Match = tuple[ImageRef, int, float]
+"""A model match: the dataset image, its rank (1 = most similar) and its similarity score."""
+Query = tuple[ImageRef, Sequence[Match]]
+GoldSet = tuple[str, ImageRef, ImageRef, tuple[ImageRef, ImageRef]]
+"""A known-answer set: its id, target, correct match and two wrong matches."""
+
+HTML_QUESTION_XMLNS = (
+    "http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2011-11-11/HTMLQuestion.xsd"
+)
+MAX_QUESTION_BYTES = 65_535  # CreateHIT's limit for the whole Question XML
+MAX_MATCHES = 3
+NONE_LABEL = "None of these"
+DEFAULT_INSTRUCTIONS = (
+    "Each question shows a reference picture and a few options. For each question, pick the "
+    "option whose picture is the most similar to the reference picture: the same scene, object "
+    "or place. If none of the options is similar, pick \u201cNone of these\u201d."
+)
+PROMPT = "Which option is the most similar to the reference picture?"
+
+# MTurk's system qualification types.
+PERCENT_ASSIGNMENTS_APPROVED = "000000000000000000L0"
+NUMBER_HITS_APPROVED = "00000000000000000040"
+LOCALE = "00000000000000000071"
+MASTERS = {
+    "sandbox": "2ARFPLSP75KLA8M8DH1HTEQVJT3SY6",
+    "production": "2F1QJWKUDD8XADTFD2Q0G6UTO95ALH",
+}
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+_TOKEN_PREFIX_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
+_LOCALE = re.compile(r"^(?P<country>[A-Z]{2})(?:-(?P<subdivision>[A-Z0-9]{1,3}))?$")
+# Characters XML 1.0 does not allow anywhere, not even in CDATA.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+# --- determinism ----------------------------------------------------------------------------
+
+
+def _digest(*parts: str) -> str:
+    """A hex SHA-256 of the parts, each length-prefixed so that ("ab", "c") != ("a", "bc")."""
+    hasher = hashlib.sha256()
+    for part in parts:
+        data = part.encode("utf-8")
+        hasher.update(b"%d:" % len(data))
+        hasher.update(data)
+    return hasher.hexdigest()
+
+
+def _shuffled(items: Sequence, *salt: str) -> list:
+    """The items in an order drawn from the salt alone (the same salt, the same order)."""
+    order = sorted(range(len(items)), key=lambda i: _digest(*salt, "item", str(i)))
+    return [items[i] for i in order]
+
+
+def _seed_text(seed: int | str | None) -> str:
+    return "" if seed is None else f"{type(seed).__name__}:{seed}"
+
+
+def request_token(batch_id: str, query_sha256: str) -> str:
+    """Return the ``UniqueRequestToken`` for a query's HIT: stable, at most 64 characters.
+
+    A readable prefix (the batch id, cut and reduced to ``[A-Za-z0-9_-]``) and a hash of both
+    inputs, so tokens of different batches never collide even when their prefixes do.
+    """
+    if not batch_id or not query_sha256:
+        raise ValueError("request_token needs a batch id and a query's content hash")
+    prefix = _TOKEN_PREFIX_CHARS.sub("-", batch_id).strip("-")[:24] or "batch"
+    return f"{prefix}-{_digest('token', batch_id, query_sha256)[:32]}"
+
+
+# --- planning -------------------------------------------------------------------------------
+
+
+def plan_hits(
+    batch_id: str,
+    queries: Sequence[Query],
+    gold_sets: Sequence[GoldSet],
+    *,
+    seed: int | str | None = None,
+    existing: Mapping[str, HitPlan] | None = None,
+) -> list[HitPlan]:
+    """Plan one HIT per query, in the order of ``queries``.
+
+    :param batch_id: the batch the HITs belong to; part of every random draw.
+    :param queries: ``(query, matches)`` pairs, matches as ``(image, rank, score)``; at most
+        the three best ranks are used (fewer when the dataset has fewer images).
+    :param gold_sets: ``(set_id, target, correct, (wrong, wrong))`` known-answer sets.
+    :param seed: changes every draw (question order, option order, field names, rotation).
+    :param existing: plans already made for this batch (e.g. read back from the HIT manifest),
+        by query content hash. A query found here keeps its plan unchanged; all of them count
+        towards the known-answer sets' balance, so new queries continue the rotation.
+    :raises ValueError: no known-answer set, duplicate set ids or query contents, a query
+        without matches, or an existing plan of another batch.
+    """
+    if not batch_id:
+        raise ValueError("plan_hits needs a batch id")
+    if not gold_sets:
+        raise ValueError(
+            "no known-answer sets: every HIT needs one gold question; add at least one set "
+            "(knownN, knownN_1st_match, knownN_2nd_match, knownN_3rd_match) to the known "
+            "answers folder"
+        )
+    by_id: dict[str, GoldSet] = {}
+    for gold in gold_sets:
+        if gold[0] in by_id:
+            raise ValueError(f"known-answer set id {gold[0]!r} appears twice; ids must be unique")
+        by_id[gold[0]] = gold
+    existing = dict(existing or {})
+    for sha, plan in existing.items():
+        if plan.batch_id != batch_id:
+            raise ValueError(
+                f"existing plan for query {plan.query.name!r} belongs to batch "
+                f"{plan.batch_id!r}, not {batch_id!r}; pass only this batch's manifest"
+            )
+        if plan.query.sha256 != sha:
+            raise ValueError(
+                f"existing plan for query {plan.query.name!r} is filed under hash {sha}, but "
+                f"its query's hash is {plan.query.sha256}"
+            )
+
+    seen: dict[str, str] = {}
+    for query, _ in queries:
+        if query.sha256 in seen:
+            raise ValueError(
+                f"queries {seen[query.sha256]!r} and {query.name!r} have the same content "
+                f"(sha256 {query.sha256}); one HIT per distinct image: remove one of them"
+            )
+        seen[query.sha256] = query.name
+
+    seed_text = _seed_text(seed)
+    rotation = _shuffled(sorted(by_id), "rotation", batch_id, seed_text)
+    uses = Counter(
+        plan.gold.gold_set
+        for plan in existing.values()
+        if any(q.kind == "gold" for q in plan.questions) and plan.gold.gold_set in by_id
+    )
+
+    plans = []
+    for query, matches in queries:
+        if query.sha256 in existing:
+            plans.append(existing[query.sha256])
+            continue
+        set_id = min(rotation, key=lambda s: (uses[s], rotation.index(s)))
+        uses[set_id] += 1
+        plans.append(_plan_hit(batch_id, query, matches, by_id[set_id], seed_text))
+    return plans
+
+
+def _plan_hit(
+    batch_id: str, query: ImageRef, matches: Sequence[Match], gold: GoldSet, seed_text: str
+) -> HitPlan:
+    salt = ("hit", batch_id, query.sha256, seed_text)
+    best = sorted(matches, key=lambda match: match[1])[:MAX_MATCHES]
+    if not best:
+        raise ValueError(
+            f"query {query.name!r} has no matches: the dataset is empty or the search failed; "
+            "a model question needs at least one match"
+        )
+    fields = _field_names(2, *salt)
+
+    model_options = [
+        Option(position, image, rank, score)
+        for position, (image, rank, score) in enumerate(_shuffled(best, *salt, "model"), 1)
+    ]
+    model = Question(
+        field=fields[0],
+        kind="model",
+        target=query,
+        options=(*model_options, Option(len(model_options) + 1, None)),
+    )
+
+    set_id, target, correct, wrong = gold
+    gold_images = [correct, *wrong]
+    order = _shuffled(range(len(gold_images)), *salt, "gold")  # index 0 is the correct one
+    gold_options = [Option(position, gold_images[i]) for position, i in enumerate(order, 1)]
+    gold_question = Question(
+        field=fields[1],
+        kind="gold",
+        target=target,
+        options=(*gold_options, Option(len(gold_options) + 1, None)),
+        gold_set=set_id,
+        correct_position=1 + order.index(0),
+    )
+
+    gold_first = int(_digest(*salt, "order")[0], 16) % 2 == 0
+    questions = (gold_question, model) if gold_first else (model, gold_question)
+    return HitPlan(
+        batch_id=batch_id,
+        query=query,
+        token=request_token(batch_id, query.sha256),
+        questions=questions,
+    )
+
+
+def _field_names(count: int, *salt: str) -> list[str]:
+    """Opaque, distinct form field names like ``q_7f3a2c``."""
+    names: list[str] = []
+    attempt = 0
+    while len(names) < count:
+        name = "q_" + _digest(*salt, "field", str(attempt))[:6]
+        if name not in names:
+            names.append(name)
+        attempt += 1
+    return names
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+@cache
+def _environment() -> Environment:
+    return Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+    )
+
+
+def render_question(
+    plan: HitPlan,
+    image_url: Callable[[ImageRef], str],
+    *,
+    title: str,
+    instructions: str | None = None,
+    frame_height: int = 0,
+) -> str:
+    """Return the HIT's ``HTMLQuestion`` XML, ready for ``CreateHIT(Question=...)``.
+
+    The page shows, per question, the target and the options' images from ``image_url`` (pass
+    content-addressed, e.g. presigned, URLs: a URL that contains an image's file name is
+    refused) under generic labels; it says nothing about which question is the gold one or
+    which option is right. Text is escaped; blank lines in ``instructions`` start paragraphs.
+
+    :param frame_height: the frame's height in pixels; 0 lets MTurk fit it to the page.
+    :raises ValueError: a URL that is not http(s)/data or that reveals a file name, or a
+        question larger than MTurk's 64 KB.
+    """
+    if frame_height < 0:
+        raise ValueError(f"frame_height must be 0 (fit the page) or positive, not {frame_height}")
+
+    def url(image: ImageRef, question: Question) -> str:
+        value = image_url(image)
+        if urlsplit(value).scheme.lower() not in ("http", "https", "data"):
+            raise ValueError(f"image URL must be http(s) or data:, got {value[:60]!r}")
+        readable = unquote(value)
+        for secret in (image.name, question.gold_set):
+            if secret and re.search(
+                rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", readable
+            ):
+                raise ValueError(
+                    f"the image URL for {image.name!r} contains {secret!r}, which would tell "
+                    "workers which images are the known answers; use content-addressed URLs"
+                )
+        return value
+
+    questions = [
+        {
+            "field": question.field,
+            "target": url(question.target, question),
+            "options": [
+                {
+                    "value": str(option.position),
+                    "image": url(option.image, question) if option.image is not None else None,
+                    "label": (
+                        f"Option {option.position}" if option.image is not None else NONE_LABEL
+                    ),
+                }
+                for option in sorted(question.options, key=lambda o: o.position)
+            ],
+        }
+        for question in plan.questions
+    ]
+    paragraphs = [
+        " ".join(block.split())
+        for block in re.split(r"\n\s*\n", instructions or DEFAULT_INSTRUCTIONS)
+        if block.strip()
+    ]
+    html = (
+        _environment()
+        .get_template("hit.html")
+        .render(title=title, instructions=paragraphs, prompt=PROMPT, questions=questions)
+    )
+    html = _NOT_XML.sub("", html).replace("]]>", "]]]]><![CDATA[>")
+    xml = (
+        f'<HTMLQuestion xmlns="{HTML_QUESTION_XMLNS}">'
+        f"<HTMLContent><![CDATA[{html}]]></HTMLContent>"
+        f"<FrameHeight>{int(frame_height)}</FrameHeight>"
+        "</HTMLQuestion>"
+    )
+    size = len(xml.encode("utf-8"))
+    if size > MAX_QUESTION_BYTES:
+        raise ValueError(
+            f"the HIT's question is {size} bytes, over MTurk's {MAX_QUESTION_BYTES}: use "
+            "shorter image URLs (e.g. shorter presigned URL expiry or a CDN) or a shorter text"
+        )
+    return xml
+
+
+# --- who may work -----------------------------------------------------------------------
+
+
+def qualification_requirements(
+    *,
+    min_approval_rate: int | None,
+    min_approved_hits: int | None,
+    locales: Sequence[str] | None,
+    exclude_qualification_id: str | None,
+    masters: bool = False,
+    environment: Literal["sandbox", "production"],
+) -> list[dict]:
+    """Return ``QualificationRequirements`` for ``CreateHIT``, in boto3's shape.
+
+    .. seealso:: ``MTurk.Client.create_hit``
+
+    System requirements (approval rate, approved HITs, locale, Masters) guard accepting, as
+    MTurk does by default, so anyone can still preview. The exclusion (workers holding
+    ``exclude_qualification_id``, e.g. those already done with this batch) hides the HIT from
+    them altogether.
+
+    :param min_approval_rate: lowest PercentAssignmentsApproved, 0-100; None: no requirement.
+    :param min_approved_hits: lowest NumberHITsApproved; None: no requirement.
+    :param locales: allowed locales, ``"US"`` or ``"US-NY"`` style; None or empty: anywhere.
+    :param exclude_qualification_id: a custom qualification type whose holders may not work.
+    :param masters: require the Masters qualification of ``environment``.
+    :param environment: ``"sandbox"`` or ``"production"`` (the Masters ids differ).
+    """
+    if environment not in MASTERS:
+        raise ValueError(f"environment must be 'sandbox' or 'production', not {environment!r}")
+    requirements: list[dict] = []
+    if min_approval_rate is not None:
+        if not 0 <= min_approval_rate <= 100:
+            raise ValueError(f"min_approval_rate is a percentage 0-100, not {min_approval_rate}")
+        requirements.append(
+            _at_least(PERCENT_ASSIGNMENTS_APPROVED, min_approval_rate),
+        )
+    if min_approved_hits is not None:
+        if min_approved_hits < 0:
+            raise ValueError(f"min_approved_hits cannot be negative ({min_approved_hits})")
+        requirements.append(_at_least(NUMBER_HITS_APPROVED, min_approved_hits))
+    if locales:
+        requirements.append(
+            {
+                "QualificationTypeId": LOCALE,
+                "Comparator": "In",
+                "LocaleValues": [_locale(value) for value in locales],
+                "ActionsGuarded": "Accept",
+            }
+        )
+    if masters:
+        requirements.append(
+            {
+                "QualificationTypeId": MASTERS[environment],
+                "Comparator": "Exists",
+                "ActionsGuarded": "Accept",
+            }
+        )
+    if exclude_qualification_id:
+        requirements.append(
+            {
+                "QualificationTypeId": exclude_qualification_id,
+                "Comparator": "DoesNotExist",
+                "ActionsGuarded": "DiscoverPreviewAndAccept",
+            }
+        )
+    return requirements
+
+
+def _at_least(type_id: str, value: int) -> dict:
+    return {
+        "QualificationTypeId": type_id,
+        "Comparator": "GreaterThanOrEqualTo",
+        "IntegerValues": [int(value)],
+        "ActionsGuarded": "Accept",
+    }
+
+
+def _locale(value: str) -> dict[str, str]:
+    match = _LOCALE.match(value.strip().upper())
+    if not match:
+        raise ValueError(
+            f"locale {value!r} is not a country code like 'US' or a subdivision like 'US-NY'"
+        )
+    locale = {"Country": match["country"]}
+    if match["subdivision"]:
+        locale["Subdivision"] = match["subdivision"]
+    return locale
