@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -39,3 +41,40 @@ def embedder(model_dir):
     instance = Embedder(model_dir=model_dir, batch_size=8)
     instance.warm_up()
     return instance
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's Chromium, installed with apt-get on a machine that does not have it yet."""
+    if not CHROMIUM.exists():
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            message = "needs Debian's chromium: run `apt-get install -y chromium` as root"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (
+            ["apt-get", "update", "-qq"],
+            ["apt-get", "install", "-y", "-qq", "chromium"],
+        ):
+            subprocess.run(command, check=True, env=env, timeout=1200, stdout=subprocess.DEVNULL)
+    assert CHROMIUM.exists()
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    """A headless Chromium driven by Playwright (no browser download: Debian's binary).
+
+    Module-scoped: Playwright's sync API allows one instance at a time, so each test module
+    gets its own and closes it before the next starts.
+    """
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=str(chromium), headless=True)
+        yield instance
+        instance.close()

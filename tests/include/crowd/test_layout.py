@@ -36,7 +36,6 @@ from include.crowd.layout import (
 from include.crowd.records import HitPlan, ImageRef
 
 ARTIFACTS = PROJECT_ROOT / ".artifacts" / "crowd"
-CHROMIUM = Path("/usr/bin/chromium")
 ANSWERS_NS = (
     "{http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2005-10-01/"
     "QuestionFormAnswers.xsd}"
@@ -676,23 +675,6 @@ def test_diligent_simulated_workers_answer_both_questions_right(sandbox_factory,
 
 
 # --- what a person sees ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's Chromium through Playwright (see tests/include/crowd_sandbox/test_browser.py).
-
-    Module-scoped, not session-scoped: Playwright's sync API allows one instance at a time, and
-    the sandbox's browser tests (which run after these) start their own.
-    """
-    if not CHROMIUM.exists():
-        pytest.skip("needs Debian's chromium: run `apt-get install -y chromium` as root")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        yield instance
-        instance.close()
 
 
 @pytest.fixture(scope="module")

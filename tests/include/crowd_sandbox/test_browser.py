@@ -8,18 +8,14 @@ every step go to ``.artifacts/browser/`` (git-ignored) for a person to look at.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 from sandbox_process import PROJECT_ROOT
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = PROJECT_ROOT / ".artifacts" / "browser"
 WORKER = "A3BROWSERWORKER"
 ANSWERS_NS = (
@@ -78,33 +74,6 @@ PHOTO_PAIR_HIT = """<HTMLQuestion xmlns="http://mechanicalturk.amazonaws.com/AWS
 </body></html>]]></HTMLContent>
 <FrameHeight>460</FrameHeight>
 </HTMLQuestion>"""
-
-
-@pytest.fixture(scope="session")
-def chromium() -> Path:
-    """Debian's Chromium, installed with apt-get on a machine that does not have it yet."""
-    if not CHROMIUM.exists():
-        if os.geteuid() != 0 or not shutil.which("apt-get"):
-            message = "needs Debian's chromium: run `apt-get install -y chromium` as root"
-            if os.environ.get("CI"):
-                pytest.fail(message)
-            pytest.skip(message)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for command in (
-            ["apt-get", "update", "-qq"],
-            ["apt-get", "install", "-y", "-qq", "chromium"],
-        ):
-            subprocess.run(command, check=True, env=env, timeout=1200, stdout=subprocess.DEVNULL)
-    assert CHROMIUM.exists()
-    return CHROMIUM
-
-
-@pytest.fixture(scope="session")
-def browser(chromium) -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(chromium), headless=True)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
