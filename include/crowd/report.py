@@ -1,0 +1,247 @@
+"""Write aggregated results: ``results.json``, ``results.csv`` and a self-contained ``report.html``.
+
+The report is one HTML file a person can open anywhere: no external CSS, scripts or fonts, every
+image embedded as a small JPEG data URI (at most ``THUMBNAIL_PX`` on its longer side). Jinja2
+autoescapes everything, so image names such as ``<script>.jpg`` are shown, never run. Workers
+appear only under the pseudonyms the results already carry.
+
+Every file is written to a temporary file in the output folder and renamed over the target, so a
+reader sees the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from include.crowd.records import NONE_OF_THESE, HitPlan, ImageRef
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+THUMBNAIL_PX = 200
+JPEG_QUALITY = 82
+FILES = {"json": "results.json", "csv": "results.csv", "html": "report.html"}
+MIN_RANK_COLUMNS = 3
+
+Thumbnails = Callable[[ImageRef], "bytes | None"]
+
+
+def write_results(
+    results: dict, plans: list[HitPlan], out_dir: Path, *, thumbnails: Thumbnails
+) -> dict[str, Path]:
+    """Write ``results.json``, ``results.csv`` and ``report.html`` into ``out_dir`` atomically.
+
+    :param results: what ``include.crowd.aggregate.aggregate`` returned.
+    :param plans: the HITs' plans, for the images of each query and its candidates.
+    :param out_dir: the folder to write (created if missing).
+    :param thumbnails: returns an image's bytes (any format Pillow reads), or None when it is
+        not available; the report then shows a placeholder.
+    :return: ``{"json": path, "csv": path, "html": path}``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Render everything before writing anything: a failure leaves the previous files in place.
+    contents = {
+        "json": json.dumps(results, indent=2, ensure_ascii=False) + "\n",
+        "csv": results_to_csv(results),
+        "html": render_report(results, plans, thumbnails=thumbnails),
+    }
+    paths = {kind: atomic_write(out_dir / FILES[kind], text) for kind, text in contents.items()}
+    log.info(
+        "wrote results of %d queries to %s (%s)",
+        len(results["queries"]),
+        out_dir,
+        ", ".join(f"{path.name} {path.stat().st_size:,} B" for path in paths.values()),
+    )
+    return paths
+
+
+def atomic_write(path: Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def csv_columns(results: dict) -> list[str]:
+    """The CSV header: one ``votes_rankN`` column per model rank (at least 3)."""
+    ranks = max(
+        [MIN_RANK_COLUMNS] + [c["rank"] or 0 for q in results["queries"] for c in q["candidates"]]
+    )
+    return [
+        "query",
+        "hit_id",
+        "status",
+        "winner",
+        "tie",
+        "confidence",
+        *(f"votes_rank{rank}" for rank in range(1, ranks + 1)),
+        "votes_none",
+        "counted_votes",
+        "ds_winner",
+        "ds_probability",
+        "agrees_with_model",
+    ]
+
+
+def results_to_csv(results: dict) -> str:
+    """One row per query; ties list the tied options joined by ``|``; empty means none/unknown."""
+    columns = csv_columns(results)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for query in results["queries"]:
+        row = {
+            "query": query["query"],
+            "hit_id": query["hit_id"],
+            "status": query["status"],
+            "winner": query["winner"],
+            "tie": "|".join(query["tie"]),
+            "confidence": query["confidence"],
+            "votes_none": query["none"]["votes"],
+            "counted_votes": query["counted_votes"],
+            "ds_winner": query["ds"]["winner"],
+            "ds_probability": query["ds"]["probability"],
+            "agrees_with_model": query["agrees_with_model"],
+        }
+        for column in columns:
+            if column.startswith("votes_rank"):
+                rank = int(column.removeprefix("votes_rank"))
+                row[column] = next(
+                    (c["votes"] for c in query["candidates"] if c["rank"] == rank), None
+                )
+        writer.writerow({key: _csv_value(value) for key, value in row.items()})
+    return buffer.getvalue()
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+def thumbnail_data_uri(data: bytes | None, size: int = THUMBNAIL_PX) -> str | None:
+    """A ``data:image/jpeg;base64,...`` URI of the image scaled to fit ``size`` px, or None
+    when there are no bytes or Pillow cannot read them."""
+    if not data:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (size * 2, size * 2))  # JPEG: decode at a reduced scale
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("RGBA", "LA", "P"):
+                image = image.convert("RGBA")
+                background = Image.new("RGB", image.size, "white")
+                background.paste(image, mask=image.getchannel("A"))
+                image = background
+            image = image.convert("RGB")
+            image.thumbnail((size, size), Image.Resampling.LANCZOS)
+            buffer = io.BytesIO()
+            image.save(buffer, "JPEG", quality=JPEG_QUALITY, optimize=True)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+        log.warning("cannot make a thumbnail (%s); the report shows a placeholder", error)
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def render_report(results: dict, plans: list[HitPlan], *, thumbnails: Thumbnails) -> str:
+    """Render ``report.html`` (see the module docstring) and return it."""
+    environment = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["percent"] = _percent
+    cache: dict[str, str | None] = {}
+
+    def image(ref: ImageRef | None) -> str | None:
+        if ref is None:
+            return None
+        key = ref.sha256 or ref.name
+        if key not in cache:
+            cache[key] = thumbnail_data_uri(thumbnails(ref))
+        return cache[key]
+
+    plan_by_query = {(plan.query.name, plan.hit_id): plan for plan in plans}
+    queries = [
+        _query_view(query, plan_by_query.get((query["query"], query["hit_id"])), image)
+        for query in results["queries"]
+    ]
+    missing = sum(1 for uri in cache.values() if uri is None)
+    if missing:
+        log.warning("%d of %d images have no thumbnail in the report", missing, len(cache))
+    return environment.get_template("report.html").render(
+        results=results, summary=results["summary"], queries=queries
+    )
+
+
+def _query_view(
+    query: dict, plan: HitPlan | None, image: Callable[[ImageRef | None], str | None]
+) -> dict[str, Any]:
+    refs = {o.image.name: o.image for o in plan.model.options if o.image} if plan else {}
+    ds = query["ds"]
+    tiles = [
+        {
+            **candidate,
+            "label": candidate["name"],
+            "image": image(refs.get(candidate["name"])),
+            "is_none": False,
+        }
+        for candidate in query["candidates"]
+    ]
+    tiles.append(
+        {
+            "name": NONE_OF_THESE,
+            "label": "None of these",
+            "rank": None,
+            "score": None,
+            "image": None,
+            "is_none": True,
+            **query["none"],
+        }
+    )
+    for tile in tiles:
+        tile["winner"] = tile["name"] == query["winner"]
+        tile["tied"] = tile["name"] in query["tie"]
+        tile["ds_winner"] = tile["name"] == ds["winner"]
+        tile["ds_probability"] = ds["probabilities"].get(tile["name"])
+        tile["bar"] = round(100 * (tile["share"] or 0), 1)
+    return {
+        **query,
+        "image": image(plan.query if plan else None),
+        "tiles": tiles,
+        "display_tie": [
+            "None of these" if name == NONE_OF_THESE else name for name in query["tie"]
+        ],
+        "ds_label": "None of these" if ds["winner"] == NONE_OF_THESE else ds["winner"],
+        "winner_label": "None of these" if query["winner"] == NONE_OF_THESE else query["winner"],
+    }
+
+
+def _percent(share: float | None, digits: int = 0) -> str:
+    return "–" if share is None else f"{100 * share:.{digits}f} %"
