@@ -2,10 +2,8 @@
 ## Image similarity, validated by a crowd
 
 For every **query image**, find the 3 most similar images of a **dataset** with a pretrained CNN
-(EfficientNet-Lite0 by default), then (crowd stage, separate issue) have Mechanical Turk workers
-validate the matches, guarded by **known-answer** (gold) questions.
-
-This run does the similarity stage:
+(EfficientNet-Lite0 by default), then have Mechanical Turk workers validate the matches, with
+**known-answer** (gold) questions deciding who earns a bonus and whose vote counts.
 
 1. `list_sources`: list (or stage from Google Drive) the dataset, the queries and the
    known-answer sets; files that are not images are reported by name;
@@ -14,11 +12,22 @@ This run does the similarity stage:
 3. `embed_images`: embed dataset and queries (cached by content hash: a rerun on the same images
    embeds nothing); corrupt, truncated and empty files are reported and left out;
 4. `match_queries`: the k nearest dataset images per query by cosine similarity → `matches.json`;
-5. `write_contact_sheets`: one picture per query beside its matches with their scores.
+5. `write_contact_sheets`: one picture per query beside its matches with their scores;
+6. `publish_images`: the images workers see → S3, content-addressed, private;
+7. `create_hits`: one HIT per query (gold question + model question, shuffled), after a cost
+   check against the balance and the budget cap; each HIT exactly once (retries and reruns
+   create nothing twice; a new query gets one new HIT). Link: *HIT preview*;
+8. `wait_for_assignments`: a deferrable sensor (the triggerer polls, no worker slot is held);
+9. `review_assignments`: approve; gold right → bonus, the vote counts; gold wrong → e-mail, the
+   vote is ignored; each payment and e-mail exactly once;
+10. `write_results`: majority vote and Dawid-Skene (crowd-kit) → `results.json`, `results.csv`,
+   `report.html` in S3 and locally. Link: *Report*.
 
-Everything lands in `<output folder>/<batch id>/`. Sources are local folders (relative paths are
-relative to the project folder) or `gdrive://FOLDER_ID` through the `google_cloud_default`
-connection.
+Local results land in `<output folder>/<batch id>/`; the batch's state lives in S3 under
+`<prefix>/batches/<batch id>/`. Sources are local folders (relative paths are relative to the
+project folder) or `gdrive://FOLDER_ID` through the `google_cloud_default` connection. MTurk is
+reached through the `aws_default` connection; its extra `service_config.mturk.endpoint_url`
+points it at the local crowd sandbox.
 """
 
 from __future__ import annotations
@@ -30,13 +39,21 @@ from pathlib import Path
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
+from mturk_provider.links import HITPreviewLink, MTurkReportLink
+from mturk_provider.operators.mturk import mturk_task
+from mturk_provider.sensors.mturk import MTurkHITsSensor
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MONEY = r"^(?!0+\.0+$)\d{1,3}\.\d{2}$"
 MATCHES_ASSET = Asset("image_similarity_mturk_matches")
 
-SOURCES, MODEL, HIT, PAYMENTS, MESSAGES, STORAGE = (
-    "Sources", "Model", "HIT", "Payments", "Messages", "Storage",
+SOURCES, MODEL, HIT, WORKERS, PAYMENTS, MESSAGES, STORAGE = (
+    "Sources", "Model", "HIT", "Workers", "Payments", "Messages", "Storage",
 )  # fmt: skip
+BUDGET = r"^\d{1,6}\.\d{2}$"
+RESULTS_ASSET = Asset("image_similarity_mturk_results")
+# How often the triggerer looks at the HITs (seconds); the demo sets a few seconds.
+POLL_SECONDS = float(os.environ.get("IMAGE_SIMILARITY_POLL_SECONDS", "60"))
 
 PARAMS = {
     # Sources
@@ -109,6 +126,48 @@ PARAMS = {
         title="Mechanical Turk environment",
         description="sandbox costs nothing; production pays real workers.",
     ),
+    "wait_timeout_hours": Param(
+        96, type="number", exclusiveMinimum=0, maximum=8760, section=HIT,
+        title="Stop waiting for assignments after (hours)",
+        description="Usually longer than the HIT lifetime: expired HITs end the wait anyway.",
+    ),
+    "timeout_policy": Param(
+        "partial", type="string", enum=["partial", "fail"], section=HIT,
+        title="When the wait times out",
+        description="partial: review and report what was submitted; fail: fail the run.",
+    ),
+    "review_window_hours": Param(
+        24, type="number", minimum=1, maximum=168, section=HIT,
+        title="Review window (hours)",
+        description="Image URLs stay valid for HIT lifetime + assignment time + this.",
+    ),
+    "create_concurrency": Param(
+        4, type="integer", minimum=1, maximum=32, section=HIT,
+        title="HITs created in parallel",
+    ),
+    # Workers
+    "min_approval_rate": Param(
+        95, type=["null", "integer"], minimum=0, maximum=100, section=WORKERS,
+        title="Minimum approval rate (%)", description="Empty: no requirement.",
+    ),
+    "min_approved_hits": Param(
+        100, type=["null", "integer"], minimum=0, section=WORKERS,
+        title="Minimum approved HITs", description="Empty: no requirement.",
+    ),
+    "worker_locales": Param(
+        "", type="string", pattern=r"^([A-Z]{2}(-[A-Z0-9]{1,3})?(, *[A-Z]{2}(-[A-Z0-9]{1,3})?)*)?$",
+        section=WORKERS, title="Worker locales",
+        description="Comma-separated countries (US, GB) or subdivisions (US-NY). Empty: any.",
+    ),
+    "exclude_failed_workers": Param(
+        True, type="boolean", section=WORKERS,
+        title="Exclude workers who failed a known answer before",
+        description="Through a custom qualification the review grants to them.",
+    ),
+    "require_masters": Param(
+        False, type="boolean", section=WORKERS, title="Masters only",
+        description="MTurk charges 5% more for Masters.",
+    ),
     # Payments
     "reward_usd": Param(
         "0.05", type="string", pattern=MONEY, section=PAYMENTS, title="Reward per assignment (USD)",
@@ -117,6 +176,11 @@ PARAMS = {
     "bonus_usd": Param(
         "0.05", type="string", pattern=MONEY, section=PAYMENTS,
         title="Bonus for a correct gold answer (USD)",
+    ),
+    "budget_usd": Param(
+        "20.00", type="string", pattern=BUDGET, section=PAYMENTS, title="Budget cap (USD)",
+        description="The run stops before creating any HIT if rewards + all bonuses + fees "
+        "could exceed this.",
     ),
     # Messages
     "bonus_message": Param(
@@ -140,8 +204,15 @@ PARAMS = {
         ".cache/embeddings", type="string", section=STORAGE, title="Embedding cache",
         description="Local folder or s3://bucket/prefix (shared by all workers). Empty: no cache.",
     ),
-    "s3_bucket": Param("", type="string", section=STORAGE, title="S3 bucket",
-                       description="Used by the crowd stage."),
+    "s3_bucket": Param(
+        os.environ.get("IMAGE_SIMILARITY_S3_BUCKET", ""), type="string", section=STORAGE,
+        title="S3 bucket", description="Private bucket for images, HIT manifest, ledger, results.",
+    ),
+    "public_image_base_url": Param(
+        "", type="string", section=STORAGE, title="Public image base URL",
+        description="Only if the bucket (or a CDN) is public: images are then linked as "
+        "<base>/<key> instead of presigned URLs.",
+    ),
     "s3_prefix": Param("image-similarity", type="string", section=STORAGE, title="S3 prefix"),
     "aws_conn_id": Param("aws_default", type="string", section=STORAGE, title="AWS connection"),
 }  # fmt: skip
@@ -166,6 +237,39 @@ def _embedder(params: dict):
         input_size=InputSize(area=params["image_area"]),
         batch_size=params["batch_size"],
     )
+
+
+def _settings(params: dict, batch_dir: str):
+    from include.crowd.stage import CrowdSettings
+
+    return CrowdSettings.from_params(params, Path(batch_dir).name)
+
+
+def _s3(params: dict):
+    """An S3 client from the AWS connection, signing presigned URLs with SigV4."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from botocore.config import Config
+
+    return S3Hook(aws_conn_id=params["aws_conn_id"], config=Config(signature_version="s3v4")).conn
+
+
+def _mturk(params: dict):
+    from mturk_provider.hooks.mturk import MTurkHook
+
+    return MTurkHook(aws_conn_id=params["aws_conn_id"], environment=params["mturk_environment"])
+
+
+def _failed_gold_qualification(hook, params: dict) -> str | None:
+    """The custom qualification that marks workers who failed a known answer (if used)."""
+    if not params["exclude_failed_workers"]:
+        return None
+    from include.crowd.stage import FAILED_GOLD_QUALIFICATION
+
+    qualification = hook.get_or_create_qualification_type(
+        FAILED_GOLD_QUALIFICATION,
+        "Workers who answered a known-answer question of an image-similarity batch wrongly.",
+    )
+    return qualification["QualificationTypeId"]
 
 
 @dag(
@@ -274,7 +378,94 @@ def image_similarity_mturk():
         pipeline.log_summary(Path(batch_dir))
         return batch_dir
 
-    write_contact_sheets(match_queries(embed_images(validate_known_answers(list_sources()))))
+    @task
+    def publish_images(batch_dir: str) -> str:
+        """Upload the images workers see to S3 (content-addressed, private)."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.crowd import stage
+        from include.crowd.publish import PublishError
+
+        params = get_current_context()["params"]
+        try:
+            stage.publish(Path(batch_dir), _s3(params), _settings(params, batch_dir))
+        except PublishError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        return batch_dir
+
+    @mturk_task
+    def create_hits(batch_dir: str) -> list[str]:
+        """Check the cost, then create one HIT per query, each exactly once."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.crowd import stage
+        from include.crowd.costs import BudgetError
+        from include.crowd.publish import PublishError
+
+        context = get_current_context()
+        params = context["params"]
+        hook = _mturk(params)
+        qualification = _failed_gold_qualification(hook, params)
+        try:
+            plans = stage.create(
+                Path(batch_dir),
+                _s3(params),
+                hook.conn,
+                _settings(params, batch_dir),
+                qualification_type_id=qualification,
+            )
+        except (BudgetError, PublishError, ValueError) as exc:  # settings: retrying cannot help
+            raise AirflowFailException(str(exc)) from exc
+        if plans:
+            HITPreviewLink.persist(
+                context["ti"], hook.preview_url(plans[0].hit_id, plans[0].hit_type_id)
+            )
+        return [plan.hit_id for plan in plans]
+
+    @task
+    def review_assignments(batch_dir: str, progress: dict) -> str:
+        """Approve, pay gold passers, mail the others; each exactly once."""
+        from include.crowd import stage
+
+        params = get_current_context()["params"]
+        hook = _mturk(params)
+        stage.review(
+            _s3(params),
+            hook.conn,
+            _settings(params, batch_dir),
+            qualification_type_id=_failed_gold_qualification(hook, params),
+        )
+        return batch_dir
+
+    @mturk_task(outlets=[RESULTS_ASSET])
+    def write_results(batch_dir: str) -> dict:
+        """Aggregate the counted votes (crowd-kit) and write results and the HTML report."""
+        from include.crowd import stage
+
+        context = get_current_context()
+        params = context["params"]
+        s3 = _s3(params)
+        settings = _settings(params, batch_dir)
+        written = stage.results(Path(batch_dir), s3, settings)
+        MTurkReportLink.persist(context["ti"], stage.report_url(s3, settings))
+        return written
+
+    batch_dir = write_contact_sheets(
+        match_queries(embed_images(validate_known_answers(list_sources())))
+    )
+    published = publish_images(batch_dir)
+    hit_ids = create_hits(published)
+    progress = MTurkHITsSensor(
+        task_id="wait_for_assignments",
+        hit_ids=hit_ids,
+        aws_conn_id="{{ params.aws_conn_id }}",
+        environment="{{ params.mturk_environment }}",
+        poll_interval=POLL_SECONDS,
+        timeout_policy="{{ params.timeout_policy }}",
+        batch_timeout="{{ params.wait_timeout_hours * 3600 }}",
+    )
+    hit_ids >> progress
+    write_results(review_assignments(published, progress.output))
 
 
 image_similarity_mturk()

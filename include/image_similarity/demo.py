@@ -1,11 +1,21 @@
-"""``make demo``: generate sample data offline, run the DAG on it, print matches and recall.
+"""``make demo``: the whole workflow on the embedded default, offline.
 
     python -m include.image_similarity.demo run --demo-dir .demo
 
-The sample (video frames panning across photos shipped by scikit-image, altered queries, gold
-sets) has a known answer per query, so the demo can say how often the model's first match, and
-any of its 3 matches, is the frame a query was made from, or any frame showing all of the query
-(neighbouring frames of a pan overlap, so several frames usually do).
+1. generate the sample (video frames panning across photos shipped by scikit-image, altered
+   queries, gold sets) into ``.demo/data/``; each query has a known answer;
+2. start moto's S3 server and the crowd sandbox with simulated workers on 127.0.0.1
+   (``include.crowd_sandbox.stack``); the sandbox's state is ``.demo/sandbox.sqlite``;
+3. run ``airflow dags test image_similarity_mturk`` against them (an ``aws_default`` connection
+   whose ``service_config`` points S3 at moto and MTurk at the sandbox);
+4. print the model's matches and recall, the crowd's results, the report's path, and an audit
+   of the sandbox's state (every assignment approved, each gold passer paid once, each failing
+   worker mailed once, the report's votes equal to the sandbox's answers).
+
+Everything stays under ``.demo/``: results in ``.demo/results/<batch id>/`` (``results/`` holds
+``results.json``, ``results.csv`` and ``report.html``), the task log in ``.demo/dags-test.log``,
+the services' logs beside the sandbox state. Each run starts a fresh sandbox and S3 (the
+previous run's sandbox state stays on disk until then, for auditing).
 """
 
 from __future__ import annotations
@@ -27,15 +37,27 @@ from include.image_similarity.demo_data import (
 
 DAG_ID = "image_similarity_mturk"
 DEMO_BATCH = "demo"
+DEMO_WORKERS = "diligent:6,careless:3,spammer:1"
+NO_BONUS_MESSAGE = (
+    "Thank you for your work. The check question in this task was answered incorrectly, "
+    "so no bonus was paid this time."
+)
 
 
-def _run_dag(demo_dir: Path, data_dir: Path, output_dir: Path) -> int:
+def _run_dag(demo_dir: Path, data_dir: Path, output_dir: Path, stack) -> int:
     conf = {
         "dataset_source": str(data_dir / "dataset"),
         "queries_source": str(data_dir / "queries"),
         "known_answers_source": str(data_dir / "known_answers"),
         "output_dir": str(output_dir),
         "batch_id": DEMO_BATCH,
+        "s3_bucket": stack.bucket,
+        "assignments_per_hit": 5,
+        "hit_lifetime_hours": 1,
+        "assignment_duration_minutes": 5,
+        "wait_timeout_hours": 0.25,
+        "min_approval_rate": 95,
+        "no_bonus_message": NO_BONUS_MESSAGE,
     }
     log_path = demo_dir / "dags-test.log"
     command = [
@@ -43,8 +65,9 @@ def _run_dag(demo_dir: Path, data_dir: Path, output_dir: Path) -> int:
     ]  # fmt: skip
     print(f"running: airflow dags test {DAG_ID} (task logs: {log_path})", flush=True)
     with log_path.open("w", encoding="utf-8") as log_file:
+        env = {**os.environ, **stack.airflow_env(), "IMAGE_SIMILARITY_POLL_SECONDS": "3"}
         process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
         assert process.stdout is not None
         for line in process.stdout:
@@ -67,7 +90,7 @@ def _progress_line(line: str) -> str | None:
     if not match:
         return None
     logger, message = match["logger"], match["message"]
-    if logger.startswith("include.") or "image_similarity_mturk" in logger:
+    if logger.startswith(("include.", "mturk_provider")) or "image_similarity_mturk" in logger:
         return f"{match['time']} {match['level']:<7} {message}"
     if "DagRun Finished" in message:
         state = re.search(r"state=(\w+)", line)
@@ -105,25 +128,79 @@ def _report(batch_dir: Path, data: DemoData) -> None:
     print(f"contact sheets: {batch_dir / 'contact_sheets'}")
 
 
+def _crowd_report(batch_dir: Path, stack) -> bool:
+    """Print the crowd's results and audit the sandbox; return whether the audit passed."""
+    from include.crowd.create import load_manifest
+    from include.crowd.ledger import S3Ledger
+    from include.crowd_sandbox.audit import audit_batch
+
+    results_path = batch_dir / "results" / "results.json"
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    summary = results["summary"]
+    print(f"\ncrowd ({summary['hits']} HITs, {summary['assignments']} assignments):")
+    for query in results["queries"]:
+        votes = (
+            "  ".join(f"{c['name']}:{c['votes']}" for c in query["candidates"])
+            + f"  none:{query['none']['votes']}"
+        )
+        winner = query["winner"] or ("tie " + "/".join(query["tie"]) if query["tie"] else "-")
+        agree = {True: "agrees with model", False: "differs from model", None: ""}[
+            query["agrees_with_model"]
+        ]
+        print(f"  {query['query']:<12} winner {winner:<18} votes {votes}  {agree}")
+    rate = summary.get("gold_pass_rate")
+    agreement = summary["agreement"]
+    spent = summary.get("spent") or {}
+    print(
+        f"gold pass rate {rate:.0%}; crowd agrees with the model's first match on "
+        f"{agreement['agree']}/{agreement['decided']} decided queries; spent "
+        f"{spent.get('total', '?')} (rewards {spent.get('rewards', '?')}, bonuses "
+        f"{spent.get('bonuses', '?')}, fees {spent.get('fees', '?')})"
+        if rate is not None
+        else "no counted answers"
+    )
+    print(f"report: {batch_dir / 'results' / 'report.html'}")
+    print(f"sandbox state: {stack.sandbox_state} (worker page was {stack.sandbox_url})")
+    ledger = S3Ledger(stack.s3_client(), stack.bucket, "image-similarity", DEMO_BATCH)
+    audit = audit_batch(
+        stack.mturk_client(),
+        stack.sandbox_state,
+        load_manifest(ledger),
+        results,
+        no_bonus_message=NO_BONUS_MESSAGE,
+    )
+    for line in audit.lines():
+        print(line)
+    return audit.ok
+
+
 def main(argv: list[str] | None = None) -> int:
+    from include.crowd_sandbox.stack import LocalStack
+
     parser = argparse.ArgumentParser(prog="python -m include.image_similarity.demo")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="generate the sample and run the DAG on it")
+    run = commands.add_parser("run", help="generate the sample and run the whole workflow on it")
     run.add_argument("--demo-dir", type=Path, default=Path(".demo"))
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--workers", default=DEMO_WORKERS, help="simulated workers of the sandbox")
     args = parser.parse_args(argv)
 
     demo_dir = args.demo_dir.resolve()
     demo_dir.mkdir(parents=True, exist_ok=True)
     data = generate_demo_data(demo_dir / "data", seed=args.seed)
     print(f"sample data in {data.root}: dataset, queries, known_answers (ground truth known)")
-    output_dir = demo_dir / "output"
-    code = _run_dag(demo_dir, demo_dir / "data", output_dir)
-    if code != 0:
-        print(f"the DAG run failed (exit {code}); see {demo_dir / 'dags-test.log'}")
-        return code
-    _report(output_dir / DEMO_BATCH, data)
-    return 0
+    output_dir = demo_dir / "results"
+    with LocalStack(
+        demo_dir, workers=args.workers, seconds_per_assignment=0.5, worker_seed=args.seed
+    ) as stack:
+        print(f"S3 (moto) at {stack.s3_url}; crowd sandbox at {stack.sandbox_url}")
+        code = _run_dag(demo_dir, demo_dir / "data", output_dir, stack)
+        if code != 0:
+            print(f"the DAG run failed (exit {code}); see {demo_dir / 'dags-test.log'}")
+            return code
+        _report(output_dir / DEMO_BATCH, data)
+        ok = _crowd_report(output_dir / DEMO_BATCH, stack)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""End to end: `airflow dags test` runs the similarity stage on generated data with bad files."""
+"""End to end: `airflow dags test` runs the whole workflow on generated data with bad files,
+against moto's S3 server and the crowd sandbox with simulated workers (both on 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -13,17 +14,37 @@ import pytest
 from conftest import PROJECT_ROOT
 from imagekit import write_bad_files
 
+from include.crowd.create import load_manifest
+from include.crowd.ledger import S3Ledger
+from include.crowd_sandbox.audit import audit_batch
+from include.crowd_sandbox.stack import LocalStack
 from include.image_similarity.demo_data import generate_demo_data, recall_at_k
 
 pytestmark = pytest.mark.slow
 DAG_ID = "image_similarity_mturk"
 
 
+NO_BONUS = "The check question was answered wrongly, so no bonus this time."
+
+
 @pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory, model_dir):
+def stack(tmp_path_factory):
+    with LocalStack(
+        tmp_path_factory.mktemp("stack"),
+        workers="diligent:3,careless:1",
+        seconds_per_assignment=0.2,
+        worker_seed=3,
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory, model_dir, stack):
     home = tmp_path_factory.mktemp("airflow-home")
     env = {
         **os.environ,
+        **stack.airflow_env(),
+        "IMAGE_SIMILARITY_POLL_SECONDS": "2",
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
@@ -53,8 +74,13 @@ def dags_test(env, conf) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def conf_for(sample, tmp_path, known_answers=None):
+def conf_for(sample, tmp_path, known_answers=None, bucket="image-similarity-demo"):
     return {
+        "s3_bucket": bucket,
+        "assignments_per_hit": 3,
+        "hit_lifetime_hours": 1,
+        "wait_timeout_hours": 0.2,
+        "no_bonus_message": NO_BONUS,
         "dataset_source": str(sample.dataset_dir),
         "queries_source": str(sample.queries_dir),
         "known_answers_source": str(known_answers or sample.known_answers_dir),
@@ -64,7 +90,7 @@ def conf_for(sample, tmp_path, known_answers=None):
     }
 
 
-def test_run_reports_bad_files_and_rerun_embeds_nothing(airflow_env, sample, tmp_path):
+def test_whole_run_then_a_rerun_embeds_and_creates_nothing(airflow_env, sample, tmp_path, stack):
     conf = conf_for(sample, tmp_path)
     first = dags_test(airflow_env, conf)
     log = first.stdout + first.stderr
@@ -83,12 +109,42 @@ def test_run_reports_bad_files_and_rerun_embeds_nothing(airflow_env, sample, tmp
         assert name in log  # named in the task logs too
     assert len(list((batch / "contact_sheets").glob("*.jpg"))) == len(sample.ground_truth)
 
+    # The crowd stage: one HIT per query, reviewed and reported; the sandbox agrees.
+    mturk = stack.mturk_client()
+    hits = mturk.list_hits(MaxResults=100)["HITs"]
+    assert len(hits) == len(sample.ground_truth)
+    results = json.loads((batch / "results" / "results.json").read_text())
+    assert results["summary"]["assignments"] == 3 * len(hits)
+    assert (batch / "results" / "report.html").stat().st_size > 10_000
+    ledger = S3Ledger(stack.s3_client(), stack.bucket, "image-similarity", "e2e")
+    plans = load_manifest(ledger)
+    audit = audit_batch(mturk, stack.sandbox_state, plans, results, no_bonus_message=NO_BONUS)
+    assert audit.ok, audit.problems
+    assert audit.approved == 3 * len(hits)
+    assert "HITs created 4/4" in log and "assignments submitted" in log
+    balance = mturk.get_account_balance()["AvailableBalance"]
+
     second = dags_test(airflow_env, conf)
     assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
     rerun_log = second.stdout + second.stderr
     embedded = [int(n) for n in re.findall(r"embedded (\d+) (?:dataset|queries) images", rerun_log)]
     assert embedded == [0, 0]  # the rerun computes no vector; only the bad files are retried
     assert "4 cached, 0 to compute" in rerun_log  # queries
+    assert "all 4 HITs of batch e2e already exist" in rerun_log
+    assert len(mturk.list_hits(MaxResults=100)["HITs"]) == len(hits)
+    assert mturk.get_account_balance()["AvailableBalance"] == balance  # nobody paid twice
+    results = json.loads((batch / "results" / "results.json").read_text())
+    assert audit_batch(mturk, stack.sandbox_state, plans, results, no_bonus_message=NO_BONUS).ok
+
+
+def test_a_budget_below_the_cost_stops_before_any_hit(airflow_env, sample, tmp_path, stack):
+    conf = {**conf_for(sample, tmp_path), "batch_id": "e2e-budget", "budget_usd": "0.10"}
+    run = dags_test(airflow_env, conf)
+    log = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "over the budget cap of $0.10" in log and "no HIT was created" in log
+    annotations = {h["RequesterAnnotation"] for h in stack.mturk_client().list_hits()["HITs"]}
+    assert "e2e-budget" not in annotations
 
 
 def test_misnamed_known_answer_set_stops_before_embedding(airflow_env, sample, tmp_path):

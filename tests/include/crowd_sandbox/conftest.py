@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from sandbox_process import (  # noqa: F401  (re-exported for the tests of this folder)
     HTML_QUESTION,
+    PROJECT_ROOT,
     RunningSandbox,
     html_question,
     http,
