@@ -286,6 +286,10 @@ def _pay_bonus(mturk, ledger, bonuses, plan, review, settings, outcome) -> None:
 def _send_emails(mturk, ledger, emails, worker_ids, settings, outcome) -> None:
     for start in range(0, len(worker_ids), NOTIFY_BATCH):
         chunk = worker_ids[start : start + NOTIFY_BATCH]
+        # Another review (a collect run) may have mailed some meanwhile: read again, just now.
+        chunk = [w for w in chunk if ledger.get("emails", w) is None]
+        if not chunk:
+            continue
         for worker_id in chunk:  # at most once: marked before the call
             ledger.put("emails", worker_id, {"status": "sending"})
             emails[worker_id] = {"status": "sending"}

@@ -113,3 +113,19 @@ def test_params_reject_bad_values(dag, name, value):
     with pytest.raises(ParamValidationError):
         params[name] = value
         params.validate()
+
+
+@pytest.mark.parametrize(
+    "dag_id", ["image_similarity_mturk_collect", "image_similarity_mturk_cleanup"]
+)
+def test_batch_tools_need_only_a_batch_and_its_storage(dagbag, dag_id):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    tool = dagbag.dags[dag_id]
+    assert tool.tags and all(task.retries >= 1 for task in tool.tasks)
+    params = copy.deepcopy(tool.params)
+    with pytest.raises(ParamValidationError):
+        params.validate()  # no batch id given
+    params["batch_id"] = "demo"
+    params["s3_bucket"] = "bucket"
+    params.validate()

@@ -67,9 +67,9 @@ def sample(tmp_path_factory):
     return data
 
 
-def dags_test(env, conf) -> subprocess.CompletedProcess:
+def dags_test(env, conf, dag_id=DAG_ID) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "airflow", "dags", "test", DAG_ID, "--conf", json.dumps(conf)],
+        [sys.executable, "-m", "airflow", "dags", "test", dag_id, "--conf", json.dumps(conf)],
         env=env, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600,
     )  # fmt: skip
 
@@ -135,6 +135,20 @@ def test_whole_run_then_a_rerun_embeds_and_creates_nothing(airflow_env, sample, 
     assert mturk.get_account_balance()["AvailableBalance"] == balance  # nobody paid twice
     results = json.loads((batch / "results" / "results.json").read_text())
     assert audit_batch(mturk, stack.sandbox_state, plans, results, no_bonus_message=NO_BONUS).ok
+
+    # Collect (any time) pays nobody twice; cleanup deletes this batch's finished HITs only.
+    batch_conf = {
+        "batch_id": "e2e",
+        "s3_bucket": stack.bucket,
+        "output_dir": str(tmp_path / "output"),
+    }
+    collect = dags_test(airflow_env, batch_conf, dag_id="image_similarity_mturk_collect")
+    assert collect.returncode == 0, (collect.stdout + collect.stderr)[-4000:]
+    assert mturk.get_account_balance()["AvailableBalance"] == balance
+    cleanup = dags_test(airflow_env, batch_conf, dag_id="image_similarity_mturk_cleanup")
+    assert cleanup.returncode == 0, (cleanup.stdout + cleanup.stderr)[-4000:]
+    assert {mturk.get_hit(HITId=p.hit_id)["HIT"]["HITStatus"] for p in plans} == {"Disposed"}
+    assert mturk.get_account_balance()["AvailableBalance"] == balance
 
 
 def test_a_budget_below_the_cost_stops_before_any_hit(airflow_env, sample, tmp_path, stack):

@@ -1,0 +1,152 @@
+"""
+## Work on one crowd batch: collect its results now, or clean it up
+
+Two small DAGs that take a **batch id** (the one `image_similarity_mturk` ran with) and read the
+batch's state from S3 (`<prefix>/batches/<batch id>/`: manifest, settings, ledger):
+
+- `image_similarity_mturk_collect`: review what has been submitted so far (approve, bonus,
+  e-mail: each exactly once, the same code as the main DAG's review) and write the current
+  `results.json`, `results.csv` and `report.html`. Run it any time, also while workers are
+  still answering; running it again pays and mails nobody twice.
+- `image_similarity_mturk_cleanup`: expire the batch's HITs, settle them (the same review), and
+  delete the HITs MTurk lets us delete. Only HITs whose `RequesterAnnotation` is this batch id
+  are touched; HITs with workers still inside their assignment time stay (run it again later).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+
+from mturk_provider.links import MTurkReportLink
+from mturk_provider.operators.mturk import mturk_task
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_ASSET = Asset("image_similarity_mturk_results")
+BATCH = "Batch"
+
+PARAMS = {
+    "batch_id": Param(
+        "", type="string", pattern=r"^[A-Za-z0-9._-]{1,64}$", section=BATCH, title="Batch id",
+        description="The batch id the image_similarity_mturk run used.",
+    ),
+    "s3_bucket": Param("", type="string", minLength=1, section=BATCH, title="S3 bucket"),
+    "s3_prefix": Param("image-similarity", type="string", section=BATCH, title="S3 prefix"),
+    "output_dir": Param(
+        "output", type="string", minLength=1, section=BATCH, title="Local output folder",
+    ),
+    "aws_conn_id": Param("aws_default", type="string", section=BATCH, title="AWS connection"),
+    "mturk_environment": Param(
+        "sandbox", type="string", enum=["sandbox", "production"], section=BATCH,
+        title="Mechanical Turk environment",
+    ),
+}  # fmt: skip
+
+
+def _context():
+    """Params, the batch's stored settings and clients (S3 with SigV4, MTurk)."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from botocore.config import Config
+
+    from include.crowd.stage import CrowdSettings
+    from mturk_provider.hooks.mturk import MTurkHook
+
+    params = get_current_context()["params"]
+    s3 = S3Hook(aws_conn_id=params["aws_conn_id"], config=Config(signature_version="s3v4")).conn
+    settings = CrowdSettings.from_batch(
+        s3, params["s3_bucket"], params["s3_prefix"], params["batch_id"]
+    )
+    hook = MTurkHook(aws_conn_id=params["aws_conn_id"], environment=params["mturk_environment"])
+    return params, s3, settings, hook
+
+
+def _batch_dir(params: dict) -> Path:
+    output_dir = Path(params["output_dir"]).expanduser()
+    if not output_dir.is_absolute():
+        output_dir = PROJECT_ROOT / output_dir
+    return output_dir / params["batch_id"]
+
+
+def _qualification(hook, settings) -> str | None:
+    if not settings.exclude_failed_workers:
+        return None
+    from include.crowd.stage import FAILED_GOLD_QUALIFICATION
+
+    return hook.get_or_create_qualification_type(
+        FAILED_GOLD_QUALIFICATION,
+        "Workers who answered a known-answer question of an image-similarity batch wrongly.",
+    )["QualificationTypeId"]
+
+
+@dag(
+    dag_id="image_similarity_mturk_collect",
+    schedule=None,
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+    tags=["image-similarity", "mturk"],
+    params=PARAMS,
+    doc_md=__doc__,
+)
+def image_similarity_mturk_collect():
+    @task
+    def review_submitted() -> str:
+        """Approve, pay and mail for what was submitted so far (exactly once)."""
+        from include.crowd import stage
+
+        _, s3, settings, hook = _context()
+        stage.review(s3, hook.conn, settings, qualification_type_id=_qualification(hook, settings))
+        return settings.batch_id
+
+    @mturk_task(outlets=[RESULTS_ASSET])
+    def write_results(batch_id: str) -> dict:
+        """Aggregate the counted votes and write results and the report, as of now."""
+        from include.crowd import stage
+
+        params, s3, settings, _ = _context()
+        written = stage.results(_batch_dir(params), s3, settings)
+        MTurkReportLink.persist(get_current_context()["ti"], stage.report_url(s3, settings))
+        return written
+
+    write_results(review_submitted())
+
+
+@dag(
+    dag_id="image_similarity_mturk_cleanup",
+    schedule=None,
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+    tags=["image-similarity", "mturk"],
+    params=PARAMS,
+    doc_md=__doc__,
+)
+def image_similarity_mturk_cleanup():
+    @task
+    def clean_up_batch() -> dict:
+        """Expire the batch's HITs, settle them (review), delete what may be deleted."""
+        from include.crowd import stage
+        from include.crowd.cleanup import cleanup_batch
+        from include.crowd.create import load_manifest
+
+        _, s3, settings, hook = _context()
+        mturk = hook.conn
+        plans = load_manifest(stage.ledger_for(s3, settings))
+        outcome = cleanup_batch(
+            mturk,
+            settings.batch_id,
+            settle=lambda: stage.review(
+                s3, mturk, settings, qualification_type_id=_qualification(hook, settings)
+            ),
+            hit_ids={plan.hit_id for plan in plans if plan.hit_id},
+        )
+        return {"expired": len(outcome.expired), "deleted": len(outcome.deleted),
+                "kept": outcome.kept}  # fmt: skip
+
+    clean_up_batch()
+
+
+image_similarity_mturk_collect()
+image_similarity_mturk_cleanup()
