@@ -24,13 +24,14 @@ SANDBOX_PORT ?= 8911
 SANDBOX_STATE ?= $(CURDIR)/.crowd/sandbox.sqlite
 SANDBOX_WORKERS ?= diligent:6,careless:3,spammer:1
 
-.PHONY: help install demo test lint unit benchmark lock clean sandbox
+.PHONY: help install demo test lint unit benchmark benchmark-hits lock clean sandbox
 
 help:
 	@echo "make demo       generate sample data offline and run the image_similarity_mturk DAG on it"
 	@echo "make test       lint and run the whole test suite"
 	@echo "make sandbox    start the local crowd sandbox (MTurk API + worker page) on 127.0.0.1:$(SANDBOX_PORT)"
 	@echo "make benchmark  embedding throughput and recall (benchmarks/embedding.py)"
+	@echo "make benchmark-hits  HIT creation rate and the sensor's wait (benchmarks/hits.py)"
 	@echo "make lock       re-resolve constraints.txt from requirements*.txt"
 
 $(STAMP): requirements.txt requirements-test.txt constraints.txt
@@ -66,6 +67,9 @@ sandbox: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/embedding.py
+
+benchmark-hits: $(STAMP)
+	$(BIN)/python benchmarks/hits.py
 
 lock:
 	rm -rf $(CURDIR)/.lock-venv

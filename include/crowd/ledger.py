@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -69,16 +70,22 @@ class S3Ledger:
     def put(self, kind: str, key: str, doc: dict[str, Any]) -> None:
         self.put_json(self.entry_name(kind, key), doc)
 
-    def entries(self, kind: str) -> dict[str, dict[str, Any]]:
-        """Every entry of a kind, by key (one ListObjectsV2 walk plus one GET per entry)."""
-        found = {}
-        for key in self._keys(f"{self.root}/ledger/{kind}/"):
-            name = key.rsplit("/", 1)[-1]
-            if not name.endswith(".json"):
-                continue
+    def entries(self, kind: str, *, threads: int = 16) -> dict[str, dict[str, Any]]:
+        """Every entry of a kind, by key (one ListObjectsV2 walk, then the GETs in parallel)."""
+        keys = [
+            key
+            for key in self._keys(f"{self.root}/ledger/{kind}/")
+            if key.rsplit("/", 1)[-1].endswith(".json")
+        ]
+
+        def read(key: str) -> tuple[str, dict[str, Any]]:
             body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-            found[name[: -len(".json")]] = json.loads(body)
-        return found
+            return key.rsplit("/", 1)[-1][: -len(".json")], json.loads(body)
+
+        if len(keys) < 2:
+            return dict(map(read, keys))
+        with ThreadPoolExecutor(max_workers=min(threads, len(keys))) as pool:
+            return dict(pool.map(read, keys))
 
     def _keys(self, prefix: str) -> Iterator[str]:
         paginator = self.s3.get_paginator("list_objects_v2")

@@ -113,12 +113,17 @@ class ImageUrls:
         self.bucket = bucket
         self.expires_in = expires_in
         self.public_base_url = (public_base_url or "").rstrip("/")
+        self._signed: dict[str, str] = {}  # one URL per key: gold images recur in every HIT
 
     def __call__(self, image: ImageRef) -> str:
         if self.public_base_url:
             return f"{self.public_base_url}/{image.key}"
-        return self.s3.generate_presigned_url(
-            "get_object",
-            Params={"Bucket": self.bucket, "Key": image.key},
-            ExpiresIn=self.expires_in,
-        )
+        url = self._signed.get(image.key)
+        if url is None:
+            url = self.s3.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": image.key},
+                ExpiresIn=self.expires_in,
+            )
+            self._signed[image.key] = url
+        return url

@@ -456,9 +456,13 @@ class Sandbox:
         return {"HIT": self.hit_view(self._hit(params["HITId"]))}
 
     def op_ListHITs(self, params: dict[str, Any], request_id: str) -> dict[str, Any]:
-        hits = [self.hit_view(h) for h in self.store.hits() if not h.get("Disposed")]
-        page, token = self._page(hits, params, "ListHITs")
-        return {"HITs": page, "NextToken": token, "NumResults": len(page)}
+        hits = [h for h in self.store.hits() if not h.get("Disposed")]
+        page, token = self._page(hits, params, "ListHITs")  # views only for the page's HITs
+        return {
+            "HITs": [self.hit_view(h) for h in page],
+            "NextToken": token,
+            "NumResults": len(page),
+        }
 
     def op_ListReviewableHITs(self, params: dict[str, Any], request_id: str):
         wanted = params.get("Status", "Reviewable")
