@@ -24,11 +24,12 @@ SANDBOX_PORT ?= 8911
 SANDBOX_STATE ?= $(CURDIR)/.crowd/sandbox.sqlite
 SANDBOX_WORKERS ?= diligent:6,careless:3,spammer:1
 
-.PHONY: help install demo test lint unit benchmark benchmark-hits lock clean sandbox
+.PHONY: help install demo test test-stack lint unit benchmark benchmark-hits lock clean sandbox
 
 help:
 	@echo "make demo       generate sample data offline and run the image_similarity_mturk DAG on it"
 	@echo "make test       lint and run the whole test suite"
+	@echo "make test-stack the full Airflow stack (Celery, Postgres, Redis, triggerer) and its UI"
 	@echo "make sandbox    start the local crowd sandbox (MTurk API + worker page) on 127.0.0.1:$(SANDBOX_PORT)"
 	@echo "make benchmark  embedding throughput and recall (benchmarks/embedding.py)"
 	@echo "make benchmark-hits  HIT creation rate and the sensor's wait (benchmarks/hits.py)"
@@ -60,6 +61,13 @@ unit: $(STAMP)
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 test: lint unit
+
+# The full stack as real processes: Postgres, Redis, api-server, scheduler, dag-processor,
+# triggerer, Celery worker, moto S3, the crowd sandbox; the UI in headless Chromium
+# (screenshots and service logs in .artifacts/stack/). Starts what is not running.
+test-stack: $(STAMP)
+	$(BIN)/python -m pytest -m stack tests/stack $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 sandbox: $(STAMP)
 	$(BIN)/python -m include.crowd_sandbox --port $(SANDBOX_PORT) --state $(SANDBOX_STATE) \

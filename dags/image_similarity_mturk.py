@@ -55,6 +55,8 @@ RESULTS_ASSET = Asset("image_similarity_mturk_results")
 # How often the triggerer looks at the HITs (seconds); the demo sets a few seconds.
 POLL_SECONDS = float(os.environ.get("IMAGE_SIMILARITY_POLL_SECONDS", "60"))
 
+# The trigger form submits an emptied field as null, and marks a field whose type does not allow
+# null as required: a Param whose description says "Empty: ..." therefore allows null too.
 PARAMS = {
     # Sources
     "dataset_source": Param(
@@ -155,7 +157,8 @@ PARAMS = {
         title="Minimum approved HITs", description="Empty: no requirement.",
     ),
     "worker_locales": Param(
-        "", type="string", pattern=r"^([A-Z]{2}(-[A-Z0-9]{1,3})?(, *[A-Z]{2}(-[A-Z0-9]{1,3})?)*)?$",
+        "", type=["null", "string"],
+        pattern=r"^([A-Z]{2}(-[A-Z0-9]{1,3})?(, *[A-Z]{2}(-[A-Z0-9]{1,3})?)*)?$",
         section=WORKERS, title="Worker locales",
         description="Comma-separated countries (US, GB) or subdivisions (US-NY). Empty: any.",
     ),
@@ -194,14 +197,15 @@ PARAMS = {
     ),
     # Storage
     "batch_id": Param(
-        "", type="string", pattern=r"^[A-Za-z0-9._-]{0,64}$", section=STORAGE, title="Batch id",
+        "", type=["null", "string"], pattern=r"^[A-Za-z0-9._-]{0,64}$", section=STORAGE,
+        title="Batch id",
         description="Empty: derived from the run id. Letters, digits, . _ - only.",
     ),
     "output_dir": Param(
         "output", type="string", minLength=1, section=STORAGE, title="Local output folder",
     ),
     "embedding_cache": Param(
-        ".cache/embeddings", type="string", section=STORAGE, title="Embedding cache",
+        ".cache/embeddings", type=["null", "string"], section=STORAGE, title="Embedding cache",
         description="Local folder or s3://bucket/prefix (shared by all workers). Empty: no cache.",
     ),
     "s3_bucket": Param(
@@ -209,7 +213,7 @@ PARAMS = {
         title="S3 bucket", description="Private bucket for images, HIT manifest, ledger, results.",
     ),
     "public_image_base_url": Param(
-        "", type="string", section=STORAGE, title="Public image base URL",
+        "", type=["null", "string"], section=STORAGE, title="Public image base URL",
         description="Only if the bucket (or a CDN) is public: images are then linked as "
         "<base>/<key> instead of presigned URLs.",
     ),

@@ -69,7 +69,9 @@ class CrowdSettings:
 
     @classmethod
     def from_params(cls, params: dict[str, Any], batch_id: str) -> CrowdSettings:
-        locales = tuple(x.strip() for x in params.get("worker_locales", "").split(",") if x.strip())
+        locales = tuple(
+            x.strip() for x in (params.get("worker_locales") or "").split(",") if x.strip()
+        )  # None: the trigger form's empty field
         return cls(
             batch_id=batch_id,
             bucket=params["s3_bucket"],
@@ -93,7 +95,7 @@ class CrowdSettings:
             locales=locales,
             exclude_failed_workers=bool(params.get("exclude_failed_workers", False)),
             masters=bool(params.get("require_masters", False)),
-            public_image_base_url=params.get("public_image_base_url", ""),
+            public_image_base_url=params.get("public_image_base_url") or "",
             create_concurrency=int(params.get("create_concurrency", 4)),
         )
 

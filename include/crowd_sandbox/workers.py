@@ -83,7 +83,8 @@ If nothing but ``assignmentId`` would be sent, a field ``answer=<sentence>`` is 
 3. the worker fetches the target and option images (``http``/``https`` URLs on this machine, or
    ``data:`` URLs; anything else counts as unavailable, like a picture that fails to load),
    reduces each to a 32x32 greyscale thumbnail and scores each option by zero-mean normalised
-   cross-correlation (ZNCC) with the target. The most similar option is the right one, except
+   cross-correlation (ZNCC) with the target, or by colour (8x8x8 RGB histogram intersection,
+   mapped to [-1, 1]) when that says "alike" more. The most similar option is the right one, except
    that when the best score is below ``NONE_THRESHOLD`` and the group has an option without an
    image ("None of these"), that option is. Options whose image fails to load are never the
    right one; with no target (or no loadable option image) the question is answered as a guess.
@@ -551,6 +552,23 @@ def similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b))
 
 
+def colours(data: bytes) -> np.ndarray | None:
+    """A normalised 8x8x8 RGB histogram of a small copy (None if undecodable)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (128, 128))
+            rgb = np.asarray(image.convert("RGB").resize((64, 64)), dtype=np.uint16) // 32
+    except Exception:  # noqa: BLE001 - a picture that does not decode is just not seen
+        return None
+    bins = np.bincount((rgb[..., 0] * 64 + rgb[..., 1] * 8 + rgb[..., 2]).ravel(), minlength=512)
+    return bins / bins.sum()
+
+
+def colour_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Histogram intersection mapped to [-1, 1], comparable with ZNCC."""
+    return 2.0 * float(np.minimum(a, b).sum()) - 1.0
+
+
 def best_option(
     question: Question, fetch: Callable[[str], bytes | None]
 ) -> tuple[int | None, list[float | None]]:
@@ -563,11 +581,18 @@ def best_option(
     target = thumbnail(target_data) if target_data else None
     if target is None:
         return None, scores
+    target_colours = colours(target_data)
     for index, option in enumerate(question.options):
         data = fetch(option.image) if option.image else None
         thumb = thumbnail(data) if data else None
         if thumb is not None:
-            scores[index] = similarity(target, thumb)
+            # Layout (ZNCC) or colour, whichever says "alike" more: a shifted crop of a star
+            # field has no layout in common with its source, but the same colours.
+            score = similarity(target, thumb)
+            option_colours = colours(data)
+            if target_colours is not None and option_colours is not None:
+                score = max(score, colour_similarity(target_colours, option_colours))
+            scores[index] = score
     seen = [(s, i) for i, s in enumerate(scores) if s is not None]
     if not seen:
         return None, scores

@@ -358,6 +358,33 @@ def test_profiles_are_right_as_often_as_documented(files):
         assert answer.choices == {"q1": "opt0"} and answer.notes == {"q1": "first"}
 
 
+def test_a_shifted_crop_of_a_star_field_is_recognised_by_its_colours(files):
+    # Sparse points: a crop shifted by a tenth of the frame shares no layout with its source
+    # (ZNCC about 0), but a worker still sees the same dark, starry picture.
+    rng = np.random.default_rng(7)
+    sky = np.zeros((360, 640, 3), dtype=np.uint8)
+    ys, xs = rng.integers(0, 360, 400), rng.integers(0, 640, 400)
+    sky[ys, xs] = rng.integers(120, 256, (400, 3))
+    field = Image.fromarray(sky)
+    target = files.add("/sky.png", png(field))
+    crop = field.crop((64, 36, 640, 360)).resize((640, 360))
+    options = [
+        files.add("/o0.png", png(textured(640, 360, seed=3))),
+        files.add("/o1.png", png(crop)),
+        files.add("/o2.png", png(textured(640, 360, seed=4))),
+    ]
+    page = (
+        f'<form><fieldset><img data-role="target" src="{target}">'
+        + "".join(
+            f'<label><input type="radio" name="q" value="{i}"><img src="{u}"></label>'
+            for i, u in enumerate(options)
+        )
+        + '<label><input type="radio" name="q" value="none">None of these</label></fieldset></form>'
+    )
+    question = understand(page, files.url + "/").questions[0]
+    assert best_option(question, Browser(files.url).image)[0] == 1
+
+
 def test_a_none_option_is_chosen_when_no_picture_matches(files):
     target = files.add("/t.png", png(textured(120, 90, seed=1)))
     # Plain gradients: nothing like the textured target (ZNCC about -0.3). Two random textures
