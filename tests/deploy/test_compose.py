@@ -188,7 +188,7 @@ def test_airflow_services_share_the_built_image_and_the_celery_settings(config):
             r"postgresql\+psycopg2://airflow:[^@]+@postgres/airflow",
             env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
         ), name
-        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://"), name
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://"), name
         assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://redis:6379/0", name
         assert (
             env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]
