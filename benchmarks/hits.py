@@ -57,7 +57,6 @@ import asyncio
 import hashlib
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -74,6 +73,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402  (benchmarks/_common.py, next to this script)
+
 DEFAULT_WORKDIR = ROOT / ".cache" / "bench-hits"
 RESULT_PREFIX = "BENCH-RESULT "
 
@@ -165,13 +168,6 @@ class CallStats:
 def _cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _peak_rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _clients():
@@ -330,7 +326,7 @@ def child_wait(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_s": _cpu_s() - cpu0,
         "polls": polls,
         "status": status,
-        "peak_rss": _peak_rss(),
+        "peak_rss": _common.peak_rss_bytes(),
     }
 
 
@@ -911,29 +907,12 @@ def slot_line(dags: dict | None) -> str:
     )
 
 
-def _version(name: str) -> str:
-    import importlib.metadata as md
-
-    try:
-        return md.version(name)
-    except md.PackageNotFoundError:
-        return "not installed"
-
-
 def machine_line() -> str:
-    cpu = "unknown CPU"
-    try:
-        for text in Path("/proc/cpuinfo").read_text().splitlines():
-            if text.startswith("model name"):
-                cpu = text.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"machine: {cores} cores ({cpu}), {platform.system()} {platform.machine()}, "
-        f"Python {platform.python_version()}, Airflow {_version('apache-airflow')}, "
-        f"boto3 {_version('boto3')}, moto {_version('moto')}, SQLite {sqlite3.sqlite_version}"
+    return _common.machine_line(
+        ("Airflow", "apache-airflow"),
+        ("boto3", "boto3"),
+        ("moto", "moto"),
+        (f"SQLite {sqlite3.sqlite_version}", ""),
     )
 
 

@@ -80,16 +80,19 @@ def _qualification(hook, settings) -> str | None:
     )["QualificationTypeId"]
 
 
-@dag(
-    dag_id="image_similarity_mturk_collect",
-    schedule=None,
-    catchup=False,
-    max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
-    tags=["image-similarity", "mturk"],
-    params=PARAMS,
-    doc_md=__doc__,
-)
+# Both DAGs work on one batch at a time, by its id, with the main DAG's retry policy.
+DAG_ARGS = {
+    "schedule": None,
+    "catchup": False,
+    "max_active_runs": 1,
+    "default_args": {"retries": 2, "retry_delay": timedelta(seconds=30)},
+    "tags": ["image-similarity", "mturk"],
+    "params": PARAMS,
+    "doc_md": __doc__,
+}
+
+
+@dag(dag_id="image_similarity_mturk_collect", **DAG_ARGS)
 def image_similarity_mturk_collect():
     @task
     def review_submitted() -> str:
@@ -113,16 +116,7 @@ def image_similarity_mturk_collect():
     write_results(review_submitted())
 
 
-@dag(
-    dag_id="image_similarity_mturk_cleanup",
-    schedule=None,
-    catchup=False,
-    max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
-    tags=["image-similarity", "mturk"],
-    params=PARAMS,
-    doc_md=__doc__,
-)
+@dag(dag_id="image_similarity_mturk_cleanup", **DAG_ARGS)
 def image_similarity_mturk_cleanup():
     @task
     def clean_up_batch() -> dict:

@@ -76,6 +76,7 @@ from typing import Any
 import pandas as pd
 from crowdkit.aggregation import DawidSkene, MajorityVote
 
+from include.crowd.costs import usd
 from include.crowd.records import NONE_OF_THESE, HitPlan, Option, Question, Review
 
 log = logging.getLogger(__name__)
@@ -443,11 +444,6 @@ def _cents(value: Any, key: str) -> int:
     if isinstance(value, int):
         return value
     return int((Decimal(value) * 100).to_integral_value(ROUND_HALF_UP))
-
-
-def usd(cents: int) -> str:
-    """Format integer cents as dollars: 1234 → "$12.34"."""
-    return f"${cents // 100:,}.{cents % 100:02d}" if cents >= 0 else f"-{usd(-cents)}"
 
 
 def _share(part: int, whole: int) -> float | None:

@@ -27,7 +27,8 @@ def cents(amount: str) -> int:
 
 
 def usd(value: int) -> str:
-    return f"${value // 100}.{value % 100:02d}" if value >= 0 else f"-{usd(-value)}"
+    """Format integer cents as dollars: 123456 → "$1,234.56"."""
+    return f"${value // 100:,}.{value % 100:02d}" if value >= 0 else f"-{usd(-value)}"
 
 
 def _fee(amount_cents: int, rate: Decimal) -> int:

@@ -159,24 +159,19 @@ class LocalStack:
     def airflow_env(self, conn_id: str = "aws_default") -> dict[str, str]:
         return {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(self.connection())}
 
-    def s3_client(self):
+    def _client(self, service: str, endpoint_url: str):
         import boto3
 
         return boto3.client(
-            "s3",
-            endpoint_url=self.s3_url,
+            service,
+            endpoint_url=endpoint_url,
             region_name="us-east-1",
             aws_access_key_id=DEMO_CREDENTIALS["login"],
             aws_secret_access_key=DEMO_CREDENTIALS["password"],
         )
+
+    def s3_client(self):
+        return self._client("s3", self.s3_url)
 
     def mturk_client(self):
-        import boto3
-
-        return boto3.client(
-            "mturk",
-            endpoint_url=self.sandbox_url,
-            region_name="us-east-1",
-            aws_access_key_id=DEMO_CREDENTIALS["login"],
-            aws_secret_access_key=DEMO_CREDENTIALS["password"],
-        )
+        return self._client("mturk", self.sandbox_url)
