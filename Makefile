@@ -24,7 +24,7 @@ SANDBOX_PORT ?= 8911
 SANDBOX_STATE ?= $(CURDIR)/.crowd/sandbox.sqlite
 SANDBOX_WORKERS ?= diligent:6,careless:3,spammer:1
 
-.PHONY: help install demo test test-stack lint unit benchmark benchmark-hits lock clean sandbox
+.PHONY: help install demo test test-stack lint unit benchmark benchmark-hits benchmark-scale lock clean sandbox
 
 help:
 	@echo "make demo       generate sample data offline and run the image_similarity_mturk DAG on it"
@@ -33,6 +33,7 @@ help:
 	@echo "make sandbox    start the local crowd sandbox (MTurk API + worker page) on 127.0.0.1:$(SANDBOX_PORT)"
 	@echo "make benchmark  embedding throughput and recall (benchmarks/embedding.py)"
 	@echo "make benchmark-hits  HIT creation rate and the sensor's wait (benchmarks/hits.py)"
+	@echo "make benchmark-scale sharded embedding on 1 vs 2 Celery workers, top-k at 1e5/1e6 (benchmarks/scale.py)"
 	@echo "make lock       re-resolve constraints.txt from requirements*.txt"
 
 $(STAMP): requirements.txt requirements-test.txt constraints.txt
@@ -78,6 +79,9 @@ benchmark: $(STAMP)
 
 benchmark-hits: $(STAMP)
 	$(BIN)/python benchmarks/hits.py
+
+benchmark-scale: $(STAMP)
+	$(BIN)/python benchmarks/scale.py
 
 lock:
 	rm -rf $(CURDIR)/.lock-venv

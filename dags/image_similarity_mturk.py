@@ -9,9 +9,13 @@ For every **query image**, find the 3 most similar images of a **dataset** with 
    known-answer sets; files that are not images are reported by name;
 2. `validate_known_answers`: check the `knownN`, `knownN_1st_match`, `_2nd_match`, `_3rd_match`
    naming and that every gold image decodes; a misnamed set stops the run here;
-3. `embed_images`: embed dataset and queries (cached by content hash: a rerun on the same images
-   embeds nothing); corrupt, truncated and empty files are reported and left out;
-4. `match_queries`: the k nearest dataset images per query by cosine similarity → `matches.json`;
+3. `plan_embedding` → `embed_images` (mapped over shards: one, or several in parallel on the
+   Celery workers above *Fan out above*) → `merge_embeddings`: embed dataset and queries
+   (cached by content hash: a rerun on the same images embeds nothing); corrupt, truncated
+   and empty files are reported and left out;
+4. `match_queries`: the k nearest dataset images per query → `matches.json`: the 20 nearest by
+   cosine similarity, re-ordered by spatial verification (the query lined up against each
+   candidate on thumbnails, which tells neighbouring video frames apart); scores stay cosines;
 5. `write_contact_sheets`: one picture per query beside its matches with their scores;
 6. `publish_images`: the images workers see → S3, content-addressed, private;
 7. `create_hits`: one HIT per query (gold question + model question, shuffled), after a cost
@@ -32,6 +36,7 @@ points it at the local crowd sandbox.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from datetime import timedelta
@@ -42,6 +47,8 @@ from airflow.sdk import Asset, Param, dag, get_current_context, task
 from mturk_provider.links import HITPreviewLink, MTurkReportLink
 from mturk_provider.operators.mturk import mturk_task
 from mturk_provider.sensors.mturk import MTurkHITsSensor
+
+log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MONEY = r"^(?!0+\.0+$)\d{1,3}\.\d{2}$"
@@ -94,6 +101,24 @@ PARAMS = {
     ),
     "batch_size": Param(32, type="integer", minimum=1, maximum=512, section=MODEL,
                         title="Inference batch size"),
+    "fan_out_above_images": Param(
+        5000, type="integer", minimum=0, section=MODEL, title="Fan out above (images)",
+        description="Up to this many images are embedded by one task; above, the images are "
+        "cut into shards embedded in parallel by the Celery workers.",
+    ),
+    "shard_size": Param(
+        2500, type="integer", minimum=1, section=MODEL, title="Images per shard",
+    ),
+    "rerank": Param(
+        True, type="boolean", section=MODEL, title="Re-rank by spatial verification",
+        description="Re-order the nearest images by how well the query lines up with each "
+        "(tells neighbouring video frames apart; about 0.25 s per query). Off: cosine order.",
+    ),
+    "rerank_shortlist": Param(
+        20, type="integer", minimum=1, maximum=200, section=MODEL,
+        title="Images re-ranked per query",
+        description="How many nearest images by cosine the re-ranker verifies (at least k).",
+    ),
     # HIT
     "hit_title": Param(
         "Which picture is most similar?", type="string", minLength=1, maxLength=128,
@@ -205,8 +230,10 @@ PARAMS = {
         "output", type="string", minLength=1, section=STORAGE, title="Local output folder",
     ),
     "embedding_cache": Param(
-        ".cache/embeddings", type=["null", "string"], section=STORAGE, title="Embedding cache",
-        description="Local folder or s3://bucket/prefix (shared by all workers). Empty: no cache.",
+        os.environ.get("IMAGE_SIMILARITY_EMBEDDING_CACHE", ".cache/embeddings"),
+        type=["null", "string"], section=STORAGE, title="Embedding cache",
+        description="Local folder or s3://bucket/prefix (an S3 prefix is shared by all workers; "
+        "use one when workers run on several machines). Empty: no cache.",
     ),
     "s3_bucket": Param(
         os.environ.get("IMAGE_SIMILARITY_S3_BUCKET", ""), type="string", section=STORAGE,
@@ -336,12 +363,25 @@ def image_similarity_mturk():
         return batch_dir
 
     @task
-    def embed_images(batch_dir: str) -> str:
-        """Embed dataset and queries, reusing cached vectors by content hash."""
+    def plan_embedding(batch_dir: str) -> list[dict]:
+        """Cut the images to embed into shards: one, or above the threshold, several in parallel."""
+        from include.image_similarity import pipeline
+
+        params = get_current_context()["params"]
+        shards = pipeline.plan_shards(
+            Path(batch_dir), params["shard_size"], params["fan_out_above_images"]
+        )
+        return [{"batch_dir": batch_dir, **shard} for shard in shards]
+
+    @task(map_index_template="shard {{ shard_label }}")
+    def embed_images(shard: dict) -> dict:
+        """Embed one shard of dataset and queries, reusing cached vectors by content hash."""
         from include.image_similarity import pipeline
         from include.image_similarity.cache import EmbeddingCache, store_for_location
 
-        params = get_current_context()["params"]
+        context = get_current_context()
+        context["shard_label"] = f"{shard['shard'] + 1} of {shard['shards']}"
+        params = context["params"]
         embedder = _embedder(params)
         cache = None
         if params["embedding_cache"]:
@@ -356,7 +396,25 @@ def image_similarity_mturk():
 
             store = store_for_location(location, embedder.model_id, s3_client)
             cache = EmbeddingCache(store, embedder.model_id)
-        pipeline.embed_collections(Path(batch_dir), embedder, cache)
+        return pipeline.embed_shard(
+            Path(shard["batch_dir"]), embedder, cache, shard["shard"], shard["shards"]
+        )
+
+    @task
+    def merge_embeddings(batch_dir: str, shard_stats: list[dict]) -> str:
+        """Merge the shards' vectors for the top-k search; log what was embedded or cached."""
+        from include.image_similarity import pipeline
+
+        merged = pipeline.merge_shards(Path(batch_dir))
+        stats = list(shard_stats)
+        log.info(
+            "%d shards: %d images embedded, %d from the cache, %d left out; %d vectors",
+            merged["shards"],
+            sum(s["embedded"] for s in stats),
+            sum(s["from_cache"] for s in stats),
+            sum(s["failed"] for s in stats),
+            merged["vectors"],
+        )
         return batch_dir
 
     @task
@@ -365,10 +423,14 @@ def image_similarity_mturk():
         from airflow.sdk.exceptions import AirflowFailException
 
         from include.image_similarity import pipeline
+        from include.image_similarity.rerank import RerankConfig
 
         params = get_current_context()["params"]
+        config = None
+        if params.get("rerank", True):
+            config = RerankConfig(shortlist=params.get("rerank_shortlist", 20))
         try:
-            pipeline.match_queries(Path(batch_dir), params["k"])
+            pipeline.match_queries(Path(batch_dir), params["k"], rerank_config=config)
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from exc
         return batch_dir
@@ -454,9 +516,9 @@ def image_similarity_mturk():
         MTurkReportLink.persist(context["ti"], stage.report_url(s3, settings))
         return written
 
-    batch_dir = write_contact_sheets(
-        match_queries(embed_images(validate_known_answers(list_sources())))
-    )
+    checked = validate_known_answers(list_sources())
+    shard_stats = embed_images.expand(shard=plan_embedding(checked))
+    batch_dir = write_contact_sheets(match_queries(merge_embeddings(checked, shard_stats)))
     published = publish_images(batch_dir)
     hit_ids = create_hits(published)
     progress = MTurkHITsSensor(

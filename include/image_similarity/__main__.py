@@ -35,6 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     match.add_argument("--model-dir", default=".cache/models", help="converted model cache")
     match.add_argument("--batch-size", type=int, default=32)
+    match.add_argument(
+        "--no-rerank",
+        action="store_true",
+        help="rank by cosine alone (default: re-order the 20 nearest by spatial verification)",
+    )
+    match.add_argument(
+        "--shortlist", type=int, default=20, help="images re-ranked per query (default 20)"
+    )
     match.add_argument("--sheets", type=Path, help="also write contact sheets to this folder")
     return parser
 
@@ -43,9 +51,10 @@ def _match(args: argparse.Namespace) -> int:
     from include.image_similarity import pipeline
     from include.image_similarity.cache import EmbeddingCache, store_for_location
     from include.image_similarity.embedding import Embedder
+    from include.image_similarity.rerank import RerankConfig
 
-    if args.k < 1:
-        print("--k must be at least 1", file=sys.stderr)
+    if args.k < 1 or args.shortlist < 1:
+        print("--k and --shortlist must be at least 1", file=sys.stderr)
         return 2
     embedder = Embedder(args.model, model_dir=args.model_dir, batch_size=args.batch_size)
     cache = None
@@ -59,7 +68,8 @@ def _match(args: argparse.Namespace) -> int:
             work, {"dataset": args.dataset, "queries": args.queries, "known_answers": empty}
         )
         stats = pipeline.embed_collections(work, embedder, cache)
-        matches = pipeline.match_queries(work, args.k)
+        config = None if args.no_rerank else RerankConfig(shortlist=args.shortlist)
+        matches = pipeline.match_queries(work, args.k, rerank_config=config)
         if args.sheets:
             from include.image_similarity.contact_sheet import write_contact_sheets
 

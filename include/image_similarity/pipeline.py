@@ -8,9 +8,15 @@ Files in a batch folder:
 
 - ``sources.json``: every image of the dataset, queries and known answers (name, path, sha256);
 - ``known_answers.json``: the validated known-answer sets;
-- ``vectors.npz``: the embeddings of the dataset and the queries, by content hash;
-- ``matches.json``: ``{query name: [{"name": dataset name, "score": cosine}, ...]}``, best first;
-- ``similarity.json``: the same matches with hashes and model ranks, the model id and k;
+- ``shards.json`` and ``vectors/shard-*.npz``: how the images to embed were cut into shards
+  (one unless the batch is large; each shard may run on another worker) and each shard's
+  vectors and left-out files;
+- ``vectors.npz``: the embeddings of the dataset and the queries, by content hash (the shards
+  merged);
+- ``matches.json``: ``{query name: [{"name": dataset name, "score": cosine}, ...]}``, best first
+  (best by the re-ranker when it is on, so a lower cosine may come before a higher one);
+- ``similarity.json``: the same matches with hashes, ranks and alignment scores, the model id,
+  k and the re-ranker's settings;
 - ``problems.json``: every file left out, with the reason;
 - ``contact_sheets/<query>.jpg``: the query beside its matches and their scores.
 """
@@ -19,9 +25,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +41,20 @@ from include.image_similarity.decode import DecodeError, open_image
 from include.image_similarity.embedding import Embedder
 from include.image_similarity.index import top_k
 from include.image_similarity.known_answers import parse_known_answer_sets
+from include.image_similarity.rerank import (
+    RerankConfig,
+    open_thumbnail_source,
+    rerank,
+    thumbnail,
+)
 from include.image_similarity.sources import ImageFile, Listing, Problem, list_local_images
 
 log = logging.getLogger(__name__)
 
 COLLECTIONS = ("dataset", "queries", "known_answers")
+SHARDS_DIR = "vectors"
+DEFAULT_SHARD_SIZE = 2500
+DEFAULT_FAN_OUT_ABOVE = 5000
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -175,32 +194,232 @@ def check_known_answers(batch_dir: Path, max_pixels: int | None = None) -> list[
     return data
 
 
-def embed_collections(
-    batch_dir: Path, embedder: Embedder, cache: EmbeddingCache | None
-) -> dict[str, int]:
-    """Embed the dataset and the queries into ``vectors.npz``; returns counts for the log."""
+def _embedding_items(batch_dir: Path) -> list[tuple[str, ImageFile]]:
+    """Dataset then queries, each content hash once (under the first collection holding it)."""
     listings = load_listings(batch_dir)
+    seen: set[str] = set()
+    items = []
+    for name in ("dataset", "queries"):
+        for image in listings[name].images:
+            if image.sha256 not in seen:
+                seen.add(image.sha256)
+                items.append((name, image))
+    return items
+
+
+def shard_path(batch_dir: Path, shard: int, shards: int) -> Path:
+    return batch_dir / SHARDS_DIR / f"shard-{shard:05d}-of-{shards:05d}.npz"
+
+
+def plan_shards(
+    batch_dir: Path,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    fan_out_above: int = DEFAULT_FAN_OUT_ABOVE,
+) -> list[dict[str, int]]:
+    """Cut the images to embed into shards; write ``shards.json``; return one dict per shard.
+
+    Up to ``fan_out_above`` images make one shard; above, shards of at most ``shard_size``
+    images (balanced), which Airflow maps to parallel tasks. Shard files of an earlier plan
+    (a retry with other settings) are removed, so the merge never mixes two plans.
+    """
+    if shard_size < 1 or fan_out_above < 0:
+        raise ValueError(
+            f"shard size must be at least 1 and the fan-out threshold not negative, "
+            f"not {shard_size} and {fan_out_above}"
+        )
+    images = len(_embedding_items(batch_dir))
+    shards = 1 if images <= fan_out_above else math.ceil(images / shard_size)
+    keep = {shard_path(batch_dir, i, shards).name for i in range(shards)}
+    for stale in (batch_dir / SHARDS_DIR).glob("shard-*.npz"):
+        if stale.name not in keep:
+            stale.unlink(missing_ok=True)
+    write_json(batch_dir / "shards.json", {"images": images, "shards": shards})
+    if shards > 1:
+        log.info("%d images to embed: %d shards of about %d", images, shards, images // shards)
+    return [{"shard": i, "shards": shards} for i in range(shards)]
+
+
+def embed_shard(
+    batch_dir: Path,
+    embedder: Embedder,
+    cache: EmbeddingCache | None,
+    shard: int = 0,
+    shards: int = 1,
+) -> dict[str, int]:
+    """Embed one shard's images into ``vectors/shard-*.npz``; returns counts for the log.
+
+    Shards only write their own file (problems included), so parallel shards never touch a
+    shared file; ``merge_shards`` assembles ``vectors.npz`` and ``problems.json``.
+    """
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} of {shards} does not exist")
+    items = _embedding_items(batch_dir)
+    mine = items[shard * len(items) // shards : (shard + 1) * len(items) // shards]
     hashes: list[str] = []
     vectors: list[np.ndarray] = []
-    stats = {"embedded": 0, "from_cache": 0, "failed": 0}
+    problems: list[dict] = []
+    stats = {"images": len(mine), "embedded": 0, "from_cache": 0, "failed": 0}
+    suffix = f" (shard {shard + 1} of {shards})" if shards > 1 else ""
     for name in ("dataset", "queries"):
-        result = embedder.embed(listings[name].images, cache, label=f"{name} images")
-        _record_problems(batch_dir, result.problems, name)
+        images = [image for collection, image in mine if collection == name]
+        if not images:
+            continue
+        result = embedder.embed(images, cache, label=f"{name} images{suffix}")
+        problems += [{"collection": name, **p.as_dict()} for p in result.problems]
         for digest, vector in result.vectors.items():
             hashes.append(digest)
             vectors.append(vector)
         stats["embedded"] += result.embedded
         stats["from_cache"] += result.from_cache
         stats["failed"] += len(result.problems)
-    matrix = np.stack(vectors) if vectors else np.zeros((0, 0), np.float32)
-    tmp = batch_dir / ".vectors.part.npz"
-    np.savez(tmp, hashes=np.array(hashes, dtype="U64"), vectors=matrix, model_id=embedder.model_id)
-    tmp.replace(batch_dir / "vectors.npz")
+    path = shard_path(batch_dir, shard, shards)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save_vectors(
+        path,
+        hashes,
+        np.stack(vectors) if vectors else np.zeros((0, 0), np.float32),
+        embedder.model_id,
+        problems=json.dumps(problems),
+    )
     return stats
 
 
-def match_queries(batch_dir: Path, k: int = 3) -> dict[str, list[dict]]:
-    """Find each query's ``k`` nearest dataset images; write matches.json and similarity.json."""
+def _save_vectors(path: Path, hashes: list[str], vectors: np.ndarray, model_id: str, **extra):
+    """Write a vectors archive atomically (a temporary file, then a rename)."""
+    tmp = path.with_name(f".{path.stem}.part.npz")
+    np.savez(tmp, hashes=np.array(hashes, dtype="U64"), vectors=vectors, model_id=model_id, **extra)
+    tmp.replace(path)
+
+
+def merge_shards(batch_dir: Path) -> dict[str, int]:
+    """Merge the planned shards' vectors into ``vectors.npz`` and their problems into
+    ``problems.json``; a missing shard or a shard of another model is an error."""
+    plan = read_json(batch_dir / "shards.json")
+    shards = plan["shards"]
+    paths = [shard_path(batch_dir, i, shards) for i in range(shards)]
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {shards} embedding shards are missing: {', '.join(missing[:5])}"
+        )
+    hashes: list[str] = []
+    blocks: list[np.ndarray] = []
+    model_ids: set[str] = set()
+    problems: list[dict] = []
+    for path in paths:
+        with np.load(path, allow_pickle=False) as archive:
+            model_ids.add(str(archive["model_id"]))
+            if len(archive["hashes"]):
+                hashes += [str(h) for h in archive["hashes"]]
+                blocks.append(archive["vectors"])
+            problems += json.loads(str(archive["problems"]))
+    if len(model_ids) > 1:
+        raise ValueError(f"the shards were embedded with different models: {sorted(model_ids)}")
+    for collection in ("dataset", "queries"):
+        found = [Problem(p["name"], p["reason"], p["stage"]) for p in problems
+                 if p["collection"] == collection]  # fmt: skip
+        _record_problems(batch_dir, found, collection)
+    matrix = np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32)
+    _save_vectors(batch_dir / "vectors.npz", hashes, matrix, model_ids.pop())
+    log.info("merged %d shards: %d vectors, %d files left out", shards, len(hashes), len(problems))
+    return {"shards": shards, "vectors": len(hashes), "failed": len(problems)}
+
+
+def embed_collections(
+    batch_dir: Path, embedder: Embedder, cache: EmbeddingCache | None
+) -> dict[str, int]:
+    """Embed the dataset and the queries into ``vectors.npz`` in this process (one shard)."""
+    (shard,) = plan_shards(batch_dir, fan_out_above=math.inf)
+    stats = embed_shard(batch_dir, embedder, cache, **shard)
+    merge_shards(batch_dir)
+    return stats
+
+
+DEFAULT_RERANK = RerankConfig()
+
+
+def _thumbnails(
+    images: list[ImageFile], threads: int = 2, max_pixels: int | None = None
+) -> dict[str, np.ndarray | None]:
+    """Return a greyscale thumbnail per content hash (None where the file can no longer be read)."""
+    unique = {image.sha256: image for image in images}
+
+    def one(image: ImageFile) -> np.ndarray | None:
+        try:
+            source = open_thumbnail_source(image.path, image.name, max_pixels=max_pixels)
+            return thumbnail(source)
+        except DecodeError as exc:
+            log.warning("re-ranking without %s: %s", image.name, exc.reason)
+            return None
+
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="thumbnail") as pool:
+        return dict(zip(unique, pool.map(one, unique.values()), strict=True))
+
+
+def _verify(
+    queries: list[ImageFile],
+    dataset: list[ImageFile],
+    found,
+    k: int,
+    config: RerankConfig,
+    max_pixels: int | None,
+) -> tuple[np.ndarray, np.ndarray, list[list[float | None]]]:
+    """Re-order each query's cosine shortlist by spatial verification; keep the first ``k``.
+
+    Returns the new indices and cosine scores (``k`` columns) and the alignment score (ZNCC) of
+    each kept match (None when it was not computed).
+    """
+    started = time.perf_counter()
+    needed = list(queries) + [dataset[i] for i in np.unique(found.indices) if i >= 0]
+    thumbs = _thumbnails(needed, max_pixels=max_pixels)
+    flat = np.zeros((8, 8), np.uint8)  # an unreadable candidate correlates with nothing
+    indices = np.full((len(queries), k), -1, np.int64)
+    scores = np.full((len(queries), k), -np.inf, np.float32)
+    alignment: list[list[float | None]] = []
+    changed = 0
+    for q, query in enumerate(queries):
+        valid = found.indices[q] >= 0
+        rows, cosines = found.indices[q][valid], found.scores[q][valid]
+        query_thumb = thumbs.get(query.sha256)
+        if query_thumb is None or len(rows) == 0:
+            order, ncc = np.arange(len(rows)), [None] * len(rows)
+        else:
+            candidates = [thumbs.get(dataset[i].sha256) for i in rows]
+            result = rerank(
+                query_thumb, [flat if c is None else c for c in candidates], cosines, config
+            )
+            order, ncc = result.order, [float(x) for x in result.alignment.ncc]
+        order = order[:k]
+        indices[q, : len(order)] = rows[order]
+        scores[q, : len(order)] = cosines[order]
+        alignment.append([ncc[i] for i in order])
+        changed += int(len(order) > 0 and order[0] != 0)
+    log.info(
+        "re-ranked %d queries by spatial verification (shortlist %d) in %.1f s: "
+        "the first match changed for %d",
+        len(queries),
+        config.shortlist,
+        time.perf_counter() - started,
+        changed,
+    )
+    return indices, scores, alignment
+
+
+def match_queries(
+    batch_dir: Path,
+    k: int = 3,
+    *,
+    rerank_config: RerankConfig | None = DEFAULT_RERANK,
+    max_pixels: int | None = None,
+) -> dict[str, list[dict]]:
+    """Find each query's ``k`` nearest dataset images; write matches.json and similarity.json.
+
+    The nearest ``rerank_config.shortlist`` images by cosine are re-ordered by spatial
+    verification (``rerank.py``), which tells neighbouring video frames apart; the score reported
+    stays the cosine. ``rerank_config=None`` ranks by cosine alone.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, not {k}")
     listings = load_listings(batch_dir)
     with np.load(batch_dir / "vectors.npz", allow_pickle=False) as archive:
         row_of = {str(h): i for i, h in enumerate(archive["hashes"])}
@@ -212,22 +431,28 @@ def match_queries(batch_dir: Path, k: int = 3) -> dict[str, list[dict]]:
         raise ValueError("no dataset image could be decoded; see problems.json")
     if len(dataset) < k:
         log.warning("only %d dataset images for k=%d: queries get fewer matches", len(dataset), k)
+    shortlist = max(k, rerank_config.shortlist) if rerank_config else k
     found = top_k(
         all_vectors[[row_of[q.sha256] for q in queries]],
         all_vectors[[row_of[d.sha256] for d in dataset]],
-        k,
+        shortlist,
         query_hashes=[q.sha256 for q in queries],
         dataset_hashes=[d.sha256 for d in dataset],
     )
+    if rerank_config:
+        indices, scores, alignment = _verify(queries, dataset, found, k, rerank_config, max_pixels)
+    else:
+        indices, scores = found.indices, found.scores
+        alignment = [[None] * k for _ in queries]
     matches: dict[str, list[dict]] = {}
     detailed = []
     for q, query in enumerate(queries):
         ranked = [
-            (dataset[i], float(s))
-            for i, s in zip(found.indices[q], found.scores[q], strict=True)
+            (dataset[i], float(s), a)
+            for i, s, a in zip(indices[q], scores[q], alignment[q], strict=False)
             if i >= 0
         ]
-        matches[query.name] = [{"name": d.name, "score": round(s, 6)} for d, s in ranked]
+        matches[query.name] = [{"name": d.name, "score": round(s, 6)} for d, s, _ in ranked]
         detailed.append(
             {
                 "query": {"name": query.name, "sha256": query.sha256, "path": str(query.path)},
@@ -238,15 +463,22 @@ def match_queries(batch_dir: Path, k: int = 3) -> dict[str, list[dict]]:
                         "sha256": d.sha256,
                         "path": str(d.path),
                         "score": round(s, 6),
+                        "alignment": None if a is None else round(a, 4),
                     }
-                    for r, (d, s) in enumerate(ranked)
+                    for r, (d, s, a) in enumerate(ranked)
                 ],
             }
         )
     write_json(batch_dir / "matches.json", matches)
     write_json(
         batch_dir / "similarity.json",
-        {"model_id": model_id, "k": k, "dataset_size": len(dataset), "queries": detailed},
+        {
+            "model_id": model_id,
+            "k": k,
+            "dataset_size": len(dataset),
+            "rerank": asdict(rerank_config) if rerank_config else None,
+            "queries": detailed,
+        },
     )
     log.info("matched %d queries against %d dataset images (k=%d)", len(queries), len(dataset), k)
     return matches

@@ -48,6 +48,8 @@ FLAT_STD = 0.5
 class RerankConfig:
     """Parameters of the spatial verification and of how it is merged with the cosine order."""
 
+    shortlist: int = 20
+    """How many nearest images by cosine are verified per query (at least k are)."""
     min_scale: float = 0.70
     """The smallest share of the other image's width one image may cover (a crop of 70 %)."""
     n_scales: int = 13
@@ -111,9 +113,7 @@ def thumbnail(
     if long_side < MIN_TEMPLATE_SIDE:
         raise ValueError(f"long_side must be at least {MIN_TEMPLATE_SIDE}, not {long_side}")
     if isinstance(image, (str, Path)):
-        from include.image_similarity.decode import open_image
-
-        image = open_image(image)
+        image = open_thumbnail_source(image, long_side=long_side)
     if isinstance(image, np.ndarray):
         if image.ndim not in (2, 3) or image.size == 0:
             raise ValueError(f"expected an (h, w) or (h, w, 3) array, not shape {image.shape}")
@@ -125,6 +125,29 @@ def thumbnail(
     if grey.size != size:
         grey = grey.resize(size, Image.Resampling.BOX if factor < 1 else Image.Resampling.BILINEAR)
     return np.asarray(grey, dtype=np.uint8)
+
+
+def open_thumbnail_source(
+    path: str | Path,
+    name: str | None = None,
+    *,
+    long_side: int = DEFAULT_THUMB_SIDE,
+    max_pixels: int | None = None,
+) -> Image.Image:
+    """Open an image file for a thumbnail; JPEGs decode in draft mode at 1/2 to 1/8 scale.
+
+    Raises ``DecodeError`` (with the reason in words) for anything Pillow cannot read.
+    """
+    from include.image_similarity.decode import DEFAULT_MAX_PIXELS, InputSize, open_image
+
+    # An InputSize of long_side² pixels is at least long_side wide and high for aspects up to
+    # 3:1, so the draft decode never comes out smaller than the thumbnail.
+    return open_image(
+        path,
+        name,
+        max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+        fit=InputSize(area=long_side * long_side),
+    )
 
 
 def _resize(array: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -310,6 +333,7 @@ __all__ = [
     "RerankConfig",
     "RerankResult",
     "align",
+    "open_thumbnail_source",
     "rerank",
     "thumbnail",
 ]

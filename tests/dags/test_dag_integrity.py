@@ -10,8 +10,10 @@ from conftest import PROJECT_ROOT
 DAG_ID = "image_similarity_mturk"
 EXPECTED_GRAPH = {
     "list_sources": ["validate_known_answers"],
-    "validate_known_answers": ["embed_images"],
-    "embed_images": ["match_queries"],
+    "validate_known_answers": ["merge_embeddings", "plan_embedding"],
+    "plan_embedding": ["embed_images"],
+    "embed_images": ["merge_embeddings"],
+    "merge_embeddings": ["match_queries"],
     "match_queries": ["write_contact_sheets"],
     "write_contact_sheets": ["publish_images"],
     "publish_images": ["create_hits", "review_assignments"],

@@ -308,6 +308,7 @@ def test_values_from_env_reach_every_airflow_service(compose, tmp_path):
         "AIRFLOW_API_PORT": "8081",
         "IMAGE_SIMILARITY_S3_BUCKET": "my-private-bucket",
         "IMAGE_SIMILARITY_SCHEDULE": "@daily",
+        "IMAGE_SIMILARITY_EMBEDDING_CACHE": "s3://my-private-bucket/embeddings",
         "POSTGRES_PASSWORD": "db-password",
     }
     lines = []
@@ -326,6 +327,7 @@ def test_values_from_env_reach_every_airflow_service(compose, tmp_path):
             assert env[key] == examples[key], (name, key)
         assert env["IMAGE_SIMILARITY_S3_BUCKET"] == "my-private-bucket", name
         assert env["IMAGE_SIMILARITY_SCHEDULE"] == "@daily", name
+        assert env["IMAGE_SIMILARITY_EMBEDDING_CACHE"] == "s3://my-private-bucket/embeddings"
         assert ":db-password@postgres/" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], name
         if name != "airflow-init":
             assert services[name]["user"] == "1234:0", name

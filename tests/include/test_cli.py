@@ -48,7 +48,8 @@ def test_match_writes_best_first_matches_and_names_bad_files(tmp_path, model_dir
     assert len(list((tmp_path / "sheets").glob("*.jpg"))) == 2
 
     again = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert "(0 images embedded, 8 from cache)" in again.stdout
+    # 7 distinct contents: 6 frames and one query (copy.jpg is frame4.jpg, embedded once).
+    assert "(0 images embedded, 7 from cache)" in again.stdout
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):

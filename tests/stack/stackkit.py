@@ -214,6 +214,7 @@ class AirflowStack:
         redis_db: int,
         extra_env: dict[str, str] | None = None,
         worker_concurrency: int = 2,
+        workers: int = 1,
     ) -> None:
         self.home = Path(home)
         self.database = database
@@ -222,6 +223,7 @@ class AirflowStack:
         self.url = f"http://127.0.0.1:{self.port}"
         self.broker_url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}"
         self.worker_concurrency = worker_concurrency
+        self.workers = workers
         self.worker_name = f"stack-{os.getpid()}@{socket.gethostname()}"
         self.processes: dict[str, subprocess.Popen] = {}
         self._token: str | None = None
@@ -278,8 +280,16 @@ class AirflowStack:
             )
         return done
 
+    def _worker_command(self, name: str) -> list[str]:
+        return [
+            sys.executable, "-m", "airflow", "celery", "worker",
+            "--concurrency", str(self.worker_concurrency), "--celery-hostname", name,
+            "--without-mingle", "--without-gossip", "--skip-serve-logs",
+        ]  # fmt: skip
+
     def commands(self) -> dict[str, list[str]]:
         airflow = [sys.executable, "-m", "airflow"]
+        host = socket.gethostname()
         return {
             "api-server": [*airflow, "api-server", "--host", "127.0.0.1", "--port", str(self.port)],
             "scheduler": [*airflow, "scheduler"],
@@ -287,11 +297,13 @@ class AirflowStack:
             # No log servers (--skip-serve-logs): they would listen on every interface, and the
             # api-server reads the task and trigger logs from the shared home anyway.
             "triggerer": [*airflow, "triggerer", "--skip-serve-logs"],
-            "celery-worker": [
-                *airflow, "celery", "worker", "--concurrency", str(self.worker_concurrency),
-                "--celery-hostname", self.worker_name, "--without-mingle", "--without-gossip",
-                "--skip-serve-logs",
-            ],
+            "celery-worker": self._worker_command(self.worker_name),
+            # More Celery workers (as `docker compose up --scale airflow-worker=N` starts),
+            # each its own process with its own name, consuming the same queue.
+            **{
+                f"celery-worker-{i}": self._worker_command(f"stack-{os.getpid()}-{i}@{host}")
+                for i in range(2, self.workers + 1)
+            },
         }  # fmt: skip
 
     def log_path(self, service: str) -> Path:

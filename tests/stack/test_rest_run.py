@@ -95,7 +95,11 @@ def test_a_run_triggered_through_the_rest_api_waits_in_the_triggerer_and_succeed
         "queries_source": str(sample.queries_dir),
         "known_answers_source": str(sample.known_answers_dir),
         "output_dir": str(tmp_path / "output"),
-        "embedding_cache": str(tmp_path / "cache"),
+        # Fan out: 36 images in shards of at most 8, embedded by mapped tasks on Celery,
+        # sharing an embedding cache in S3 (moto).
+        "fan_out_above_images": 10,
+        "shard_size": 8,
+        "embedding_cache": f"s3://{local_stack.bucket}/embedding-cache",
         "batch_id": BATCH,
         "s3_bucket": local_stack.bucket,
         "assignments_per_hit": 3,
@@ -146,6 +150,16 @@ def test_a_run_triggered_through_the_rest_api_waits_in_the_triggerer_and_succeed
     assert {ti["queue"] for ti in tis} == {"default"}
     worker_log = stack.log_path("celery-worker").read_text(errors="replace")
     assert worker_log.count("execute_workload") >= len(tis), "tasks did not go through Celery"
+
+    # The embedding fanned out over mapped shards, each named in the UI, and their vectors
+    # went to the shared S3 cache.
+    shards = [ti for ti in tis if ti["task_id"] == "embed_images"]
+    assert len(shards) == 5, [ti["map_index"] for ti in shards]
+    assert sorted(ti["map_index"] for ti in shards) == list(range(5))
+    assert {ti["rendered_map_index"] for ti in shards} == {f"shard {i} of 5" for i in range(1, 6)}
+    s3 = local_stack.s3_client()
+    cached = s3.list_objects_v2(Bucket=local_stack.bucket, Prefix="embedding-cache/")
+    assert cached.get("KeyCount", 0) >= 1, cached
 
     # XCom went through Postgres: the HIT ids and the sensor's final progress.
     def xcom(task_id: str):

@@ -1,0 +1,403 @@
+"""Scale benchmark: sharded embedding through the DAG on 1 and 2 Celery workers; top-k at 10^5-10^6.
+
+What is measured, in one run (``make benchmark-scale`` runs ``python benchmarks/scale.py``)::
+
+    python benchmarks/scale.py [--images N] [--shard-size S] [--topk-queries Q]
+                               [--topk-sizes 100000,1000000] [--skip-dag] [--skip-topk]
+                               [--workdir DIR] [--quick]
+
+1. Test images (not timed): N - 4 video-like 1280x720 JPEG frames (the embedding benchmark's
+   generator, reused from ``DIR/frames``) as the dataset, plus the 4 queries and 2 known-answer
+   sets of a small generated sample, so every run also completes its crowd stage (4 HITs).
+2. For 1 and then 2 Celery workers (concurrency 1 each, so the worker count is the number of
+   shards embedded at once): a fresh stack of real processes (Postgres database, Redis
+   database, api-server, scheduler, dag-processor, triggerer, the workers, moto S3 and the
+   crowd sandbox on 127.0.0.1), then one run of ``image_similarity_mturk`` triggered through
+   the REST API with the embedding fanned out in shards of S images (``fan_out_above_images``
+   0) and a fresh embedding cache in S3, shared by the workers. The embedding wall time runs
+   from the first shard's start to the last shard's end (the task instances' own times);
+   throughput is N over it. The run must succeed.
+3. Top-k: ``index.top_k`` for Q random unit queries over 10^5 and 10^6 random unit vectors of
+   1280 dimensions (EfficientNet-Lite0's), each size in a fresh child process: time and peak
+   RSS (``VmHWM``), next to the size of the vectors themselves.
+
+The 2-worker run shares the machine's cores with the 1-worker run's settings: on a 2-core
+machine a single worker already runs TensorFlow on both cores, so the gain from a second worker
+comes from overlapping one shard's model load, decoding and cache writes with another's
+inference; on separate machines each worker brings its own cores. The exit code is 1 when a run
+fails, 0 otherwise: this is a measurement, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+for path in (ROOT, BENCH, ROOT / "tests" / "stack"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from _common import machine_line, peak_rss_bytes  # noqa: E402
+
+DEFAULT_WORKDIR = ROOT / ".cache" / "bench"
+MODEL_DIR = ROOT / ".cache" / "models"
+DAG_ID = "image_similarity_mturk"
+DIMENSIONS = 1280
+RESULT_PREFIX = "SCALE-RESULT "
+QUERIES = 4
+
+
+@dataclass
+class DagResult:
+    workers: int
+    images: int
+    shards: int
+    embed_s: float
+    run_s: float
+    shard_s: list[float]
+    hosts: dict[str, int]
+    state: str
+
+
+# --- test data ------------------------------------------------------------------------------
+
+
+def prepare_sources(workdir: Path, images: int) -> dict[str, Path]:
+    """The dataset (links to generated frames), queries and known answers for the DAG runs."""
+    from embedding import ensure_frames, frame_path
+
+    from include.image_similarity.demo_data import generate_demo_data
+
+    frames = workdir / "frames"
+    dataset_size = images - QUERIES
+    spent = ensure_frames(frames, dataset_size)
+    print(f"{dataset_size} frames ready in {spent:.0f} s", flush=True)
+    dataset = workdir / f"scale_dataset_{dataset_size}"
+    if not dataset.is_dir() or len(list(dataset.iterdir())) != dataset_size:
+        shutil.rmtree(dataset, ignore_errors=True)
+        dataset.mkdir(parents=True)
+        for i in range(dataset_size):
+            source = frame_path(frames, i)
+            (dataset / source.name).symlink_to(source)
+    sample = generate_demo_data(
+        workdir / "scale_sample", frames_per_scene=4, n_queries=QUERIES, n_known_sets=2
+    )
+    return {
+        "dataset": dataset,
+        "queries": sample.queries_dir,
+        "known_answers": sample.known_answers_dir,
+    }
+
+
+# --- the DAG on the stack -------------------------------------------------------------------
+
+
+def _when(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def run_dag(workers: int, sources: dict[str, Path], args: argparse.Namespace) -> DagResult:
+    """Start a fresh stack with ``workers`` Celery workers, run the DAG once, measure, stop."""
+    from stackkit import (
+        AirflowStack,
+        claim_redis_db,
+        create_database,
+        drop_database,
+        ensure_postgres,
+        ensure_redis,
+        release_redis_db,
+    )
+
+    from include.crowd_sandbox.stack import LocalStack
+
+    ensure_postgres()
+    ensure_redis()
+    home = args.workdir / f"scale_{workers}w"
+    shutil.rmtree(home, ignore_errors=True)
+    database = f"airflow_scale_{os.getpid()}_{workers}"
+    create_database(database)
+    redis_db = claim_redis_db()
+    with LocalStack(
+        home / "local", workers="diligent:3", seconds_per_assignment=1.0, worker_seed=1
+    ) as local:
+        stack = AirflowStack(
+            home / "airflow",
+            database=database,
+            redis_db=redis_db,
+            worker_concurrency=1,
+            workers=workers,
+            extra_env={
+                **local.airflow_env(),
+                "IMAGE_SIMILARITY_MODEL_DIR": str(MODEL_DIR),
+                "IMAGE_SIMILARITY_POLL_SECONDS": "3",
+            },
+        )
+        try:
+            stack.start()
+            stack.wait_for_dag(DAG_ID)
+            stack.api("PATCH", f"/dags/{DAG_ID}", json={"is_paused": False})
+            conf = {
+                "dataset_source": str(sources["dataset"]),
+                "queries_source": str(sources["queries"]),
+                "known_answers_source": str(sources["known_answers"]),
+                "output_dir": str(home / "output"),
+                "embedding_cache": f"s3://{local.bucket}/embedding-cache",
+                "fan_out_above_images": 0,
+                "shard_size": args.shard_size,
+                "batch_id": f"scale-{workers}w",
+                "s3_bucket": local.bucket,
+                "assignments_per_hit": 3,
+                "hit_lifetime_hours": 1,
+                "wait_timeout_hours": 0.5,
+                "worker_locales": None,
+            }
+            print(f"{workers} worker(s): run started", flush=True)
+            started = time.monotonic()
+            run = stack.api(
+                "POST", f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": conf}
+            )
+            finished = stack.wait_for_run(DAG_ID, run["dag_run_id"], timeout=args.timeout)
+            run_s = time.monotonic() - started
+            base = f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances"
+            tis = stack.api("GET", base, params={"limit": 1000})["task_instances"]
+        finally:
+            stack.stop()
+            drop_database(database)
+            release_redis_db(redis_db)
+    shards = [ti for ti in tis if ti["task_id"] == "embed_images"]
+    spans = [
+        (_when(ti["start_date"]), _when(ti["end_date"]))
+        for ti in shards
+        if ti["start_date"] and ti["end_date"]
+    ]
+    hosts: dict[str, int] = {}
+    for ti in shards:
+        hosts[ti.get("hostname") or "?"] = hosts.get(ti.get("hostname") or "?", 0) + 1
+    return DagResult(
+        workers=workers,
+        images=args.images,
+        shards=len(shards),
+        embed_s=max(end for _, end in spans) - min(start for start, _ in spans) if spans else 0,
+        run_s=run_s,
+        shard_s=sorted(end - start for start, end in spans),
+        hosts=hosts,
+        state=finished["state"],
+    )
+
+
+# --- top-k in a child process ---------------------------------------------------------------
+
+
+def _unit_vectors(rng, n: int, chunk: int = 100_000):
+    import numpy as np
+
+    out = np.empty((n, DIMENSIONS), np.float32)
+    for start in range(0, n, chunk):
+        block = rng.standard_normal((min(chunk, n - start), DIMENSIONS), dtype=np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        out[start : start + len(block)] = block
+    return out
+
+
+def child_topk(size: int, queries: int) -> dict[str, Any]:
+    import numpy as np
+
+    from include.image_similarity.index import top_k
+
+    rng = np.random.default_rng(size)
+    dataset = _unit_vectors(rng, size)
+    query = _unit_vectors(rng, queries)
+    before = peak_rss_bytes()
+    started = time.perf_counter()
+    found = top_k(query, dataset, 3)
+    seconds = time.perf_counter() - started
+    assert found.indices.shape == (queries, 3) and (found.indices >= 0).all()
+    return {
+        "size": size,
+        "queries": queries,
+        "seconds": seconds,
+        "peak_rss": peak_rss_bytes(),
+        "rss_before_search": before,
+        "vectors_bytes": dataset.nbytes + query.nbytes,
+    }
+
+
+def spawn_topk(size: int, queries: int) -> dict[str, Any] | None:
+    import subprocess
+
+    print(f"top-k: {queries} queries over {size:,} vectors ...", flush=True)
+    command = [sys.executable, __file__, "--child-topk", str(size), "--topk-queries", str(queries)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    for line in done.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX) :])
+    print(f"top-k over {size} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+    return None
+
+
+# --- the table ------------------------------------------------------------------------------
+
+
+def render(header: Sequence[str], rows: list[Sequence[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        return "| " + " | ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)) + " |"
+
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [
+        line(r) for r in rows
+    ])  # fmt: skip
+
+
+def dag_table(results: dict[int, DagResult | None]) -> str:
+    one, two = results.get(1), results.get(2)
+
+    def cell(result: DagResult | None, value) -> str:
+        return value(result) if result and result.state == "success" else "failed"
+
+    def ratio(value) -> str:
+        if one and two and one.state == two.state == "success" and value(one) and value(two):
+            return f"{value(one) / value(two):.2f}×"
+        return "—"
+
+    rows = [
+        [
+            f"embedding wall time ({one.images if one else '?'} images, first shard start "
+            "to last shard end)",
+            cell(one, lambda r: f"{r.embed_s:.0f} s ({r.shards} shards)"),
+            cell(two, lambda r: f"{r.embed_s:.0f} s ({r.shards} shards)"),
+            ratio(lambda r: r.embed_s),
+        ],
+        [
+            "embedding throughput",
+            cell(one, lambda r: f"{r.images / r.embed_s:.0f} img/s"),
+            cell(two, lambda r: f"{r.images / r.embed_s:.0f} img/s"),
+            ratio(lambda r: r.embed_s),
+        ],
+        [
+            "whole run (trigger to success, incl. 4 HITs answered)",
+            cell(one, lambda r: f"{r.run_s:.0f} s"),
+            cell(two, lambda r: f"{r.run_s:.0f} s"),
+            ratio(lambda r: r.run_s),
+        ],
+    ]
+    return render(["measurement", "1 Celery worker", "2 Celery workers", "speed-up"], rows)
+
+
+def topk_table(results: list[dict[str, Any] | None]) -> str:
+    rows = []
+    for result in results:
+        if not result:
+            rows.append(["failed", "", "", "", ""])
+            continue
+        rows.append(
+            [
+                f"{result['size']:,} × {DIMENSIONS}",
+                f"{result['queries']:,}",
+                f"{result['seconds']:.1f} s ({1000 * result['seconds'] / result['queries']:.1f}"
+                " ms/query)",
+                f"{result['peak_rss'] / 1024**2:,.0f} MB",
+                f"{result['vectors_bytes'] / 1024**2:,.0f} MB",
+            ]
+        )
+    header = ["dataset vectors", "queries", "top-3 time", "peak RSS", "of it the vectors"]
+    return render(header, rows)
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=20_000, help="images embedded per run")
+    parser.add_argument("--shard-size", type=int, default=2500)
+    parser.add_argument("--topk-queries", type=int, default=1000)
+    parser.add_argument("--topk-sizes", default="100000,1000000")
+    parser.add_argument("--skip-dag", action="store_true")
+    parser.add_argument("--skip-topk", action="store_true")
+    parser.add_argument("--timeout", type=float, default=3600, help="per DAG run, seconds")
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    parser.add_argument("--quick", action="store_true", help="2,000 images, top-k over 10^5")
+    parser.add_argument("--child-topk", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.images, args.shard_size, args.topk_sizes = 2000, 250, "100000"
+    if args.images <= QUERIES or args.shard_size < 1 or args.topk_queries < 1:
+        parser.error(f"--images must exceed {QUERIES}; sizes must be positive")
+    args.sizes = [int(s) for s in args.topk_sizes.split(",") if s.strip()]
+    args.workdir = args.workdir.resolve()
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = parse_args(argv)
+    if args.child_topk:
+        print(RESULT_PREFIX + json.dumps(child_topk(args.child_topk, args.topk_queries)))
+        return 0
+    started = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    ok = True
+    dag_results: dict[int, DagResult | None] = {}
+    if not args.skip_dag:
+        sources = prepare_sources(args.workdir, args.images)
+        for workers in (1, 2):
+            try:
+                dag_results[workers] = run_dag(workers, sources, args)
+            except Exception as exc:  # a failed run is reported in the table, not hidden
+                print(f"{workers} worker(s): {type(exc).__name__}: {exc}", file=sys.stderr)
+                dag_results[workers] = None
+            result = dag_results[workers]
+            ok = ok and result is not None and result.state == "success"
+    topk = [] if args.skip_topk else [spawn_topk(size, args.topk_queries) for size in args.sizes]
+    ok = ok and all(topk)
+
+    print()
+    print(machine_line(("Airflow", "apache-airflow"), ("TensorFlow", "tensorflow-cpu")))
+    if dag_results:
+        print()
+        print(dag_table(dag_results))
+        print()
+        for workers, result in dag_results.items():
+            if result:
+                spread = ", ".join(f"{host}: {n}" for host, n in sorted(result.hosts.items()))
+                print(
+                    f"{workers} worker(s): run {result.state}; shard times "
+                    f"{min(result.shard_s):.0f}-{max(result.shard_s):.0f} s; shards per worker "
+                    f"{spread}"
+                )
+        print(
+            "CeleryExecutor, concurrency 1 per worker, shards of "
+            f"{args.shard_size} images (fan_out_above_images=0), 1280x720 JPEG q90 frames, "
+            "EfficientNet-Lite0 (batch 32, 2 decode threads per task), a fresh S3 (moto) "
+            "embedding cache per run"
+        )
+    if topk:
+        print()
+        print(topk_table(topk))
+        print()
+        print(
+            "index.top_k (exact, blocked: 1,024 queries x 16,384 vectors per block), float32, "
+            "random unit vectors; each size in a fresh process; the vectors are in memory "
+            "before the search starts"
+        )
+    print(
+        f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; "
+        f"total {time.perf_counter() - started:.0f} s"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

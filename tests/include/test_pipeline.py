@@ -1,0 +1,255 @@
+"""match_queries: cosine shortlist, re-ranked by spatial verification (no model: vectors by hand).
+
+The vectors are written by hand so the cosine order is known and wrong on purpose (a neighbouring
+frame ranks above the query's source); the images are real files, as the re-ranker reads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from include.image_similarity import pipeline
+from include.image_similarity.rerank import RerankConfig
+
+FRAME = (320, 180)
+# Cosine similarity of each frame to the query: frame3 (a neighbour) beats frame2 (the source).
+COSINES = {"frame0.png": 0.60, "frame1.png": 0.90, "frame2.png": 0.93, "frame3.png": 0.95,
+           "frame4.png": 0.88, "frame5.png": 0.50}  # fmt: skip
+
+
+def _texture(seed: int = 0, size: tuple[int, int] = (1000, 600)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    noise = rng.uniform(0, 255, size=(size[1] // 20, size[0] // 20)).astype(np.uint8)
+    image = Image.fromarray(noise).resize(size, Image.Resampling.BICUBIC)
+    return image.filter(ImageFilter.GaussianBlur(3)).convert("RGB")
+
+
+def _pan(photo: Image.Image, i: int) -> Image.Image:
+    x, y, width = 20 + 60 * i, 40 + 10 * i, 600
+    return photo.resize(FRAME, Image.Resampling.LANCZOS, box=(x, y, x + width, y + width * 0.5625))
+
+
+def _crop_of(frame: Image.Image) -> Image.Image:
+    """An off-centre 85 % crop of ``frame``, brighter, blurred: what a query looks like."""
+    width, height = frame.size
+    box = (width * 0.14, height * 0.02, width * 0.99, height * 0.87)
+    image = frame.resize(frame.size, Image.Resampling.LANCZOS, box=box)
+    pixels = np.clip(np.asarray(image, dtype=np.float32) * 1.2 + 10, 0, 255)
+    return Image.fromarray(pixels.astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.0))
+
+
+@pytest.fixture
+def batch(tmp_path):
+    """A batch folder after list_sources and a hand-made embed step."""
+    dataset, queries, known = tmp_path / "dataset", tmp_path / "queries", tmp_path / "known"
+    for folder in (dataset, queries, known):
+        folder.mkdir()
+    photo = _texture()
+    frames = [_pan(photo, i) for i in range(6)]
+    for i, frame in enumerate(frames):
+        frame.save(dataset / f"frame{i}.png")
+    _crop_of(frames[2]).save(queries / "query.jpg", quality=80)
+    batch_dir = tmp_path / "batch"
+    pipeline.list_sources(
+        batch_dir, {"dataset": dataset, "queries": queries, "known_answers": known}
+    )
+    listings = pipeline.load_listings(batch_dir)
+    hashes, vectors = [], []
+    dim = len(COSINES) + 1
+    for image in listings["dataset"].images:
+        cosine = COSINES[image.name]
+        vector = np.zeros(dim, np.float32)
+        vector[0] = cosine
+        vector[1 + int(image.name[5])] = np.sqrt(1 - cosine**2)
+        hashes.append(image.sha256)
+        vectors.append(vector)
+    query_vector = np.zeros(dim, np.float32)
+    query_vector[0] = 1.0
+    hashes.append(listings["queries"].images[0].sha256)
+    vectors.append(query_vector)
+    np.savez(
+        batch_dir / "vectors.npz",
+        hashes=np.array(hashes, dtype="U64"),
+        vectors=np.stack(vectors),
+        model_id="hand-made",
+    )
+    return batch_dir
+
+
+def test_cosine_alone_ranks_the_neighbour_first(batch):
+    matches = pipeline.match_queries(batch, k=3, rerank_config=None)
+    assert [m["name"] for m in matches["query.jpg"]] == ["frame3.png", "frame2.png", "frame1.png"]
+    similarity = pipeline.read_json(batch / "similarity.json")
+    assert similarity["rerank"] is None
+    assert [m["alignment"] for m in similarity["queries"][0]["matches"]] == [None] * 3
+
+
+def test_reranking_puts_the_source_frame_first_and_keeps_cosine_scores(batch):
+    matches = pipeline.match_queries(batch, k=3)
+    ranked = matches["query.jpg"]
+    assert ranked[0] == {"name": "frame2.png", "score": pytest.approx(0.93, abs=1e-5)}
+    assert len(ranked) == 3 and len({m["name"] for m in ranked}) == 3
+    assert {m["name"] for m in ranked} <= {"frame1.png", "frame2.png", "frame3.png", "frame4.png"}
+    similarity = pipeline.read_json(batch / "similarity.json")
+    assert similarity["rerank"]["shortlist"] == 20
+    first = similarity["queries"][0]["matches"][0]
+    assert first["rank"] == 1 and first["alignment"] > 0.9
+
+
+def test_k_above_the_shortlist_still_gets_k_matches(batch):
+    matches = pipeline.match_queries(batch, k=5, rerank_config=RerankConfig(shortlist=2))
+    assert len(matches["query.jpg"]) == 5
+    assert matches["query.jpg"][0]["name"] == "frame2.png"
+
+
+def test_an_unreadable_candidate_is_named_and_not_promoted(batch, caplog):
+    listing = pipeline.load_listings(batch)["dataset"]
+    next(i for i in listing.images if i.name == "frame2.png").path.write_bytes(b"not a picture")
+    with caplog.at_level(logging.WARNING, logger="include.image_similarity.pipeline"):
+        matches = pipeline.match_queries(batch, k=3)
+    assert "re-ranking without frame2.png" in caplog.text
+    names = [m["name"] for m in matches["query.jpg"]]
+    assert len(names) == 3 and names[0] != "frame2.png"
+
+
+def test_an_unreadable_query_keeps_the_cosine_order(batch, caplog):
+    query = pipeline.load_listings(batch)["queries"].images[0]
+    query.path.unlink()
+    with caplog.at_level(logging.WARNING, logger="include.image_similarity.pipeline"):
+        matches = pipeline.match_queries(batch, k=3)
+    assert "re-ranking without query.jpg" in caplog.text
+    assert [m["name"] for m in matches["query.jpg"]] == ["frame3.png", "frame2.png", "frame1.png"]
+
+
+def test_k_below_one_is_refused(batch):
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        pipeline.match_queries(batch, k=0)
+
+
+# --- sharded embedding (a stand-in embedder: the plan, the shards and the merge are tested) ---
+
+
+class _HashEmbedder:
+    """Embeds by content hash (a deterministic unit vector); files named bad* fail to decode."""
+
+    model_id = "hash-embedder"
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def embed(self, images, cache=None, *, label="images"):
+        from include.image_similarity.embedding import EmbedResult
+        from include.image_similarity.sources import Problem
+
+        result = EmbedResult()
+        for image in images:
+            self.seen.append(image.name)
+            if image.name.startswith("bad"):
+                result.problems.append(Problem(image.name, "is corrupt", stage="decode"))
+                continue
+            rng = np.random.default_rng(int(image.sha256[:8], 16))
+            vector = rng.normal(size=8).astype(np.float32)
+            result.vectors[image.sha256] = vector / np.linalg.norm(vector)
+            result.embedded += 1
+        return result
+
+
+@pytest.fixture
+def listed(tmp_path):
+    """A listed batch: 7 dataset images (one undecodable), 3 queries (one a dataset copy)."""
+    dataset, queries, known = tmp_path / "dataset", tmp_path / "queries", tmp_path / "known"
+    for folder in (dataset, queries, known):
+        folder.mkdir()
+    for i in range(6):
+        (dataset / f"img{i}.png").write_bytes(f"image {i}".encode())
+    (dataset / "bad.png").write_bytes(b"broken")
+    (queries / "q0.png").write_bytes(b"query 0")
+    (queries / "q1.png").write_bytes(b"query 1")
+    (queries / "copy.png").write_bytes(b"image 3")  # the same content as img3.png
+    batch_dir = tmp_path / "batch"
+    # Listing only hashes files; decoding happens at embedding time.
+    from include.image_similarity.sources import ImageFile, Listing
+
+    def resolve(_collection, folder):
+        files = sorted(Path(folder).iterdir())
+        images = [
+            ImageFile(p.name, p, hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size)
+            for p in files
+        ]
+        return Listing(str(folder), images, [])
+
+    pipeline.list_sources(
+        batch_dir, {"dataset": dataset, "queries": queries, "known_answers": known}, resolve
+    )
+    return batch_dir
+
+
+def _vectors(batch_dir):
+    with np.load(batch_dir / "vectors.npz", allow_pickle=False) as archive:
+        return dict(zip((str(h) for h in archive["hashes"]), archive["vectors"], strict=True))
+
+
+def test_small_batches_are_one_shard(listed):
+    assert pipeline.plan_shards(listed, shard_size=2, fan_out_above=9) == [
+        {"shard": 0, "shards": 1}
+    ]
+    assert pipeline.read_json(listed / "shards.json") == {"images": 9, "shards": 1}
+
+
+def test_shards_cover_every_image_once_and_merge_like_one_shard(listed, tmp_path):
+    single = tmp_path / "single"
+    import shutil
+
+    shutil.copytree(listed, single)
+    one = _HashEmbedder()
+    pipeline.embed_collections(single, one, None)
+
+    plan = pipeline.plan_shards(listed, shard_size=2, fan_out_above=3)
+    assert plan == [{"shard": i, "shards": 5} for i in range(5)]
+    embedder = _HashEmbedder()
+    stats = [pipeline.embed_shard(listed, embedder, None, **shard) for shard in reversed(plan)]
+    # 9 distinct contents (copy.png repeats img3.png): each embedded exactly once overall.
+    assert sorted(embedder.seen) == sorted(one.seen) and len(embedder.seen) == 9
+    assert sum(s["images"] for s in stats) == 9 and sum(s["failed"] for s in stats) == 1
+    merged = pipeline.merge_shards(listed)
+    assert merged == {"shards": 5, "vectors": 8, "failed": 1}
+    sharded, whole = _vectors(listed), _vectors(single)
+    assert sharded.keys() == whole.keys()
+    for digest, vector in whole.items():
+        np.testing.assert_array_equal(sharded[digest], vector)
+    problems = pipeline.problems_of(listed)
+    assert [(p["collection"], p["name"], p["stage"]) for p in problems] == [
+        ("dataset", "bad.png", "decode")
+    ]
+    # Merging again (a retried task) changes nothing.
+    pipeline.merge_shards(listed)
+    assert len(pipeline.problems_of(listed)) == 1
+
+
+def test_a_missing_shard_stops_the_merge(listed):
+    plan = pipeline.plan_shards(listed, shard_size=4, fan_out_above=3)
+    pipeline.embed_shard(listed, _HashEmbedder(), None, **plan[0])
+    with pytest.raises(FileNotFoundError, match="2 of 3 embedding shards are missing"):
+        pipeline.merge_shards(listed)
+
+
+def test_a_new_plan_removes_the_shards_of_the_old_one(listed):
+    for shard in pipeline.plan_shards(listed, shard_size=2, fan_out_above=3):
+        pipeline.embed_shard(listed, _HashEmbedder(), None, **shard)
+    (shard,) = pipeline.plan_shards(listed, shard_size=2, fan_out_above=100)
+    assert sorted(p.name for p in (listed / "vectors").iterdir()) == []
+    pipeline.embed_shard(listed, _HashEmbedder(), None, **shard)
+    assert pipeline.merge_shards(listed)["vectors"] == 8
+
+
+def test_shard_settings_are_checked(listed):
+    with pytest.raises(ValueError, match="shard size must be at least 1"):
+        pipeline.plan_shards(listed, shard_size=0)
+    with pytest.raises(ValueError, match="shard 3 of 2 does not exist"):
+        pipeline.embed_shard(listed, _HashEmbedder(), None, shard=3, shards=2)
