@@ -408,7 +408,7 @@ def image_similarity_mturk():
         merged = pipeline.merge_shards(Path(batch_dir))
         stats = list(shard_stats)
         log.info(
-            "%d shards: %d images embedded, %d from the cache, %d left out; %d vectors",
+            "%d shard(s): %d images embedded, %d from the cache, %d left out; %d vectors",
             merged["shards"],
             sum(s["embedded"] for s in stats),
             sum(s["from_cache"] for s in stats),

@@ -264,7 +264,8 @@ def embed_shard(
         images = [image for collection, image in mine if collection == name]
         if not images:
             continue
-        result = embedder.embed(images, cache, label=f"{name} images{suffix}")
+        label = "dataset images" if name == "dataset" else "query images"
+        result = embedder.embed(images, cache, label=f"{label}{suffix}")
         problems += [{"collection": name, **p.as_dict()} for p in result.problems]
         for digest, vector in result.vectors.items():
             hashes.append(digest)
@@ -321,7 +322,13 @@ def merge_shards(batch_dir: Path) -> dict[str, int]:
         _record_problems(batch_dir, found, collection)
     matrix = np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32)
     _save_vectors(batch_dir / "vectors.npz", hashes, matrix, model_ids.pop())
-    log.info("merged %d shards: %d vectors, %d files left out", shards, len(hashes), len(problems))
+    log.info(
+        "merged %d shard%s: %d vectors, %d files left out",
+        shards,
+        "" if shards == 1 else "s",
+        len(hashes),
+        len(problems),
+    )
     return {"shards": shards, "vectors": len(hashes), "failed": len(problems)}
 
 

@@ -129,7 +129,7 @@ def test_whole_run_then_a_rerun_embeds_and_creates_nothing(airflow_env, sample, 
     second = dags_test(airflow_env, {**conf, "fan_out_above_images": 5, "shard_size": 7})
     assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
     rerun_log = second.stdout + second.stderr
-    embedded = [int(n) for n in re.findall(r"embedded (\d+) (?:dataset|queries) images", rerun_log)]
+    embedded = [int(n) for n in re.findall(r"embedded (\d+) (?:dataset|query) images", rerun_log)]
     assert len(embedded) >= 3 and set(embedded) == {0}  # only the bad files are retried
     shards = json.loads((batch / "shards.json").read_text())
     assert (
