@@ -66,7 +66,8 @@ class DagResult:
     embed_s: float
     run_s: float
     shard_s: list[float]
-    hosts: dict[str, int]
+    overlap: int
+    workloads: dict[str, int]
     state: str
 
 
@@ -181,9 +182,18 @@ def run_dag(workers: int, sources: dict[str, Path], args: argparse.Namespace) ->
         for ti in shards
         if ti["start_date"] and ti["end_date"]
     ]
-    hosts: dict[str, int] = {}
-    for ti in shards:
-        hosts[ti.get("hostname") or "?"] = hosts.get(ti.get("hostname") or "?", 0) + 1
+    # The most shards running at the same moment (from the task instances' own times).
+    moments = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = overlap = 0
+    for _, change in moments:
+        running += change
+        overlap = max(overlap, running)
+    # Tasks each Celery worker executed (its own log), to show both took work.
+    workloads = {
+        service: stack.log_path(service).read_text(errors="replace").count("succeeded in")
+        for service in stack.processes
+        if service.startswith("celery-worker")
+    }
     return DagResult(
         workers=workers,
         images=args.images,
@@ -191,7 +201,8 @@ def run_dag(workers: int, sources: dict[str, Path], args: argparse.Namespace) ->
         embed_s=max(end for _, end in spans) - min(start for start, _ in spans) if spans else 0,
         run_s=run_s,
         shard_s=sorted(end - start for start, end in spans),
-        hosts=hosts,
+        overlap=overlap,
+        workloads=workloads,
         state=finished["state"],
     )
 
@@ -371,10 +382,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         for workers, result in dag_results.items():
             if result:
-                spread = ", ".join(f"{host}: {n}" for host, n in sorted(result.hosts.items()))
+                spread = ", ".join(f"{name} {n}" for name, n in sorted(result.workloads.items()))
                 print(
-                    f"{workers} worker(s): run {result.state}; shard times "
-                    f"{min(result.shard_s):.0f}-{max(result.shard_s):.0f} s; shards per worker "
+                    f"{workers} worker(s): run {result.state}; each shard took "
+                    f"{min(result.shard_s):.0f}-{max(result.shard_s):.0f} s; at most "
+                    f"{result.overlap} shard(s) ran at once; tasks run per worker (whole run): "
                     f"{spread}"
                 )
         print(

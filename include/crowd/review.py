@@ -15,8 +15,11 @@ Per assignment, in this order, each step recorded in the batch's S3 ledger befor
 4. **e-mail** when the gold answer is wrong: ``NotifyWorkers`` with the no-bonus message, after
    approval, in batches of at most 100, at most once per worker per batch: the ledger entry is
    written as "sending" *before* the call, so a crash during the call can never cause a second
-   e-mail (it is logged as possibly unsent instead). Per-worker failures are logged and kept.
-   The vote is ignored.
+   e-mail (it is logged as possibly unsent instead). NotifyWorkers has no request token, so
+   botocore must not repeat it blindly either: after a 5xx answer or a connection lost
+   mid-call the e-mails may have gone out, and the call is not retried (throttling, which MTurk
+   answers without doing anything, still is). Per-worker failures are logged and kept. The vote
+   is ignored.
 
 Running the review again pays and mails nobody twice; it only picks up new submissions.
 """
@@ -30,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError
 
 from include.crowd.costs import bonus_fee, cents, reward_fee, usd
 from include.crowd.ledger import S3Ledger
@@ -40,6 +43,35 @@ log = logging.getLogger(__name__)
 
 NOTIFY_BATCH = 100
 MAX_ANSWER_BYTES = 64 * 1024
+NO_BLIND_RETRY_ID = "image-similarity-notify-no-blind-retry"
+
+
+THROTTLING_CODES = {"ThrottlingException", "Throttling", "TooManyRequestsException"}
+
+
+def _mailable(entry: dict | None) -> bool:
+    """Whether a worker may be mailed: never tried, or refused by throttling before sending."""
+    return entry is None or entry.get("status") == "not-sent"
+
+
+class OutcomeUnknown(RuntimeError):
+    """A call without a request token failed in a way that leaves unknown whether it ran."""
+
+
+def _refuse_blind_retry(response=None, caught_exception=None, **_kwargs):
+    """botocore ``needs-retry`` handler for NotifyWorkers (called before the retry handler).
+
+    Retrying is safe only when MTurk certainly did nothing: the connection was never made, or
+    it answered with throttling (HTTP 400). After a 5xx or a connection lost mid-call the
+    e-mails may have been sent; raising stops botocore from sending them again.
+    """
+    if caught_exception is not None:
+        if isinstance(caught_exception, (EndpointConnectionError, ConnectTimeoutError)):
+            return None
+        raise OutcomeUnknown(f"NotifyWorkers: the connection failed mid-call ({caught_exception})")
+    if response is not None and response[0].status_code >= 500:
+        raise OutcomeUnknown(f"NotifyWorkers: MTurk answered HTTP {response[0].status_code}")
+    return None
 
 
 @dataclass
@@ -188,7 +220,7 @@ def review_batch(
             _approve(mturk, ledger, approvals, assignment, outcome)
             if review.valid and review.gold_correct:
                 _pay_bonus(mturk, ledger, bonuses, plan, review, settings, outcome)
-            elif review.valid and review.worker_id not in emails:
+            elif review.valid and _mailable(emails.get(review.worker_id)):
                 to_mail.setdefault(review.worker_id, review)
         if index % max(1, len(plans) // 10) == 0 or index == len(plans):
             log.info(
@@ -284,18 +316,39 @@ def _pay_bonus(mturk, ledger, bonuses, plan, review, settings, outcome) -> None:
 
 
 def _send_emails(mturk, ledger, emails, worker_ids, settings, outcome) -> None:
+    events = getattr(getattr(mturk, "meta", None), "events", None)
+    if events is not None:
+        events.register_first(
+            "needs-retry.mturk.NotifyWorkers", _refuse_blind_retry, unique_id=NO_BLIND_RETRY_ID
+        )
     for start in range(0, len(worker_ids), NOTIFY_BATCH):
         chunk = worker_ids[start : start + NOTIFY_BATCH]
         # Another review (a collect run) may have mailed some meanwhile: read again, just now.
-        chunk = [w for w in chunk if ledger.get("emails", w) is None]
+        chunk = [w for w in chunk if _mailable(ledger.get("emails", w))]
         if not chunk:
             continue
         for worker_id in chunk:  # at most once: marked before the call
             ledger.put("emails", worker_id, {"status": "sending"})
             emails[worker_id] = {"status": "sending"}
-        response = mturk.notify_workers(
-            Subject=settings.email_subject, MessageText=settings.no_bonus_message, WorkerIds=chunk
-        )
+        try:
+            response = mturk.notify_workers(
+                Subject=settings.email_subject,
+                MessageText=settings.no_bonus_message,
+                WorkerIds=chunk,
+            )
+        except OutcomeUnknown as error:
+            log.warning("%s; not sent again to %d workers", error, len(chunk))
+            continue  # their entries stay "sending": reported below, never mailed twice
+        except ClientError as error:
+            if _error_code(error) not in THROTTLING_CODES:
+                raise
+            # Throttled even after botocore's retries: MTurk sent nothing, so a later review
+            # (the task's retry) may send these e-mails.
+            for worker_id in chunk:
+                entry = {"status": "not-sent", "reason": _error_code(error)}
+                ledger.put("emails", worker_id, entry)
+                emails[worker_id] = entry
+            raise
         failed = {f["WorkerId"]: f for f in response.get("NotifyWorkersFailureStatuses", [])}
         for worker_id in chunk:
             if worker_id in failed:

@@ -1,0 +1,92 @@
+"""One crowd step (``create`` or ``review``) in its own process, killed with SIGKILL at a chosen
+point; the crash tests (``test_crash.py``) run it, then run it again as Airflow's retry would.
+
+    python crash_child.py STEP CONFIG_JSON
+
+CONFIG_JSON holds the S3 endpoint and bucket, the sandbox URL, the batch id, the number of
+queries and ``kill_at``: the process kills itself at the ``kill_at``-th AWS event (0: never).
+Every AWS call (MTurk or S3) has two such events: just before its request is sent (the service
+never sees it) and just after its answer arrived (the service has done it, our code has not
+seen the answer yet). The last stdout line is a JSON summary with the number of events.
+
+The plans come from ``tests/crowd_plans.py`` (built from the batch id alone), so the process
+that crashes, the one that retries and the test itself agree on them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+for path in (ROOT, ROOT / "tests"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from crowd_plans import REVIEW, SETTINGS, plans_for, render  # noqa: E402
+
+from include.crowd.create import create_hits, load_manifest  # noqa: E402
+from include.crowd.ledger import S3Ledger  # noqa: E402
+from include.crowd.review import review_batch  # noqa: E402
+
+
+def clients(config: dict):
+    import boto3
+    from botocore.config import Config
+
+    retries = Config(retries={"mode": "standard", "total_max_attempts": 3})
+    credentials = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
+    s3 = boto3.client(
+        "s3", endpoint_url=config["s3"], region_name="us-east-1", config=retries, **credentials
+    )
+    mturk = boto3.client(
+        "mturk", endpoint_url=config["sandbox"], region_name="us-east-1", config=retries,
+        **credentials,
+    )  # fmt: skip
+    return s3, mturk
+
+
+def arm(kill_at: int, *clients_) -> dict[str, int]:
+    """Count AWS events on ``clients_``; SIGKILL this process at the ``kill_at``-th one."""
+    count = {"events": 0}
+
+    def event(**_kwargs) -> None:
+        count["events"] += 1
+        if count["events"] == kill_at:
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    for client in clients_:
+        client.meta.events.register("before-send", event)
+        client.meta.events.register("after-call", event)
+    return count
+
+
+def main() -> int:
+    step, config = sys.argv[1], json.loads(sys.argv[2])
+    s3, mturk = clients(config)
+    ledger = S3Ledger(s3, config["bucket"], "image-similarity", config["batch_id"])
+    plans = plans_for(config["batch_id"], config["queries"])
+    count = arm(config.get("kill_at", 0), s3, mturk)
+    if step == "create":
+        created = create_hits(mturk, plans, ledger, SETTINGS, render, concurrency=1)
+        summary = {"hits": [p.hit_id for p in created]}
+    elif step == "review":
+        created = load_manifest(ledger)
+        outcome = review_batch(mturk, created, ledger, REVIEW)
+        summary = {
+            "approved": outcome.approved,
+            "bonuses": outcome.bonuses_paid,
+            "emails": outcome.emails_sent,
+        }
+    else:
+        raise SystemExit(f"unknown step {step!r}")
+    print(json.dumps({**summary, "events": count["events"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
