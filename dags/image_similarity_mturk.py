@@ -192,6 +192,11 @@ PARAMS = {
         title="Exclude workers who failed a known answer before",
         description="Through a custom qualification the review grants to them.",
     ),
+    "show_worker_ids": Param(
+        False, type="boolean", section=WORKERS, title="Show worker ids in the report",
+        description="Off: workers appear as worker 1, worker 2, ... in results and report. On: "
+        "their MTurk worker ids (personal data: share the report accordingly).",
+    ),
     "require_masters": Param(
         False, type="boolean", section=WORKERS, title="Masters only",
         description="MTurk charges 5% more for Masters.",
@@ -204,6 +209,11 @@ PARAMS = {
     "bonus_usd": Param(
         "0.05", type="string", pattern=MONEY, section=PAYMENTS,
         title="Bonus for a correct gold answer (USD)",
+    ),
+    "max_bonus_usd": Param(
+        "5.00", type="string", pattern=MONEY, section=PAYMENTS, title="Per-bonus cap (USD)",
+        description="No single bonus is paid above this; a bonus setting above it stops the "
+        "run before any HIT is created.",
     ),
     "budget_usd": Param(
         "20.00", type="string", pattern=BUDGET, section=PAYMENTS, title="Budget cap (USD)",

@@ -15,8 +15,9 @@ Two aggregations run side by side, each on the table crowd-kit takes (``task, wo
   that task's posterior to the known answer at every EM step. The posterior of a model question
   is restricted to its own positions, renormalised and mapped back to image names.
 
-``aggregate`` returns one JSON-ready dict (no worker ids anywhere: workers are listed under
-pseudonyms ``worker 1``, ``worker 2``, ... in sorted-id order)::
+``aggregate`` returns one JSON-ready dict (by default no worker ids anywhere: workers are listed
+under pseudonyms ``worker 1``, ``worker 2``, ... in sorted-id order; ``show_worker_ids`` lists
+their MTurk ids instead)::
 
     {
       "version": 1,
@@ -94,6 +95,7 @@ def aggregate(
     *,
     spent: dict | None = None,
     computed_at: datetime | str | None = None,
+    show_worker_ids: bool = False,
 ) -> dict:
     """Aggregate ``reviews`` per HIT of ``plans`` into the results structure above.
 
@@ -102,6 +104,7 @@ def aggregate(
     :param spent: money spent so far: ``rewards``, ``bonuses``, ``fees`` and optionally
         ``total`` (summed when absent), as integer cents or as dollar strings ("1.20").
     :param computed_at: the time to report (default: now, UTC).
+    :param show_worker_ids: list workers by their MTurk ids instead of pseudonyms.
     """
     by_hit = {plan.hit_id: plan for plan in plans if plan.hit_id}
     latest = {review.assignment_id: review for review in reviews}
@@ -133,7 +136,8 @@ def aggregate(
         "computed_at": _timestamp(computed_at),
         "summary": _summary(plans, queries, matched, unmatched, spent),
         "queries": queries,
-        "workers": _workers(matched, ds_labels, worker_answers),
+        "workers": _workers(matched, ds_labels, worker_answers, show_ids=show_worker_ids),
+        "worker_ids_shown": show_worker_ids,
     }
     summary = results["summary"]
     log.info(
@@ -395,10 +399,15 @@ def _agreement(flags: Iterable[bool]) -> dict[str, Any]:
 
 
 def _workers(
-    reviews: list[Review], ds_labels: dict[str, str], answers: dict[str, list[tuple[str, str]]]
+    reviews: list[Review],
+    ds_labels: dict[str, str],
+    answers: dict[str, list[tuple[str, str]]],
+    *,
+    show_ids: bool = False,
 ) -> list[dict[str, Any]]:
-    """Per-worker counts under pseudonyms; ``ds_agreement`` is the share of their valid answers
-    (both questions) that match Dawid-Skene's most likely label (the known one for gold)."""
+    """Per-worker counts under pseudonyms (or their ids, ``show_ids``); ``ds_agreement`` is the
+    share of their valid answers (both questions) that match Dawid-Skene's most likely label
+    (the known one for gold)."""
     by_worker = defaultdict(list)
     for review in reviews:
         by_worker[review.worker_id].append(review)
@@ -409,7 +418,7 @@ def _workers(
         agree = sum(1 for task, label in given if ds_labels.get(task) == label)
         rows.append(
             {
-                "worker": f"worker {number}",
+                "worker": worker_id if show_ids else f"worker {number}",
                 "assignments": len(mine),
                 "valid": sum(1 for r in mine if r.valid),
                 "gold_passed": sum(1 for r in mine if r.valid and r.gold_correct is True),

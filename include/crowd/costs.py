@@ -18,8 +18,22 @@ log = logging.getLogger(__name__)
 HIGH_FEE_ASSIGNMENTS = 10
 
 
+# No single bonus may exceed this unless the run raises the cap (Param max_bonus_usd): a typo
+# such as 50.00 for 0.50 must not reach workers' accounts.
+DEFAULT_MAX_BONUS = "5.00"
+
+
 class BudgetError(RuntimeError):
     """The batch could cost more than the budget cap or the account balance."""
+
+
+def check_bonus(bonus_cents: int, max_bonus_cents: int) -> None:
+    """Refuse a bonus above the per-bonus cap (before any HIT exists, and before each payment)."""
+    if bonus_cents > max_bonus_cents:
+        raise BudgetError(
+            f"the bonus of {usd(bonus_cents)} is above the per-bonus cap of "
+            f"{usd(max_bonus_cents)}; lower the bonus or raise max_bonus_usd (section Payments)"
+        )
 
 
 def cents(amount: str) -> int:

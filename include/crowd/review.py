@@ -35,7 +35,14 @@ from datetime import UTC, datetime
 
 from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError
 
-from include.crowd.costs import bonus_fee, cents, reward_fee, usd
+from include.crowd.costs import (
+    DEFAULT_MAX_BONUS,
+    bonus_fee,
+    cents,
+    check_bonus,
+    reward_fee,
+    usd,
+)
 from include.crowd.ledger import S3Ledger
 from include.crowd.records import NONE_OF_THESE, HitPlan, Review
 
@@ -82,6 +89,7 @@ class ReviewSettings:
     no_bonus_message: str
     email_subject: str = "About your answers"
     assignments_per_hit: int = 1
+    max_bonus: str = DEFAULT_MAX_BONUS
 
 
 @dataclass
@@ -289,6 +297,7 @@ def _pay_bonus(mturk, ledger, bonuses, plan, review, settings, outcome) -> None:
     key = f"{plan.hit_id}.{review.worker_id}"
     if key in bonuses:
         return
+    check_bonus(cents(settings.bonus), cents(settings.max_bonus))
     paid = mturk.list_bonus_payments(AssignmentId=review.assignment_id).get("BonusPayments", [])
     if not paid:
         try:

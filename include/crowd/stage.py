@@ -66,6 +66,8 @@ class CrowdSettings:
     masters: bool = False
     public_image_base_url: str = ""
     create_concurrency: int = 4
+    show_worker_ids: bool = False
+    max_bonus: str = costs.DEFAULT_MAX_BONUS
 
     @classmethod
     def from_params(cls, params: dict[str, Any], batch_id: str) -> CrowdSettings:
@@ -97,6 +99,8 @@ class CrowdSettings:
             masters=bool(params.get("require_masters", False)),
             public_image_base_url=params.get("public_image_base_url") or "",
             create_concurrency=int(params.get("create_concurrency", 4)),
+            show_worker_ids=bool(params.get("show_worker_ids", False)),
+            max_bonus=params.get("max_bonus_usd") or costs.DEFAULT_MAX_BONUS,
         )
 
     @classmethod
@@ -120,6 +124,7 @@ class CrowdSettings:
             bonus_message=self.bonus_message,
             no_bonus_message=self.no_bonus_message,
             assignments_per_hit=self.assignments,
+            max_bonus=self.max_bonus,
         )
 
 
@@ -216,6 +221,7 @@ def create(
     existing = created_plans(ledger)
     plans = _plans(batch_dir, existing, settings.batch_id)
     new = [plan for plan in plans if plan.token not in existing]
+    costs.check_bonus(costs.cents(settings.bonus), costs.cents(settings.max_bonus))
     cost = costs.estimate(
         len(new),
         settings.assignments,
@@ -317,6 +323,7 @@ def results(batch_dir: Path, s3, settings: CrowdSettings) -> dict[str, str]:
         plans,
         load_reviews(ledger),
         spent={key: money[f"{key}_cents"] for key in ("rewards", "bonuses", "fees", "total")},
+        show_worker_ids=settings.show_worker_ids,
     )
     local_paths = _local_image_paths(batch_dir)
 

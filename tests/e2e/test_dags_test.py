@@ -7,8 +7,11 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
+from collections import Counter
+from pathlib import Path
 
 import pytest
 from conftest import PROJECT_ROOT
@@ -17,7 +20,7 @@ from imagekit import write_bad_files
 from include.crowd.create import load_manifest
 from include.crowd.ledger import S3Ledger
 from include.crowd_sandbox.audit import audit_batch
-from include.crowd_sandbox.stack import LocalStack
+from include.crowd_sandbox.stack import DEMO_CREDENTIALS, LocalStack
 from include.image_similarity.demo_data import generate_demo_data, recall_at_k
 
 pytestmark = pytest.mark.slow
@@ -155,6 +158,46 @@ def test_whole_run_then_a_rerun_embeds_and_creates_nothing(airflow_env, sample, 
     assert cleanup.returncode == 0, (cleanup.stdout + cleanup.stderr)[-4000:]
     assert {mturk.get_hit(HITId=p.hit_id)["HIT"]["HITStatus"] for p in plans} == {"Disposed"}
     assert mturk.get_account_balance()["AvailableBalance"] == balance
+
+    # No credential anywhere a run leaves text: its output, task logs, XCom and rendered
+    # templates in the metadata database, the batch folder, every object in the bucket.
+    leaks = find_secret(
+        DEMO_CREDENTIALS["password"],
+        outputs=[first, second, collect, cleanup],
+        folders=[Path(airflow_env["AIRFLOW_HOME"]) / "logs", tmp_path / "output"],
+        database=Path(airflow_env["AIRFLOW_HOME"]) / "airflow.db",
+        s3=stack.s3_client(),
+        bucket=stack.bucket,
+    )
+    assert leaks == [], leaks
+
+
+def find_secret(secret, *, outputs, folders, database, s3, bucket) -> list[str]:
+    """Every place ``secret`` appears in (where it was looked for, to show the scan ran)."""
+    found, scanned = [], Counter()
+    for n, run in enumerate(outputs):
+        scanned["outputs"] += 1
+        if secret in run.stdout + run.stderr:
+            found.append(f"output of run {n}")
+    for folder in folders:
+        for path in folder.rglob("*"):
+            if path.is_file():
+                scanned["files"] += 1
+                if secret.encode() in path.read_bytes():
+                    found.append(str(path))
+    with sqlite3.connect(database) as db:
+        for table in ("xcom", "rendered_task_instance_fields", "task_instance", "dag_run"):
+            for row in db.execute(f"SELECT * FROM {table}"):  # noqa: S608 (fixed names)
+                scanned["rows"] += 1
+                if secret in repr(row):
+                    found.append(f"{table}: {repr(row)[:200]}")
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            scanned["objects"] += 1
+            if secret.encode() in s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read():
+                found.append(f"s3://{bucket}/{item['Key']}")
+    assert scanned["files"] > 10 and scanned["rows"] > 10 and scanned["objects"] > 10, scanned
+    return found
 
 
 def test_a_budget_below_the_cost_stops_before_any_hit(airflow_env, sample, tmp_path, stack):

@@ -271,6 +271,16 @@ def test_no_worker_ids_in_results_and_json_ready(plan):
     assert "AWORKERID" not in text
     assert [w["worker"] for w in results["workers"]] == ["worker 1", "worker 2", "worker 3"]
     assert json.loads(text) == results
+    assert results["worker_ids_shown"] is False
+
+
+def test_worker_ids_are_shown_only_when_asked(plan):
+    reviews = [make_review(plan, f"AWORKERID{i}", "a.jpg") for i in range(3)]
+
+    results = aggregate([plan], reviews, computed_at=NOW, show_worker_ids=True)
+
+    assert [w["worker"] for w in results["workers"]] == [f"AWORKERID{i}" for i in range(3)]
+    assert results["worker_ids_shown"] is True
 
 
 def test_summary_money_and_time(plan):

@@ -256,6 +256,17 @@ def test_a_bonus_paid_before_a_crash_is_not_paid_again(crowd, ledger, monkeypatc
     assert len(mturk.list_bonus_payments(HITId=p.hit_id)["BonusPayments"]) == 1
 
 
+def test_a_bonus_above_the_per_bonus_cap_is_never_paid(crowd, ledger):
+    mturk = crowd.client()
+    (p,) = create_hits(mturk, [plan("q.jpg")], ledger, SETTINGS, render)
+    crowd.work(p.hit_id, "AGOOD", answers_for(p, gold=2, model=1))
+    too_much = ReviewSettings(**{**REVIEW.__dict__, "bonus": "6.00", "max_bonus": "5.00"})
+    with pytest.raises(costs.BudgetError, match=r"\$6.00 is above the per-bonus cap of \$5.00"):
+        review_batch(mturk, [p], ledger, too_much)
+    assert mturk.list_bonus_payments(HITId=p.hit_id)["BonusPayments"] == []
+    costs.check_bonus(500, 500)  # the cap itself is allowed
+
+
 def test_notify_goes_out_in_batches_of_at_most_100(crowd, ledger):
     mturk = crowd.client()
     settings = HitSettings(**{**SETTINGS.__dict__, "assignments": 105})
