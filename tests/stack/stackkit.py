@@ -326,6 +326,24 @@ class AirflowStack:
             180, "the api-server's health endpoint", alive=self.check_alive,
         )  # fmt: skip
 
+    def restart(self, service: str, sig: int = signal.SIGKILL) -> None:
+        """End a service and every process it started (SIGKILL: as a crashed host would), then
+        start it again with the same command; its log continues in the same file."""
+        process = self.processes[service]
+        try:
+            os.killpg(process.pid, sig)  # started in its own session: its group id is its pid
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=30)
+        wait_for(lambda: not _group_alive(process.pid), 30, f"{service}'s processes to end")
+        with self.log_path(service).open("a") as log:
+            log.write(f"\n===== restarted after signal {sig} =====\n")
+            log.flush()
+            self.processes[service] = subprocess.Popen(
+                self.commands()[service], env=self.env, cwd=PROJECT_ROOT, stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+
     def check_alive(self) -> None:
         """Raise (with the log's tail) if a service has exited."""
         for service, process in self.processes.items():
