@@ -21,9 +21,30 @@ import json
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+
 log = logging.getLogger(__name__)
+
+
+class LedgerUnavailable(RuntimeError):
+    """S3 could not be reached (or kept failing) after the client's retries."""
+
+
+@contextmanager
+def _reaching(ledger: S3Ledger, action: str, key: str):
+    """Turn "S3 is down" errors into one clear message; other errors pass unchanged."""
+    try:
+        yield
+    except (HTTPClientError, BotoCoreError) as error:
+        raise LedgerUnavailable(ledger.unavailable(action, key, error)) from error
+    except ClientError as error:
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if status < 500:
+            raise
+        raise LedgerUnavailable(ledger.unavailable(action, key, error)) from error
 
 
 class S3Ledger:
@@ -37,11 +58,19 @@ class S3Ledger:
     def key(self, name: str) -> str:
         return f"{self.root}/{name}"
 
+    def unavailable(self, action: str, key: str, error: Exception) -> str:
+        return (
+            f"S3 is unavailable: could not {action} s3://{self.bucket}/{key} ({error}). Nothing "
+            "is lost: every step done so far is recorded, and a retry of this task continues "
+            "from there without repeating any payment or e-mail"
+        )
+
     # --- whole files ------------------------------------------------------------------------
 
     def put_bytes(self, name: str, data: bytes, content_type: str) -> str:
         key = self.key(name)
-        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        with _reaching(self, "write", key):
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
         return key
 
     def put_json(self, name: str, doc: Any) -> str:
@@ -50,10 +79,11 @@ class S3Ledger:
 
     def get_bytes(self, name: str) -> bytes | None:
         try:
-            response = self.s3.get_object(Bucket=self.bucket, Key=self.key(name))
+            with _reaching(self, "read", self.key(name)):
+                response = self.s3.get_object(Bucket=self.bucket, Key=self.key(name))
+                return response["Body"].read()
         except self.s3.exceptions.NoSuchKey:
             return None
-        return response["Body"].read()
 
     def get_json(self, name: str) -> Any | None:
         data = self.get_bytes(name)
@@ -79,7 +109,8 @@ class S3Ledger:
         ]
 
         def read(key: str) -> tuple[str, dict[str, Any]]:
-            body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            with _reaching(self, "read", key):
+                body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
             return key.rsplit("/", 1)[-1][: -len(".json")], json.loads(body)
 
         if len(keys) < 2:
@@ -89,6 +120,8 @@ class S3Ledger:
 
     def _keys(self, prefix: str) -> Iterator[str]:
         paginator = self.s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+        with _reaching(self, "list", prefix):
+            pages = list(paginator.paginate(Bucket=self.bucket, Prefix=prefix))
+        for page in pages:
             for item in page.get("Contents", []):
                 yield item["Key"]
