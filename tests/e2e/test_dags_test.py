@@ -219,3 +219,81 @@ def test_misnamed_known_answer_set_stops_before_embedding(airflow_env, sample, t
     assert "known2_first_match.jpg" in log and "set 'known2' has no known2_1st_match" in log
     assert not (tmp_path / "output" / "e2e" / "vectors.npz").exists()
     assert not (tmp_path / "cache").exists()
+
+
+HOSTILE_QUERY = "<img src=x onerror=alert(1)>.jpg"
+
+
+def test_hostile_names_and_broken_files_run_through_escaped_and_named(
+    airflow_env, sample, tmp_path, stack
+):
+    """Markup, quotes, Unicode and a backslash in file and folder names, a decompression bomb, a
+    PNG named .jpg, duplicates and broken files: the run goes on without the bad files, names
+    each one, and no name reaches a page unescaped or an S3 key at all."""
+    import struct
+    import zlib
+
+    root = tmp_path / 'data "<b>set</b>" ü\\x'
+    dataset, queries = root / "dataset", root / "queries"
+    shutil.copytree(sample.dataset_dir, dataset)  # with the corrupt/truncated/empty/text files
+    shutil.copytree(sample.queries_dir, queries)
+    frames = sorted(p for p in dataset.glob("scene*.jpg"))
+    # (A "/" cannot be in a Linux file name; a backslash can.)
+    shutil.copy(frames[0], dataset / "<svg onload=alert(1)> back\\slash.jpg")  # a duplicate too
+    shutil.copy(frames[1], dataset / 'q\'uote "dq" ü 日本.jpg')
+    from PIL import Image
+
+    Image.open(frames[2]).save(dataset / "really-a-png.jpg", format="PNG")  # wrong extension
+    # A PNG whose header claims 20000 x 20000 pixels (400 MP): refused before decoding.
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    ihdr = b"IHDR" + header
+    bomb = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr
+    bomb += struct.pack(">I", zlib.crc32(ihdr)) + struct.pack(">I", 0) + b"IEND"
+    (dataset / "bomb.png").write_bytes(bomb + struct.pack(">I", zlib.crc32(b"IEND")))
+    first_query = sorted(queries.iterdir())[0]
+    first_query.rename(queries / HOSTILE_QUERY)
+
+    conf = {
+        **conf_for(sample, tmp_path),
+        "batch_id": "e2e-hostile",
+        "dataset_source": str(dataset),
+        "queries_source": str(queries),
+    }
+    run = dags_test(airflow_env, conf)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+
+    batch = tmp_path / "output" / "e2e-hostile"
+    problems = {p["name"]: p["reason"] for p in json.loads((batch / "problems.json").read_text())}
+    assert "decompression bomb" in problems["bomb.png"] and "bomb.png" in log
+    for name in ("corrupt.jpg", "truncated.jpg", "empty.jpg", "notes.txt"):
+        assert name in problems and name in log
+    assert "really-a-png.jpg" not in problems  # content decides, not the extension
+    matches = json.loads((batch / "matches.json").read_text())
+    assert HOSTILE_QUERY in matches and len(matches[HOSTILE_QUERY]) == 3
+
+    # Pages: the report and every HIT's HTML carry the names escaped, never as markup.
+    report = (batch / "results" / "report.html").read_text()
+    assert HOSTILE_QUERY not in report and "&lt;img src=x onerror=alert(1)&gt;.jpg" in report
+    assert "<svg onload" not in report
+    mturk = stack.mturk_client()
+    questions = [
+        mturk.get_hit(HITId=h["HITId"])["HIT"]["Question"]
+        for h in mturk.list_hits(MaxResults=100)["HITs"]
+        if h["RequesterAnnotation"] == "e2e-hostile"
+    ]
+    assert len(questions) == len(matches)
+    for question in questions:
+        assert "<svg onload" not in question and "onerror=alert" not in question
+    # Image keys are content hashes: no key carries a file name or markup.
+    s3 = stack.s3_client()
+    keys = [
+        item["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=stack.bucket, Prefix="image-similarity/"
+        )
+        for item in page.get("Contents", [])
+    ]
+    image_keys = [k for k in keys if "/images/" in k]
+    assert image_keys and all(re.fullmatch(r".*/images/[0-9a-f]{64}\.\w+", k) for k in image_keys)
+    assert not any(c in k for k in keys for c in "<>\"'ü日")

@@ -253,3 +253,23 @@ def test_shard_settings_are_checked(listed):
         pipeline.plan_shards(listed, shard_size=0)
     with pytest.raises(ValueError, match="shard 3 of 2 does not exist"):
         pipeline.embed_shard(listed, _HashEmbedder(), None, shard=3, shards=2)
+
+
+def test_fewer_dataset_images_than_k_gives_fewer_matches_and_says_so(batch, caplog):
+    with caplog.at_level(logging.WARNING, logger="include.image_similarity.pipeline"):
+        matches = pipeline.match_queries(batch, k=10)
+    assert len(matches["query.jpg"]) == 6
+    assert "only 6 dataset images for k=10" in caplog.text
+
+
+def test_an_empty_dataset_or_query_folder_stops_the_run_naming_it(tmp_path):
+    for folder in ("dataset", "queries", "known"):
+        (tmp_path / folder).mkdir()
+    Image.new("RGB", (64, 36), "red").save(tmp_path / "queries" / "q.png")
+    sources = {
+        "dataset": tmp_path / "dataset",
+        "queries": tmp_path / "queries",
+        "known_answers": tmp_path / "known",
+    }
+    with pytest.raises(ValueError, match=r"the dataset source .*dataset holds no image files"):
+        pipeline.list_sources(tmp_path / "batch", sources)
