@@ -11,8 +11,9 @@ Kinds used by the crowd stage:
   ``CreateHIT`` returns;
 - ``reviews/<assignment_id>``: the review decision for an assignment;
 - ``approvals/<assignment_id>``, ``bonuses/<hit_id>.<worker_id>``: done;
-- ``emails/<worker_id>``: ``{"status": "sending" | "sent" | "failed"}``; written as
-  "sending" *before* NotifyWorkers, so a crash mid-call can never lead to a second e-mail.
+- ``emails/<worker_id>``: ``{"status": "sending" | "sent" | "failed"}``; claimed as
+  "sending" *before* NotifyWorkers with a conditional write (``claim``), so neither a crash
+  mid-call nor a concurrent review can lead to a second e-mail.
 """
 
 from __future__ import annotations
@@ -99,6 +100,32 @@ class S3Ledger:
 
     def put(self, kind: str, key: str, doc: dict[str, Any]) -> None:
         self.put_json(self.entry_name(kind, key), doc)
+
+    def claim(self, kind: str, key: str, doc: dict[str, Any]) -> bool:
+        """Write an entry only if it does not exist yet (S3 conditional write); return whether
+        this call wrote it. Two processes claiming the same entry: exactly one gets True."""
+        name = self.key(self.entry_name(kind, key))
+        body = json.dumps(doc, ensure_ascii=False, indent=1, sort_keys=True).encode("utf-8")
+        try:
+            with _reaching(self, "write", name):
+                self.s3.put_object(
+                    Bucket=self.bucket,
+                    Key=name,
+                    Body=body,
+                    ContentType="application/json",
+                    IfNoneMatch="*",
+                )
+        except ClientError as error:
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if status in (409, 412):  # exists, or another writer is writing it right now
+                return False
+            raise
+        return True
+
+    def delete(self, kind: str, key: str) -> None:
+        name = self.key(self.entry_name(kind, key))
+        with _reaching(self, "delete", name):
+            self.s3.delete_object(Bucket=self.bucket, Key=name)
 
     def entries(self, kind: str, *, threads: int = 16) -> dict[str, dict[str, Any]]:
         """Every entry of a kind, by key (one ListObjectsV2 walk, then the GETs in parallel)."""

@@ -14,12 +14,14 @@ Per assignment, in this order, each step recorded in the batch's S3 ledger befor
    after MTurk's 24 h token memory is gone. The vote counts.
 4. **e-mail** when the gold answer is wrong: ``NotifyWorkers`` with the no-bonus message, after
    approval, in batches of at most 100, at most once per worker per batch: the ledger entry is
-   written as "sending" *before* the call, so a crash during the call can never cause a second
-   e-mail (it is logged as possibly unsent instead). NotifyWorkers has no request token, so
-   botocore must not repeat it blindly either: after a 5xx answer or a connection lost
-   mid-call the e-mails may have gone out, and the call is not retried (throttling, which MTurk
-   answers without doing anything, still is). Per-worker failures are logged and kept. The vote
-   is ignored.
+   claimed as "sending" *before* the call with a conditional write (``If-None-Match: *``), so
+   neither a crash during the call nor a concurrent review (the collect DAG) can cause a second
+   e-mail (an interrupted one is logged as possibly unsent instead). NotifyWorkers has no
+   request token, so botocore must not repeat it blindly either: after a 5xx answer or a
+   connection lost mid-call the e-mails may have gone out, and the call is not retried
+   (throttling, which MTurk answers without doing anything, still is; a call throttled to the
+   end releases its claims for the task's retry). Per-worker failures are logged and kept. The
+   vote is ignored.
 
 Running the review again pays and mails nobody twice; it only picks up new submissions.
 """
@@ -54,11 +56,6 @@ NO_BLIND_RETRY_ID = "image-similarity-notify-no-blind-retry"
 
 
 THROTTLING_CODES = {"ThrottlingException", "Throttling", "TooManyRequestsException"}
-
-
-def _mailable(entry: dict | None) -> bool:
-    """Whether a worker may be mailed: never tried, or refused by throttling before sending."""
-    return entry is None or entry.get("status") == "not-sent"
 
 
 class OutcomeUnknown(RuntimeError):
@@ -228,7 +225,7 @@ def review_batch(
             _approve(mturk, ledger, approvals, assignment, outcome)
             if review.valid and review.gold_correct:
                 _pay_bonus(mturk, ledger, bonuses, plan, review, settings, outcome)
-            elif review.valid and _mailable(emails.get(review.worker_id)):
+            elif review.valid and review.worker_id not in emails:
                 to_mail.setdefault(review.worker_id, review)
         if index % max(1, len(plans) // 10) == 0 or index == len(plans):
             log.info(
@@ -332,12 +329,12 @@ def _send_emails(mturk, ledger, emails, worker_ids, settings, outcome) -> None:
         )
     for start in range(0, len(worker_ids), NOTIFY_BATCH):
         chunk = worker_ids[start : start + NOTIFY_BATCH]
-        # Another review (a collect run) may have mailed some meanwhile: read again, just now.
-        chunk = [w for w in chunk if _mailable(ledger.get("emails", w))]
+        # At most once, also against a concurrent review (a collect run): each e-mail is
+        # claimed with a conditional write before the call; whoever claims it sends it.
+        chunk = [w for w in chunk if ledger.claim("emails", w, {"status": "sending"})]
         if not chunk:
             continue
-        for worker_id in chunk:  # at most once: marked before the call
-            ledger.put("emails", worker_id, {"status": "sending"})
+        for worker_id in chunk:
             emails[worker_id] = {"status": "sending"}
         try:
             response = mturk.notify_workers(
@@ -351,12 +348,14 @@ def _send_emails(mturk, ledger, emails, worker_ids, settings, outcome) -> None:
         except ClientError as error:
             if _error_code(error) not in THROTTLING_CODES:
                 raise
-            # Throttled even after botocore's retries: MTurk sent nothing, so a later review
-            # (the task's retry) may send these e-mails.
+            # Throttled even after botocore's retries: MTurk sent nothing, so the claims are
+            # released and a later review (the task's retry) sends these e-mails.
             for worker_id in chunk:
-                entry = {"status": "not-sent", "reason": _error_code(error)}
-                ledger.put("emails", worker_id, entry)
-                emails[worker_id] = entry
+                ledger.delete("emails", worker_id)
+                emails.pop(worker_id, None)
+            log.warning(
+                "e-mails to %d workers throttled, not sent: the retry sends them", len(chunk)
+            )
             raise
         failed = {f["WorkerId"]: f for f in response.get("NotifyWorkersFailureStatuses", [])}
         for worker_id in chunk:

@@ -3,8 +3,11 @@ crowd sandbox, both on 127.0.0.1."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import xml.etree.ElementTree as ET
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 import pytest
@@ -265,6 +268,45 @@ def test_a_bonus_above_the_per_bonus_cap_is_never_paid(crowd, ledger):
         review_batch(mturk, [p], ledger, too_much)
     assert mturk.list_bonus_payments(HITId=p.hit_id)["BonusPayments"] == []
     costs.check_bonus(500, 500)  # the cap itself is allowed
+
+
+def test_of_concurrent_claims_of_an_entry_exactly_one_wins(ledger):
+    barrier = threading.Barrier(8)
+
+    def claim(n: int) -> bool:
+        barrier.wait()
+        return ledger.claim("emails", "AWORKER", {"status": "sending", "by": n})
+
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(claim, range(8)))
+    assert won.count(True) == 1
+    assert ledger.get("emails", "AWORKER")["by"] == won.index(True)
+    ledger.delete("emails", "AWORKER")
+    assert ledger.claim("emails", "AWORKER", {"status": "sending"})  # free again
+
+
+def test_two_reviews_at_once_pay_and_mail_nobody_twice(crowd, ledger):
+    """The main DAG's review and a collect run reviewing the same batch at the same moment."""
+    mturk = crowd.client()
+    created = create_hits(mturk, [plan(f"q{i}.jpg") for i in range(3)], ledger, SETTINGS, render)
+    for n, p in enumerate(created):
+        crowd.work(p.hit_id, "AGOOD", answers_for(p, gold=2, model=1))
+        crowd.work(p.hit_id, f"AWRONG{n}", answers_for(p, gold=3, model=1))
+    barrier = threading.Barrier(2)
+
+    def review(_n: int):
+        other = S3Ledger(ledger.s3, ledger.bucket, "image-similarity", "batch-1")
+        barrier.wait()
+        return review_batch(crowd.client(), created, other, REVIEW)
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(review, range(2)))
+    assert sum(o.emails_sent for o in outcomes) == 3
+    with sqlite3.connect(f"file:{crowd.state}?mode=ro", uri=True) as db:
+        mails = Counter(w for (w,) in db.execute("SELECT worker_id FROM messages"))
+        bonuses = Counter(db.execute("SELECT hit_id, worker_id FROM bonuses").fetchall())
+    assert mails == Counter({f"AWRONG{n}": 1 for n in range(3)})
+    assert bonuses == Counter({(p.hit_id, "AGOOD"): 1 for p in created})
 
 
 def test_notify_goes_out_in_batches_of_at_most_100(crowd, ledger):
