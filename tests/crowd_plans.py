@@ -1,17 +1,24 @@
-"""Deterministic HIT plans and settings for the reliability tests (crash and fault runs).
+"""HIT plans, settings and helpers shared by the crowd-stage tests (creation, review, crash,
+fault and outage runs).
 
-Built from the batch id alone (hashes, not ``hash()``), so separate processes agree on them.
+Plans are built from the batch id alone (hashes, not ``hash()``), so separate processes agree
+on them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Generator
+from contextlib import contextmanager
+from pathlib import Path
 
 from include.crowd.create import HitSettings
 from include.crowd.records import HitPlan, ImageRef, Option, Question
 from include.crowd.review import ReviewSettings
 
 GOLD_CORRECT = "2"
+RELIABILITY_ARTIFACTS = Path(__file__).resolve().parents[1] / ".artifacts" / "reliability"
 
 SETTINGS = HitSettings(
     title="Which picture is most similar?",
@@ -67,3 +74,24 @@ def render(plan: HitPlan) -> str:
     from sandbox_process import html_question
 
     return html_question(plan.query.name)
+
+
+def answer_two_pass_one_fail(crowd, plans: list[HitPlan]) -> None:
+    """Per HIT: APASS1 and APASS2 answer the gold question right (a bonus each), and a worker
+    of its own, AFAIL<n>, wrongly (an e-mail)."""
+    for n, plan in enumerate(plans):
+        answers = (("APASS1", GOLD_CORRECT), ("APASS2", GOLD_CORRECT), (f"AFAIL{n}", "4"))
+        for worker, gold in answers:
+            crowd.work(plan.hit_id, worker, {plan.gold.field: gold, plan.model.field: "1"})
+
+
+@contextmanager
+def reliability_record(name: str) -> Generator[dict[str, dict], None, None]:
+    """Collect a test module's counts; merge them into ``.artifacts/reliability/<name>.json``
+    (the numbers RELIABILITY.md quotes)."""
+    results: dict[str, dict] = {}
+    yield results
+    path = RELIABILITY_ARTIFACTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**previous, **results}, indent=2) + "\n")

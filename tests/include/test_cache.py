@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import motokit
 import numpy as np
 import pytest
+from motokit import moto_s3
 
 from include.image_similarity.cache import (
     COMPACT_AFTER_CHUNKS,
@@ -19,19 +21,10 @@ def vectors(n, seed=0):
 @pytest.fixture(scope="module")
 def s3_client():
     """A real S3 API: moto's server on 127.0.0.1 (no AWS traffic), through boto3."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    client = boto3.client(
-        "s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing",
-    )  # fmt: skip
-    client.create_bucket(Bucket="cache-bucket")
-    yield client
-    server.stop()
+    with moto_s3() as url:
+        client = motokit.s3_client(url)
+        client.create_bucket(Bucket="cache-bucket")
+        yield client
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -16,10 +16,16 @@ import json
 import sqlite3
 from collections import Counter
 
-import boto3
 import pytest
-from crowd_plans import GOLD_CORRECT, REVIEW, SETTINGS, plans_for, render
-from sandbox_process import PROJECT_ROOT
+from crowd_plans import (
+    REVIEW,
+    SETTINGS,
+    answer_two_pass_one_fail,
+    plans_for,
+    reliability_record,
+    render,
+)
+from motokit import moto_s3, s3_client
 
 from include.crowd.create import TOKEN_MARK, create_hits, load_manifest
 from include.crowd.ledger import S3Ledger
@@ -27,37 +33,22 @@ from include.crowd.review import review_batch, spent
 
 pytestmark = pytest.mark.slow
 
-ARTIFACT = PROJECT_ROOT / ".artifacts" / "reliability" / "faults.json"
 QUERIES = 12
 TASK_ATTEMPTS = 3  # the DAG's retries=2
 
 
 @pytest.fixture(scope="module")
 def s3():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    client = boto3.client(
-        "s3",
-        endpoint_url=f"http://{host}:{port}",
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
-    client.create_bucket(Bucket="faults")
-    yield client
-    server.stop()
+    with moto_s3() as url:
+        client = s3_client(url)
+        client.create_bucket(Bucket="faults")
+        yield client
 
 
 @pytest.fixture(scope="module")
 def record():
-    results: dict[str, dict] = {}
-    yield results
-    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(ARTIFACT.read_text()) if ARTIFACT.exists() else {}
-    ARTIFACT.write_text(json.dumps({**previous, **results}, indent=2) + "\n")
+    with reliability_record("faults") as results:
+        yield results
 
 
 def as_task(step, attempts: list[int]):
@@ -98,13 +89,7 @@ def test_a_batch_under_faults_creates_pays_and_mails_exactly_once(crowd_factory,
     )
     hit_ids = [p.hit_id for p in created]
     # Three workers per HIT: two pass the gold question, one (a different one per HIT) fails.
-    for n, plan in enumerate(created):
-        for worker, gold in (
-            ("APASS1", GOLD_CORRECT),
-            ("APASS2", GOLD_CORRECT),
-            (f"AFAIL{n}", "4"),
-        ):
-            crowd.work(plan.hit_id, worker, {plan.gold.field: gold, plan.model.field: "1"})
+    answer_two_pass_one_fail(crowd, created)
 
     # The wait: what the sensor's trigger reads on each poll.
     progress = as_task(lambda: read_batch_progress(hook, hit_ids), attempts["wait"])

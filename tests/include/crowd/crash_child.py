@@ -27,6 +27,7 @@ for path in (ROOT, ROOT / "tests"):
         sys.path.insert(0, str(path))
 
 from crowd_plans import REVIEW, SETTINGS, plans_for, render  # noqa: E402
+from motokit import s3_client  # noqa: E402
 
 from include.crowd.create import create_hits, load_manifest  # noqa: E402
 from include.crowd.ledger import S3Ledger  # noqa: E402
@@ -37,14 +38,11 @@ def clients(config: dict):
     import boto3
     from botocore.config import Config
 
-    retries = Config(retries={"mode": "standard", "total_max_attempts": 3})
-    credentials = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
-    s3 = boto3.client(
-        "s3", endpoint_url=config["s3"], region_name="us-east-1", config=retries, **credentials
-    )
+    retries = {"mode": "standard", "total_max_attempts": 3}
+    s3 = s3_client(config["s3"], retries=retries)
     mturk = boto3.client(
-        "mturk", endpoint_url=config["sandbox"], region_name="us-east-1", config=retries,
-        **credentials,
+        "mturk", endpoint_url=config["sandbox"], region_name="us-east-1",
+        aws_access_key_id="test", aws_secret_access_key="test", config=Config(retries=retries),
     )  # fmt: skip
     return s3, mturk
 

@@ -19,10 +19,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import boto3
 import pytest
 import sandbox_process as sandbox_fixtures
-from crowd_plans import REVIEW, SETTINGS, plans_for, render
+from crowd_plans import REVIEW, SETTINGS, plans_for, reliability_record, render
+from motokit import moto_s3, s3_client
 
 from include.crowd import create
 from include.crowd.create import create_hits, load_manifest
@@ -36,7 +36,6 @@ KILLS_PER_STEP = 25
 QUERIES = 3
 CREATE_QUERIES = 6  # 6 HITs: 28 kill points in a creation run
 BUCKET = "crash-tests"
-ARTIFACT = sandbox_fixtures.PROJECT_ROOT / ".artifacts" / "reliability" / "crash.json"
 # Per HIT: worker 1 and 3 answer the gold question right (bonus), worker 2 wrongly (e-mail).
 GOLD_ANSWERS = {1: "2", 2: "3", 3: "2"}
 TOKEN = re.compile(re.escape(create.TOKEN_MARK) + r"(\S+) ")
@@ -44,32 +43,18 @@ TOKEN = re.compile(re.escape(create.TOKEN_MARK) + r"(\S+) ")
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    crowd = sandbox_fixtures.start_sandbox(tmp_path_factory.mktemp("crash") / "sandbox.sqlite")
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=f"http://{host}:{port}",
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
-    s3.create_bucket(Bucket=BUCKET)
-    yield {"s3_url": f"http://{host}:{port}", "s3": s3, "crowd": crowd}
-    crowd.stop()
-    server.stop()
+    with moto_s3() as url:
+        crowd = sandbox_fixtures.start_sandbox(tmp_path_factory.mktemp("crash") / "sandbox.sqlite")
+        s3 = s3_client(url)
+        s3.create_bucket(Bucket=BUCKET)
+        yield {"s3_url": url, "s3": s3, "crowd": crowd}
+        crowd.stop()
 
 
 @pytest.fixture(scope="module")
 def record():
-    results: dict[str, dict] = {}
-    yield results
-    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(ARTIFACT.read_text()) if ARTIFACT.exists() else {}
-    ARTIFACT.write_text(json.dumps({**previous, **results}, indent=2) + "\n")
+    with reliability_record("crash") as results:
+        yield results
 
 
 def run_step(

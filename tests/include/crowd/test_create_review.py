@@ -9,9 +9,10 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-import boto3
 import pytest
 import sandbox_process as sandbox_fixtures
+from crowd_plans import REVIEW, SETTINGS, render
+from motokit import moto_s3, s3_client
 
 from include.crowd import costs
 from include.crowd.create import HitSettings, create_hits, created_plans, load_manifest
@@ -19,45 +20,16 @@ from include.crowd.ledger import S3Ledger
 from include.crowd.records import NONE_OF_THESE, HitPlan, ImageRef, Option, Question
 from include.crowd.review import ReviewSettings, decide, parse_answers, review_batch
 
-SETTINGS = HitSettings(
-    title="Which picture is most similar?",
-    description="Pick the most similar picture",
-    keywords="image",
-    reward="0.05",
-    assignments=3,
-    lifetime_s=3600,
-    assignment_duration_s=600,
-    auto_approval_delay_s=86400,
-)
-REVIEW = ReviewSettings(
-    reward="0.05",
-    bonus="0.10",
-    bonus_message="Right check answer: here is a bonus.",
-    no_bonus_message="The check question was answered wrongly, so no bonus this time.",
-    assignments_per_hit=3,
-)
-
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_s3() as url:
+        yield url
 
 
 @pytest.fixture
 def ledger(s3_endpoint, request):
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    s3 = s3_client(s3_endpoint)
     bucket = "crowd-" + request.node.name.lower().replace("_", "-")[:40]
     s3.create_bucket(Bucket=bucket)
     return S3Ledger(s3, bucket, "image-similarity", "batch-1")
@@ -94,10 +66,6 @@ def plan(query: str, *, gold_correct: int = 2) -> HitPlan:
         correct_position=gold_correct,
     )
     return HitPlan("batch-1", image(query), f"tok-{query}", (gold, model))
-
-
-def render(plan: HitPlan) -> str:
-    return sandbox_fixtures.html_question(plan.query.name)
 
 
 class CountingClient:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import urllib.request
 
-import boto3
 import pytest
-from botocore.config import Config
+from motokit import moto_s3, s3_client
 
 from include.crowd.publish import (
     MAX_PRESIGN_SECONDS,
@@ -20,22 +19,10 @@ from include.crowd.publish import (
 
 @pytest.fixture(scope="module")
 def s3():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    client = boto3.client(
-        "s3",
-        endpoint_url=f"http://{host}:{port}",
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        config=Config(signature_version="s3v4"),  # what the DAG's S3 client uses
-    )
-    client.create_bucket(Bucket="private")
-    yield client
-    server.stop()
+    with moto_s3() as url:
+        client = s3_client(url, signature_version="s3v4")  # what the DAG's S3 client uses
+        client.create_bucket(Bucket="private")
+        yield client
 
 
 def local(tmp_path, name: str, data: bytes, sha: str) -> LocalImage:

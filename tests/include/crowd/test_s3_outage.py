@@ -9,11 +9,10 @@ import socket
 import sqlite3
 from collections import Counter
 
-import boto3
 import pytest
 import sandbox_process as sandbox_fixtures
-from botocore.config import Config
-from crowd_plans import GOLD_CORRECT, REVIEW, SETTINGS, plans_for, render
+from crowd_plans import REVIEW, SETTINGS, answer_two_pass_one_fail, plans_for, render
+from motokit import s3_client
 
 from include.crowd.create import create_hits, load_manifest
 from include.crowd.ledger import LedgerUnavailable, S3Ledger
@@ -66,22 +65,12 @@ def crowd(tmp_path):
 def test_s3_down_mid_review_fails_clearly_and_the_retry_finishes_exactly_once(
     s3_server, crowd, monkeypatch
 ):
-    retries = Config(retries={"mode": "standard", "total_max_attempts": 3})
-    s3 = boto3.client(
-        "s3", endpoint_url=s3_server.url, region_name="us-east-1", aws_access_key_id="t",
-        aws_secret_access_key="t", config=retries,
-    )  # fmt: skip
+    s3 = s3_client(s3_server.url, retries={"mode": "standard", "total_max_attempts": 3})
     s3.create_bucket(Bucket=BUCKET)
     mturk = crowd.client()
     ledger = S3Ledger(s3, BUCKET, "image-similarity", "outage")
     created = create_hits(mturk, plans_for("outage", QUERIES), ledger, SETTINGS, render)
-    for n, plan in enumerate(created):
-        for worker, gold in (
-            ("APASS1", GOLD_CORRECT),
-            ("APASS2", GOLD_CORRECT),
-            (f"AFAIL{n}", "4"),
-        ):
-            crowd.work(plan.hit_id, worker, {plan.gold.field: gold, plan.model.field: "1"})
+    answer_two_pass_one_fail(crowd, created)
     before = float(mturk.get_account_balance()["AvailableBalance"])
 
     # S3 disappears after the review has recorded 5 facts (some MTurk calls are done by then).
