@@ -57,3 +57,11 @@ def peak_rss_bytes() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def load_line(before: float) -> str:
+    """How busy the machine was: the load average at the start and now, against its CPUs."""
+    return (
+        f"load average {before:.1f} before, {os.getloadavg()[0]:.1f} after "
+        f"({os.cpu_count()} CPUs: above that, other processes were competing for the CPU)"
+    )

@@ -690,8 +690,7 @@ def notes(args: argparse.Namespace, results: dict[str, dict | None], recall_info
         )
     lines.append(
         "files are read from the page cache (written just before or on an earlier run); "
-        f"load average {args.load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
-        f"({os.cpu_count()} CPUs: above that, other processes were competing for the CPU)"
+        + _common.load_line(args.load_before)
     )
     return lines
 

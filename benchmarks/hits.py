@@ -1055,10 +1055,7 @@ def notes(
             f"{_n(poked, 'sandbox', 'GetHIT')} GetHIT); logs {defer['log']}, {poked['log']}"
         )
     lines.append(slot_line(dags))
-    lines.append(
-        f"load average {args.load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
-        f"({os.cpu_count()} CPUs: above that, other processes were competing for the CPU)"
-    )
+    lines.append(_common.load_line(args.load_before))
     return lines
 
 

@@ -48,7 +48,7 @@ for path in (ROOT, BENCH, ROOT / "tests" / "stack"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from _common import machine_line, peak_rss_bytes  # noqa: E402
+from _common import load_line, machine_line, peak_rss_bytes  # noqa: E402
 
 DEFAULT_WORKDIR = ROOT / ".cache" / "bench"
 MODEL_DIR = ROOT / ".cache" / "models"
@@ -404,10 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "random unit vectors; each size in a fresh process; the vectors are in memory "
             "before the search starts"
         )
-    print(
-        f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; "
-        f"total {time.perf_counter() - started:.0f} s"
-    )
+    print(f"{load_line(load_before)}; total {time.perf_counter() - started:.0f} s")
     return 0 if ok else 1
 
 
