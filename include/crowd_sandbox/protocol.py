@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import reprlib
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -22,6 +23,15 @@ from botocore.model import OperationModel, ServiceModel, Shape
 
 TARGET_PREFIX = "MTurkRequesterServiceV20170117"
 CONTENT_TYPE = "application/x-amz-json-1.1"
+# A validation error lists this many violations and counts the rest: a list of a million wrong
+# values is one short answer, not a message of a hundred megabytes.
+MAX_LISTED_VIOLATIONS = 20
+# What botocore's model calls integer and long are Java's int and long.
+INTEGER_BITS = {"integer": 32, "long": 64}
+
+# Containers in an error message: their first few items, a few levels deep.
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 3, 80, 80
 
 
 class MTurkError(Exception):
@@ -103,14 +113,30 @@ class _Validator:
 
     def __init__(self) -> None:
         self.errors: list[str] = []
+        self.count = 0
 
     def fail(self, path: str, value: Any, constraint: str) -> None:
-        shown = value if isinstance(value, int | float | bool) or value is None else repr(value)
-        if isinstance(value, str) and len(value) > 80:
-            shown = repr(value[:77] + "...")
+        self.count += 1
+        if len(self.errors) >= MAX_LISTED_VIOLATIONS:
+            return
+        if isinstance(value, float | bool) or value is None:
+            shown = value
+        elif isinstance(value, int):
+            shown = _SHOWN.repr(value)  # a 4,000-digit number is shown by its ends
+        elif isinstance(value, str):
+            shown = repr(value[:77] + "...") if len(value) > 80 else repr(value)
+        else:
+            shown = _SHOWN.repr(value)
         self.errors.append(
             f"Value {shown} at '{path}' failed to satisfy constraint: Member must {constraint}"
         )
+
+    def message(self) -> str:
+        count = self.count
+        listed = "; ".join(self.errors)
+        if count > len(self.errors):
+            listed += f"; and {count - len(self.errors)} more"
+        return f"{count} validation error{'s' if count > 1 else ''} detected: {listed}"
 
     def check(self, shape: Shape, value: Any, path: str) -> Any:
         kind = shape.type_name
@@ -128,6 +154,10 @@ class _Validator:
         if kind in ("integer", "long"):
             if isinstance(value, bool) or not isinstance(value, int):
                 self.fail(path, value, "be an integer")
+                return value
+            bits = INTEGER_BITS[kind]
+            if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+                self.fail(path, value, f"be a {bits}-bit integer")
                 return value
             self._range(shape, value, path)
             return value
@@ -171,6 +201,9 @@ class _Validator:
         if not isinstance(value, str):
             self.fail(path, value, "be a string")
             return value
+        if not _is_unicode(value):
+            self.fail(path, value, "be Unicode text (it holds an unpaired surrogate)")
+            return value
         low, high = shape.metadata.get("min"), shape.metadata.get("max")
         if low is not None and len(value) < low:
             self.fail(path, value, f"have length greater than or equal to {low}")
@@ -193,7 +226,11 @@ class _Validator:
 
     def _timestamp(self, value: Any, path: str) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return datetime.fromtimestamp(value, UTC)
+            try:
+                return datetime.fromtimestamp(value, UTC)
+            except (OverflowError, OSError, ValueError):
+                self.fail(path, value, "be a timestamp between the years 1 and 9999")
+                return value
         if isinstance(value, str):
             try:
                 parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -203,6 +240,15 @@ class _Validator:
                 return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
         self.fail(path, value, "be a timestamp (epoch seconds or ISO 8601)")
         return value
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (JSON's ``\\ud800`` escapes can make it not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _join(path: str, name: str) -> str:
@@ -216,23 +262,28 @@ def _regex(pattern: str) -> re.Pattern[str]:
 
 
 def parse_request(op: OperationModel, raw: bytes) -> dict[str, Any]:
-    """Decode and validate a request body; timestamps become aware ``datetime`` objects."""
+    """Decode and validate a request body; timestamps become aware ``datetime`` objects.
+
+    Any body that is not a JSON object meeting the input shape is a ``RequestError`` (400), which
+    clients do not retry: bad UTF-8, bad or deeply nested JSON, NaN, numbers too long to read.
+    """
     try:
-        payload = json.loads(raw.decode("utf-8") or "{}") if raw else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        payload = json.loads(raw.decode("utf-8"), parse_constant=_no_constant) if raw else {}
+    except RecursionError:
+        raise RequestError("The request body is not valid JSON: it is nested too deeply.") from None
+    except (UnicodeDecodeError, ValueError) as error:  # JSONDecodeError is a ValueError
         raise RequestError(f"The request body is not valid JSON: {error}") from None
     if op.input_shape is None:
         return {}
     validator = _Validator()
     params = validator.check(op.input_shape, payload, "")
-    if validator.errors:
-        count = len(validator.errors)
-        raise RequestError(
-            f"{count} validation error{'s' if count > 1 else ''} detected: "
-            + "; ".join(validator.errors),
-            "AWS.MechanicalTurk.ValidationError",
-        )
+    if validator.count:
+        raise RequestError(validator.message(), "AWS.MechanicalTurk.ValidationError")
     return params
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 # --- output ---------------------------------------------------------------------------------

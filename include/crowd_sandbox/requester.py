@@ -31,7 +31,14 @@ DEFAULT_AUTO_APPROVAL_S = 30 * 24 * 3600
 OVERRIDE_REJECTION_WINDOW_S = 30 * 24 * 3600
 DEFAULT_PAGE_SIZE = 10
 DEFAULT_BALANCE = "10000.00"
+# Ten years: past MTurk's longest timer (a HIT's year of lifetime), short of datetime's end.
+MAX_CLOCK_ADVANCE_S = 10 * 365 * 24 * 3600
 MAX_QUESTION_BYTES = 131_072
+# MTurk documents no limit on an assignment's answer data (the QuestionFormAnswers, Assignment
+# and HTMLQuestion pages name none); the sandbox keeps the answer XML to 64 KiB, as big as the
+# 64 KB MTurk allows a Question. Without a bound, one 4 MB form became 35 MB of state that every
+# later call read back.
+MAX_ANSWER_BYTES = 65_536
 MAX_NOTIFY_WORKERS = 100
 MAX_SUBJECT = 200
 MAX_MESSAGE = 4096
@@ -75,22 +82,57 @@ def new_id(prefix: str = "", length: int = 30) -> str:
     return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(length - len(prefix)))
 
 
-def answers_xml(fields: Sequence[tuple[str, str]]) -> str:
+class AnswerTooLarge(RequestError):
+    """A submitted form whose ``QuestionFormAnswers`` would exceed ``MAX_ANSWER_BYTES``."""
+
+
+class NotTheWorkersAssignment(RequestError):
+    """A worker submitted an assignment that another worker accepted."""
+
+
+# Characters XML 1.0 cannot hold, even as character references: written as they are, they
+# would make the requester's XML parser fail on the whole answer.
+_NOT_XML = re.compile(r"[^\t\n\r\x20-\uD7FF\uE000-\uFFFD\U00010000-\U0010FFFF]")
+_ANSWERS_OPEN = f'<?xml version="1.0" encoding="ASCII"?><QuestionFormAnswers xmlns="{ANSWERS_NS}">'
+_ANSWERS_CLOSE = "</QuestionFormAnswers>"
+
+
+def answers_xml(fields: Sequence[tuple[str, str]], limit: int = MAX_ANSWER_BYTES) -> str:
     """MTurk's ``QuestionFormAnswers`` for a submitted form: one ``Answer`` per field name.
 
     Repeated names (check boxes) are joined with ``|``, as MTurk's externalSubmit does.
+    Characters XML cannot hold become U+FFFD. Raise ``AnswerTooLarge`` as soon as the XML
+    would pass ``limit`` bytes, before the rest of the form is turned into XML.
     """
     merged: dict[str, list[str]] = {}
     for name, value in fields:
         merged.setdefault(name, []).append(value)
-    root = ET.Element("QuestionFormAnswers", xmlns=ANSWERS_NS)
+    size = len(_ANSWERS_OPEN) + len(_ANSWERS_CLOSE)
+    answers = []
     for name, values in merged.items():
-        answer = ET.SubElement(root, "Answer")
-        ET.SubElement(answer, "QuestionIdentifier").text = name
-        ET.SubElement(answer, "FreeText").text = "|".join(values)
-    # ASCII with character references for anything else, as MTurk's answers are.
-    body = ET.tostring(root, encoding="us-ascii").decode("ascii")
-    return '<?xml version="1.0" encoding="ASCII"?>' + body
+        text = "|".join(values)
+        # Every character takes at least one byte: refuse a huge field before escaping it.
+        if size + len(name) + len(text) > limit:
+            raise _too_large(limit)
+        answer = ET.Element("Answer")
+        ET.SubElement(answer, "QuestionIdentifier").text = _NOT_XML.sub("\ufffd", name)
+        ET.SubElement(answer, "FreeText").text = _NOT_XML.sub("\ufffd", text)
+        # ASCII with character references for anything else, as MTurk's answers are.
+        answers.append(ET.tostring(answer, encoding="us-ascii").decode("ascii"))
+        size += len(answers[-1])
+        if size > limit:
+            raise _too_large(limit)
+    if not answers:
+        return _ANSWERS_OPEN[:-1] + " />"
+    return _ANSWERS_OPEN + "".join(answers) + _ANSWERS_CLOSE
+
+
+def _too_large(limit: int) -> AnswerTooLarge:
+    return AnswerTooLarge(
+        f"The answers come to more than {limit:,} bytes of QuestionFormAnswers XML, the most "
+        "an assignment holds. Nothing was stored: submit shorter answers (fewer or smaller "
+        "form fields)."
+    )
 
 
 def question_kind(question: str) -> str:
@@ -188,8 +230,11 @@ class Sandbox:
     def advance_clock(self, seconds: float) -> float:
         """Move the sandbox's clock forward (tests: expiry, abandonment, auto-approval, token
         lifetime). The offset is part of the state, so a restart keeps the same time line."""
-        if seconds < 0:
-            raise ValueError("the clock only moves forward")
+        if not 0 <= seconds <= MAX_CLOCK_ADVANCE_S:  # also refuses NaN
+            raise ValueError(
+                f"the clock moves forward by 0 to {MAX_CLOCK_ADVANCE_S} seconds at a time, "
+                f"not {seconds}"
+            )
         with self.store.transaction():
             self._offset += seconds
             self.store.set_meta("clock_offset", repr(self._offset))
@@ -1023,8 +1068,18 @@ class Sandbox:
             self.store.put_assignment(assignment)
             return assignment
 
-    def submit(self, assignment_id: str, fields: Sequence[tuple[str, str]]) -> dict[str, Any]:
-        """A worker submits the form of an accepted assignment (MTurk's externalSubmit)."""
+    def submit(
+        self,
+        assignment_id: str,
+        fields: Sequence[tuple[str, str]],
+        *,
+        worker_ids: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """A worker submits the form of an accepted assignment (MTurk's externalSubmit).
+
+        ``worker_ids`` are the workers the request says it comes from: each must be the one
+        who accepted the assignment. A refusal (``RequestError``) changes nothing.
+        """
         with self.store.transaction():
             self._refresh()
             assignment = self.store.assignment(assignment_id)
@@ -1034,6 +1089,13 @@ class Sandbox:
                     "(its time ran out).",
                     "AWS.MechanicalTurk.AssignmentDoesNotExist",
                 )
+            for worker_id in worker_ids:
+                if worker_id != assignment["WorkerId"]:
+                    raise NotTheWorkersAssignment(
+                        f"Assignment {assignment_id} was accepted by another worker, not "
+                        f"{worker_id}: a HIT's form must post the assignmentId it was given "
+                        "in its URL."
+                    )
             if assignment["AssignmentStatus"] != "Accepted":
                 raise RequestError(f"Assignment {assignment_id} was already submitted.")
             hit = self._hit(assignment["HITId"])

@@ -5,6 +5,12 @@ requester API (any credentials are accepted; signatures are not checked). ``/adm
 reads (GET) or sets (POST, JSON) fault injection; ``/admin/clock`` reads the sandbox's time or
 moves it forward (POST ``{"advance": seconds}``); ``/admin/health`` answers ``ok``. Every other
 path belongs to the worker site (``worker_site.WorkerSite``).
+
+What cannot be read is refused before it is routed, with a plain-text 4xx, and the connection
+is closed (what is left of the body would otherwise be read as the next request): a body sent
+without a Content-Length (411), a Content-Length that is not one whole number (400) or is over
+``MAX_BODY_BYTES`` (413), a form or query string of more than ``MAX_FORM_FIELDS`` fields
+(413, 414) or a multipart body of more than ``MAX_MULTIPART_PARTS`` parts (413).
 """
 
 from __future__ import annotations
@@ -39,6 +45,21 @@ from include.crowd_sandbox.store import Store
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+# Form fields parsed from one body or query string: far more than any HIT's form has, few enough
+# that parsing them costs little. The e-mail parser spends some 0.3 ms on each part of a
+# multipart body (80,000 parts fit in 4 MB: half a minute), so those have a lower bound.
+MAX_FORM_FIELDS = 10_000
+MAX_MULTIPART_PARTS = 1_000
+# Connections the kernel holds until a thread accepts them (socketserver's default is 5, which
+# resets most of a burst of 200 clients). Linux caps it at net.core.somaxconn (4096 by default).
+LISTEN_BACKLOG = 1024
+
+
+class SandboxHTTPServer(ThreadingHTTPServer):
+    """One daemon thread per connection, and a backlog that holds a burst of clients."""
+
+    request_queue_size = LISTEN_BACKLOG
+    daemon_threads = True  # a client that keeps its connection open cannot hold up a stop
 
 
 @dataclass
@@ -88,8 +109,7 @@ class CrowdSandbox:
         self.store = Store(state)
         self.sandbox = Sandbox(self.store, initial_balance=balance)
         self.faults = Faults(faults or FaultConfig())
-        self.httpd = ThreadingHTTPServer((host, port), _handler_class(self))
-        self.httpd.daemon_threads = True
+        self.httpd = SandboxHTTPServer((host, port), _handler_class(self))
         bound_host, bound_port = self.httpd.server_address[:2]
         self.url = f"http://{bound_host}:{bound_port}"
         self.site = WorkerSite(self.sandbox, self.url)
@@ -194,24 +214,40 @@ class CrowdSandbox:
                 try:
                     settings = json.loads(request.headers.get("_body", "") or "{}")
                     self.faults.configure(**settings)
-                except (TypeError, ValueError) as error:
-                    return _json(400, {"error": str(error)})
+                except (RecursionError, TypeError, ValueError) as error:
+                    return _json(400, {"error": f"{error!s:.200}"})
             return _json(200, self.faults.snapshot())
         if request.path == "/admin/clock":
             if request.method == "POST":
                 try:
                     advance = float(json.loads(request.headers.get("_body", "") or "{}")["advance"])
                     self.sandbox.advance_clock(advance)
-                except (KeyError, TypeError, ValueError) as error:
-                    return _json(400, {"error": f'POST {{"advance": seconds}}: {error}'})
+                except (KeyError, RecursionError, TypeError, ValueError) as error:
+                    return _json(400, {"error": f'POST {{"advance": seconds}}: {error!s:.200}'})
             return _json(200, {"now": self.sandbox.now()})
         return _json(404, {"error": f"no admin endpoint {request.path}"})
 
 
+class BadRequest(Exception):
+    """A request refused before it is routed: ``status`` and a one-line plain-text reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
 def multipart_fields(content_type: str, body: bytes) -> list[tuple[str, str]]:
-    """The text fields of a ``multipart/form-data`` body (uploaded files are not answers)."""
+    """The text fields of a ``multipart/form-data`` body (uploaded files are not answers).
+
+    Raise ``BadRequest`` (413) for a body of more than ``MAX_MULTIPART_PARTS`` parts.
+    """
     head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
-    message = BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    parser = BytesParser(policy=email.policy.HTTP)
+    boundary = parser.parsebytes(head, headersonly=True).get_boundary()
+    delimiter = b"--" + (boundary or "").encode("utf-8", "surrogateescape")
+    if boundary and body.count(delimiter) > MAX_MULTIPART_PARTS + 1:
+        raise BadRequest(413, f"the form has more than {MAX_MULTIPART_PARTS} parts")
+    message = parser.parsebytes(head + body)
     if not message.is_multipart():
         return []
     fields = []
@@ -220,8 +256,20 @@ def multipart_fields(content_type: str, body: bytes) -> list[tuple[str, str]]:
         if name is None or part.get_filename() is not None:
             continue
         payload = part.get_payload(decode=True) or b""
-        fields.append((str(name), payload.decode(part.get_content_charset() or "utf-8", "replace")))
+        try:
+            text = payload.decode(part.get_content_charset() or "utf-8", "replace")
+        except LookupError:  # a charset Python does not know
+            text = payload.decode("utf-8", "replace")
+        fields.append((str(name), text))
     return fields
+
+
+def _form(text: str, where: str, status: int) -> list[tuple[str, str]]:
+    """The fields of a query string or urlencoded body, refused past ``MAX_FORM_FIELDS``."""
+    try:
+        return parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+    except ValueError:
+        raise BadRequest(status, f"{where} has more than {MAX_FORM_FIELDS} fields") from None
 
 
 def _service_fault() -> ServiceFault:
@@ -241,12 +289,23 @@ def _handler_class(service: CrowdSandbox) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             log.debug("%s " + format, self.address_string(), *args)
 
-        def _body(self) -> bytes | None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY_BYTES:
-                self._send(Response(413, b"request too large", "text/plain"))
-                return None
-            return self.rfile.read(length) if length else b""
+        def _body(self) -> bytes:
+            """Read the body its Content-Length announces, or raise ``BadRequest``."""
+            if self.headers.get("Transfer-Encoding"):
+                raise BadRequest(411, "send the body with a Content-Length, not chunked")
+            lengths = set(self.headers.get_all("Content-Length") or ())
+            if not lengths:
+                return b""
+            text = lengths.pop().strip()
+            if lengths or not text.isdigit():  # also refuses "-5", "+5" and "1_000"
+                raise BadRequest(400, "Content-Length must be one whole number of bytes")
+            if len(text) > 12 or int(text) > MAX_BODY_BYTES:
+                raise BadRequest(413, f"request too large (at most {MAX_BODY_BYTES} bytes)")
+            length = int(text)
+            body = self.rfile.read(length) if length else b""
+            if len(body) < length:
+                raise BadRequest(400, "the body is shorter than its Content-Length")
+            return body
 
         def _send(self, response: Response) -> None:
             self.send_response(response.status)
@@ -254,6 +313,8 @@ def _handler_class(service: CrowdSandbox) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(response.body)))
             for key, value in response.headers.items():
                 self.send_header(key, value)
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(response.body)
@@ -263,29 +324,28 @@ def _handler_class(service: CrowdSandbox) -> type[BaseHTTPRequestHandler]:
             form: list[tuple[str, str]] = []
             content_type = self.headers.get("Content-Type", "")
             if body and content_type.startswith("application/x-www-form-urlencoded"):
-                form = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+                form = _form(body.decode("utf-8", "replace"), "the form", 413)
             elif body and content_type.startswith("multipart/form-data"):
                 form = multipart_fields(content_type, body)
             headers = {k.lower(): v for k, v in self.headers.items()}
             if content_type.startswith("application/json"):
                 headers["_body"] = body.decode("utf-8", "replace")
-            return Request(
-                self.command,
-                parts.path,
-                parse_qsl(parts.query, keep_blank_values=True),
-                form,
-                headers,
-            )
+            query = _form(parts.query, "the query string", 414)
+            return Request(self.command, parts.path, query, form, headers)
 
         def _dispatch(self) -> None:
-            body = self._body()
-            if body is None:
+            try:
+                body = self._body()
+                target = self.headers.get("X-Amz-Target")
+                if self.command == "POST" and target:
+                    self._send(service.handle_api(target, body))
+                    return
+                request = self._request(body)
+            except BadRequest as refused:
+                # What is left of the body cannot be told from a next request: hang up after.
+                self.close_connection = True
+                self._send(Response(refused.status, refused.reason.encode(), "text/plain"))
                 return
-            target = self.headers.get("X-Amz-Target")
-            if self.command == "POST" and target:
-                self._send(service.handle_api(target, body))
-                return
-            request = self._request(body)
             try:
                 if request.path.startswith("/admin/"):
                     response = service.handle_admin(request)

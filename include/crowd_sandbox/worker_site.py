@@ -33,7 +33,10 @@ assignment id):
     a 200 "submitted" page links back to ``/?workerId=W``. Loaded in the HIT's frame, that page
     takes the whole window to ``/?workerId=W&submitted=A`` (as MTurk leaves the HIT once it is
     submitted). A preview's ``ASSIGNMENT_ID_NOT_AVAILABLE``, or an unknown assignment, is a 400
-    page that says why.
+    page that says why. Nothing is stored when the assignment is not the submitting worker's
+    (a ``workerId`` field or parameter, or the question page's ``workerId``: 403), no longer
+    accepted (400), or when the answers come to more than ``requester.MAX_ANSWER_BYTES`` of XML
+    (413).
 ``POST /hit/H/return`` (``assignmentId``, ``workerId``)
     Returns the assignment and answers ``303`` to ``/?workerId=W``.
 ``GET /outbox`` (optionally ``?workerId=W``)
@@ -52,13 +55,20 @@ import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from include.crowd_sandbox import money
 from include.crowd_sandbox.protocol import RequestError
-from include.crowd_sandbox.requester import Sandbox, external_url, html_content, new_id
+from include.crowd_sandbox.requester import (
+    AnswerTooLarge,
+    NotTheWorkersAssignment,
+    Sandbox,
+    external_url,
+    html_content,
+    new_id,
+)
 from include.crowd_sandbox.server import Request, Response
 
 PREVIEW_ASSIGNMENT_ID = "ASSIGNMENT_ID_NOT_AVAILABLE"
@@ -307,7 +317,13 @@ class WorkerSite:
                 "before submitting it.",
             )
         try:
-            assignment = self.sandbox.submit(assignment_id, fields)
+            assignment = self.sandbox.submit(
+                assignment_id, fields, worker_ids=self._submitting_workers(request)
+            )
+        except AnswerTooLarge as error:
+            raise HTTPProblem(413, "Answers too large", error.message) from None
+        except NotTheWorkersAssignment as error:
+            raise HTTPProblem(403, "Not your assignment", error.message) from None
         except RequestError as error:
             raise HTTPProblem(400, "Not submitted", error.message) from None
         hit = self.sandbox.store.hit(assignment["HITId"]) or {}
@@ -324,6 +340,25 @@ class WorkerSite:
             done_url="/?"
             + urlencode({"workerId": assignment["WorkerId"], "submitted": assignment_id}),
         )
+
+    def _submitting_workers(self, request: Request) -> list[str]:
+        """The workers a submit says it comes from: its ``workerId`` field or parameter, and
+        the worker of the question page it was posted from (a browser's Referer, when that page
+        is this site's ``/hit/H/question``; a form there rarely carries a workerId itself)."""
+        workers = []
+        named = self._worker_id(request, required=False)
+        if named:
+            workers.append(named)
+        referer = urlsplit(request.headers.get("referer", ""))
+        if (
+            f"{referer.scheme}://{referer.netloc}" == self.base_url
+            and _HIT_PATH.match(referer.path)
+            and referer.path.rstrip("/").endswith("/question")
+        ):
+            framed = dict(parse_qsl(referer.query)).get("workerId", "").strip().upper()
+            if WORKER_ID.match(framed):
+                workers.append(framed)
+        return workers
 
     def outbox(self, request: Request) -> Response:
         worker_id = self._worker_id(request, required=False)
