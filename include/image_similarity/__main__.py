@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
         "--shortlist", type=int, default=20, help="images re-ranked per query (default 20)"
     )
     match.add_argument("--sheets", type=Path, help="also write contact sheets to this folder")
+    match.add_argument(
+        "--follow-external-symlinks",
+        action="store_true",
+        help="also read symbolic links to images outside the --dataset and --queries folders "
+        "(default: report and skip them)",
+    )
     return parser
 
 
@@ -65,7 +71,9 @@ def _match(args: argparse.Namespace) -> int:
         empty = work / "no-known-answers"
         empty.mkdir()
         pipeline.list_sources(
-            work, {"dataset": args.dataset, "queries": args.queries, "known_answers": empty}
+            work,
+            {"dataset": args.dataset, "queries": args.queries, "known_answers": empty},
+            follow_external_symlinks=args.follow_external_symlinks,
         )
         stats = pipeline.embed_collections(work, embedder, cache)
         config = None if args.no_rerank else RerankConfig(shortlist=args.shortlist)

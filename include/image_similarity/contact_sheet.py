@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from include.image_similarity.decode import DecodeError, open_image
+from include.image_similarity.decode import DecodeError, FitInside, open_image
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def _fit(name: str, draw: ImageDraw.ImageDraw, font, width: int) -> str:
 
 def _tile(path: Path, name: str) -> Image.Image:
     try:
-        image = open_image(path, name)
+        image = open_image(path, name, fit=FitInside(*TILE))  # never decoded at full size
     except DecodeError as exc:
         log.warning("contact sheet: %s", exc)
         return Image.new("RGB", TILE, (200, 200, 200))

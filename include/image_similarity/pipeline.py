@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from include.image_similarity.cache import EmbeddingCache
-from include.image_similarity.decode import DecodeError, open_image
+from include.image_similarity.decode import DecodeError, InputSize, open_image
 from include.image_similarity.embedding import Embedder
 from include.image_similarity.index import top_k
 from include.image_similarity.known_answers import parse_known_answer_sets
@@ -120,13 +120,22 @@ def list_sources(
     batch_dir: Path,
     sources: dict[str, str | Path],
     resolve: Callable[[str, str | Path], Listing] | None = None,
+    *,
+    follow_external_symlinks: bool = False,
 ) -> dict[str, int]:
     """List the three collections into ``sources.json``; returns image counts per collection.
 
-    ``resolve(collection, source)`` turns a source into a Listing; by default a local folder.
+    ``resolve(collection, source)`` turns a source into a Listing; by default a local folder,
+    listed by ``list_local_images`` with ``follow_external_symlinks`` (a custom ``resolve`` must
+    pass it to ``list_local_images`` itself). Hidden files, named in ``Listing.hidden``, are
+    recorded in problems.json with the files left out.
     """
     batch_dir.mkdir(parents=True, exist_ok=True)
-    resolve = resolve or (lambda _collection, source: list_local_images(source))
+    if resolve is None:
+
+        def resolve(_collection: str, source: str | Path) -> Listing:
+            return list_local_images(source, follow_external_symlinks=follow_external_symlinks)
+
     listings = {name: resolve(name, sources[name]) for name in COLLECTIONS}
     for name in ("dataset", "queries"):
         if not listings[name].images:
@@ -138,14 +147,15 @@ def list_sources(
         batch_dir / "sources.json", {n: _listing_to_dict(lst) for n, lst in listings.items()}
     )
     for name, listing in listings.items():
-        _record_problems(batch_dir, listing.problems, name)
+        _record_problems(batch_dir, listing.problems + listing.hidden, name)
     counts = {name: len(listing.images) for name, listing in listings.items()}
     log.info(
-        "listed %d dataset images, %d queries, %d known-answer files (%d files skipped)",
+        "listed %d dataset images, %d queries, %d known-answer files (%d files skipped, %d hidden)",
         counts["dataset"],
         counts["queries"],
         counts["known_answers"],
         sum(len(lst.problems) for lst in listings.values()),
+        sum(len(lst.hidden) for lst in listings.values()),
     )
     return counts
 
@@ -164,7 +174,8 @@ def check_known_answers(batch_dir: Path, max_pixels: int | None = None) -> list[
         for image in known.files:
             try:
                 kwargs = {"max_pixels": max_pixels} if max_pixels else {}
-                open_image(image.path, image.name, **kwargs)
+                # Decoded at model size: the check is whether it decodes, not what it shows.
+                open_image(image.path, image.name, fit=InputSize(), **kwargs)
             except DecodeError as exc:
                 broken.append(exc)
         if broken:

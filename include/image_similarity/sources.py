@@ -7,16 +7,28 @@ or as ``gdrive://<folder id>`` for a Drive folder.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 DRIVE_SCHEME = "gdrive://"
 _HASH_CHUNK = 1 << 20
+# No image this project decodes needs more: 50 MP (decode.DEFAULT_MAX_PIXELS) at 4 bytes a pixel,
+# uncompressed, is 200 MB. Larger files are refused unread, so a sparse 1 TB file named .jpg
+# cannot keep the listing hashing for an hour, and no decoder reads a huge file into memory.
+MAX_FILE_BYTES = 256 * 2**20
+# O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer. O_NOCTTY: a terminal
+# opened by mistake never becomes the controlling one. Both are no-ops for a regular file.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+_OPEN_FLAGS |= getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,9 @@ class Listing:
     source: str
     images: list[ImageFile] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    hidden: list[Problem] = field(default_factory=list)
+    """Hidden entries (names starting with '.'), named but not problems: ``.DS_Store``, editors'
+    swap files and the Drive staging marker belong in a folder without anyone acting on them."""
 
 
 @dataclass(frozen=True)
@@ -80,51 +95,200 @@ class SourceSpec:
         return DRIVE_SCHEME + self.location if self.kind == "gdrive" else self.location
 
 
+class NotARegularFile(OSError):
+    """A path that is a FIFO, a device, a socket or a folder, which is never read as a file."""
+
+
+def describe_file_type(mode: int) -> str:
+    """Name the file type of an ``st_mode`` for a message ("a named pipe (FIFO)", ...)."""
+    for test, text in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ):
+        if test(mode):
+            return text
+    return "a special file"
+
+
+def open_regular_file(path: str | Path, *, follow_symlinks: bool = True) -> BinaryIO:
+    """Open ``path`` for reading if it is a regular file; raise ``NotARegularFile`` otherwise.
+
+    The type is checked on the opened descriptor, so a file swapped for a FIFO or a device after
+    an earlier check is still refused, and the open itself never blocks. Callers check with
+    ``os.stat`` first as well: opening some devices has effects (a tape rewinds).
+    ``follow_symlinks=False`` refuses a path whose last component is a symbolic link (ELOOP).
+    """
+    flags = _OPEN_FLAGS | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile(errno.EINVAL, f"is {describe_file_type(mode)}", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def sha256_of_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    return _sha256_and_size(open_regular_file(path))[0]
+
+
+def _sha256_and_size(handle: BinaryIO, limit: int | None = None) -> tuple[str, int]:
+    """Hash an open file to its end and close it; returns the digest and the bytes read.
+
+    With ``limit``, a file that grows past it while being read raises ``_Skipped``: a file
+    written to without end must not keep the listing reading for ever.
+    """
+    digest, size = hashlib.sha256(), 0
+    with handle:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise _Skipped(_too_big(size) + "; it grew while being read")
+    return digest.hexdigest(), size
 
 
 def is_image_name(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def list_local_images(folder: str | Path) -> Listing:
+def list_local_images(folder: str | Path, *, follow_external_symlinks: bool = False) -> Listing:
     """List the image files directly inside ``folder``, sorted by name, hashing each one.
 
-    Sub-folders, hidden files and files whose extension is not an image's are left out and
-    reported by name. A missing folder is an error: a typo must not look like an empty dataset.
+    Only regular files are read. Everything else is left out and reported by name with the
+    reason: sub-folders, files whose extension is not an image's, FIFOs, devices and sockets
+    (never opened), files above ``MAX_FILE_BYTES``, names that are not valid UTF-8, broken
+    symbolic links and symbolic-link loops, and links whose target is outside ``folder`` unless
+    ``follow_external_symlinks`` (an image from elsewhere on the machine must not reach workers
+    by accident). A link to an image inside the folder is listed like a file, under its own
+    name and path. Hidden entries (names starting with '.') are named in ``Listing.hidden``.
+    A missing folder is an error: a typo must not look like an empty dataset.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(
             f"image folder {folder} does not exist or is not a folder; check the source setting"
         )
+    root = Path(os.path.realpath(folder))
     listing = Listing(source=str(folder))
-    for path in sorted(folder.iterdir(), key=lambda p: p.name):
-        name = path.name
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda entry: entry.name)
+    for entry in entries:
+        name = entry.name
         if name.startswith("."):
-            continue
-        if path.is_dir():
-            listing.problems.append(Problem(name, "is a folder; sub-folders are not read"))
-        elif not is_image_name(name):
+            kind = "folder" if entry.is_dir(follow_symlinks=False) else "file"
+            listing.hidden.append(Problem(_printable(name), f"hidden {kind}: skipped"))
+        elif not _is_utf8(name):  # it could not be written to sources.json or shown on a page
             listing.problems.append(
-                Problem(name, f"not an image file name (expected one of {_extensions_text()})")
+                Problem(_printable(name), "its name is not valid UTF-8 text; rename the file")
             )
         else:
-            listing.images.append(ImageFile(name, path, sha256_of_file(path), path.stat().st_size))
+            path = Path(entry.path)
+            try:
+                sha256, size = _hash_entry(path, root, follow_external_symlinks)
+            except _Skipped as skipped:
+                listing.problems.append(Problem(name, str(skipped)))
+            else:
+                listing.images.append(ImageFile(name, path, sha256, size))
     for problem in listing.problems:
-        log.warning("skipping %s in %s: %s", problem.name, folder, problem.reason)
+        log.warning("skipping %r in %s: %s", problem.name, folder, problem.reason)
+    if listing.hidden:
+        log.info(
+            "skipping %d hidden entries in %s: %s",
+            len(listing.hidden),
+            folder,
+            ", ".join(repr(p.name) for p in listing.hidden[:20])
+            + (", ..." if len(listing.hidden) > 20 else ""),
+        )
     log.info(
-        "listed %d images in %s (%d other entries skipped)",
+        "listed %d images in %s (%d other entries skipped, %d hidden)",
         len(listing.images),
         folder,
         len(listing.problems),
+        len(listing.hidden),
     )
     return listing
+
+
+class _Skipped(Exception):
+    """An entry left out of a listing; the message is the reason."""
+
+
+def _hash_entry(path: Path, root: Path, follow_external: bool) -> tuple[str, int]:
+    """Return ``(sha256, size)`` of an image entry (a link's target), or raise ``_Skipped``."""
+    try:
+        info = os.lstat(path)
+        target, link = path, ""
+        if stat.S_ISLNK(info.st_mode):
+            target, link = _resolve_link(path, root, follow_external), "a symbolic link to "
+            info = os.stat(target)
+        if not stat.S_ISREG(info.st_mode):
+            kind = describe_file_type(info.st_mode)
+            if stat.S_ISDIR(info.st_mode):
+                raise _Skipped(f"is {link}a folder; sub-folders are not read")
+            raise _Skipped(f"is {link}{kind}, not a regular file; it was not opened")
+        if not is_image_name(path.name):
+            raise _Skipped(f"not an image file name (expected one of {_extensions_text()})")
+        if info.st_size > MAX_FILE_BYTES:
+            raise _Skipped(_too_big(info.st_size) + "; it was not read")
+        # Its last component is no link (a link's target is resolved): one swapped in since the
+        # check is refused (ELOOP), as is a FIFO or device (fstat after the open).
+        handle = open_regular_file(target, follow_symlinks=False)
+        if (size := os.fstat(handle.fileno()).st_size) > MAX_FILE_BYTES:
+            handle.close()
+            raise _Skipped(_too_big(size) + "; it was not read")
+        return _sha256_and_size(handle, MAX_FILE_BYTES)
+    except NotARegularFile as exc:
+        raise _Skipped(
+            f"{exc.strerror}, not a regular file (it was replaced while being listed)"
+        ) from exc
+    except OSError as exc:
+        raise _Skipped(f"cannot be read ({exc.strerror or exc})") from exc
+
+
+def _resolve_link(path: Path, root: Path, follow_external: bool) -> Path:
+    try:
+        target = Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError as exc:
+        raise _Skipped("is a broken symbolic link (its target does not exist)") from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _Skipped("is a symbolic link loop (it leads back to itself)") from exc
+        raise _Skipped(f"is a symbolic link that cannot be followed ({exc.strerror})") from exc
+    if not follow_external and not target.is_relative_to(root):
+        raise _Skipped(
+            f"is a symbolic link to {target}, outside the folder; links that leave the folder "
+            "are not followed (allow them with follow_external_symlinks / "
+            "--follow-external-symlinks)"
+        )
+    return target
+
+
+def _too_big(size: int) -> str:
+    return (
+        f"is {size / 2**20:,.0f} MB, larger than any image this tool decodes "
+        f"(limit {MAX_FILE_BYTES / 2**20:.0f} MB)"
+    )
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by the file system as surrogates
+        return False
+    return True
+
+
+def _printable(name: str) -> str:
+    """The name as text that can be written to JSON, undecodable bytes shown as ``\\xff``."""
+    return name if _is_utf8(name) else os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _extensions_text() -> str:
