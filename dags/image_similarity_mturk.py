@@ -17,7 +17,8 @@ For every **query image**, find the 3 most similar images of a **dataset** with 
    cosine similarity, re-ordered by spatial verification (the query lined up against each
    candidate on thumbnails, which tells neighbouring video frames apart); scores stay cosines;
 5. `write_contact_sheets`: one picture per query beside its matches with their scores;
-6. `publish_images`: the images workers see → S3, content-addressed, private;
+6. `publish_images`: the originals of the images workers see → S3, content-addressed, private
+   (`create_hits` then makes each HIT's own JPEG copies under keys no worker can link);
 7. `create_hits`: one HIT per query (gold question + model question, shuffled), after a cost
    check against the balance and the budget cap; each HIT exactly once (retries and reruns
    create nothing twice; a new query gets one new HIT). Link: *HIT preview*;
@@ -38,12 +39,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from datetime import timedelta
 from pathlib import Path
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
+from include.common.batch import BATCH_ID_PATTERN, batch_dir_for_run
+from include.crowd.costs import DEFAULT_BUDGET, DEFAULT_MAX_BONUS
 from mturk_provider.links import HITPreviewLink, MTurkReportLink
 from mturk_provider.operators.mturk import mturk_task
 from mturk_provider.sensors.mturk import MTurkHITsSensor
@@ -61,6 +63,9 @@ BUDGET = r"^\d{1,6}\.\d{2}$"
 RESULTS_ASSET = Asset("image_similarity_mturk_results")
 # How often the triggerer looks at the HITs (seconds); the demo sets a few seconds.
 POLL_SECONDS = float(os.environ.get("IMAGE_SIMILARITY_POLL_SECONDS", "60"))
+# No task may run for ever (a hung read, a stuck call): each is stopped after this and retried.
+TASK_TIMEOUT = timedelta(hours=6)
+MAX_WAIT_HOURS = 8760  # the longest wait_timeout_hours; the sensor's own deadline is that Param
 
 # The trigger form submits an emptied field as null, and marks a field whose type does not allow
 # null as required: a Param whose description says "Empty: ..." therefore allows null too.
@@ -80,6 +85,11 @@ PARAMS = {
         title="Known-answer (gold) sets",
         description="knownN.jpg, knownN_1st_match.jpg (correct), knownN_2nd_match.jpg, "
         "knownN_3rd_match.jpg. Local folder or gdrive://FOLDER_ID.",
+    ),
+    "follow_external_symlinks": Param(
+        False, type="boolean", section=SOURCES, title="Follow links out of the folders",
+        description="Off: a symbolic link in a local folder whose target lies outside that "
+        "folder is reported and skipped (it could show workers any file on the machine).",
     ),
     "gcp_conn_id": Param(
         "google_cloud_default", type="string", section=SOURCES,
@@ -154,7 +164,7 @@ PARAMS = {
         description="sandbox costs nothing; production pays real workers.",
     ),
     "wait_timeout_hours": Param(
-        96, type="number", exclusiveMinimum=0, maximum=8760, section=HIT,
+        96, type="number", exclusiveMinimum=0, maximum=MAX_WAIT_HOURS, section=HIT,
         title="Stop waiting for assignments after (hours)",
         description="Usually longer than the HIT lifetime: expired HITs end the wait anyway.",
     ),
@@ -211,14 +221,16 @@ PARAMS = {
         title="Bonus for a correct gold answer (USD)",
     ),
     "max_bonus_usd": Param(
-        "5.00", type="string", pattern=MONEY, section=PAYMENTS, title="Per-bonus cap (USD)",
+        DEFAULT_MAX_BONUS, type="string", pattern=MONEY, section=PAYMENTS,
+        title="Per-bonus cap (USD)",
         description="No single bonus is paid above this; a bonus setting above it stops the "
         "run before any HIT is created.",
     ),
     "budget_usd": Param(
-        "20.00", type="string", pattern=BUDGET, section=PAYMENTS, title="Budget cap (USD)",
+        DEFAULT_BUDGET, type="string", pattern=BUDGET, section=PAYMENTS, title="Budget cap (USD)",
         description="The run stops before creating any HIT if rewards + all bonuses + fees "
-        "could exceed this.",
+        "could exceed this; the review pays no bonus that would exceed it. Fixed for a batch "
+        "once its first HIT exists, like reward, bonus, caps and assignments.",
     ),
     # Messages
     "bonus_message": Param(
@@ -232,9 +244,10 @@ PARAMS = {
     ),
     # Storage
     "batch_id": Param(
-        "", type=["null", "string"], pattern=r"^[A-Za-z0-9._-]{0,64}$", section=STORAGE,
+        "", type=["null", "string"], pattern=f"^$|{BATCH_ID_PATTERN}", section=STORAGE,
         title="Batch id",
-        description="Empty: derived from the run id. Letters, digits, . _ - only.",
+        description="Empty: derived from the run id. Letters, digits, . _ - only, not "
+        "starting with a dot. A batch's money settings are fixed when its first HIT exists.",
     ),
     "output_dir": Param(
         "output", type="string", minLength=1, section=STORAGE, title="Local output folder",
@@ -260,11 +273,7 @@ PARAMS = {
 
 
 def _batch_dir(params: dict, run_id: str) -> Path:
-    batch_id = params["batch_id"] or re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("._")
-    output_dir = Path(params["output_dir"]).expanduser()
-    if not output_dir.is_absolute():
-        output_dir = PROJECT_ROOT / output_dir
-    return output_dir / batch_id
+    return batch_dir_for_run(params["output_dir"], params["batch_id"], run_id, PROJECT_ROOT)
 
 
 def _embedder(params: dict):
@@ -318,7 +327,11 @@ def _failed_gold_qualification(hook, params: dict) -> str | None:
     schedule=os.environ.get("IMAGE_SIMILARITY_SCHEDULE") or None,
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "execution_timeout": TASK_TIMEOUT,
+    },
     tags=["image-similarity", "mturk", "deep-learning"],
     params=PARAMS,
     doc_md=__doc__,
@@ -334,12 +347,17 @@ def image_similarity_mturk():
 
         context = get_current_context()
         params = context["params"]
-        batch_dir = _batch_dir(params, context["run_id"])
+        try:
+            batch_dir = _batch_dir(params, context["run_id"])
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from exc
 
         def resolve(collection: str, text: str):
             spec = SourceSpec.parse(text, base_dir=PROJECT_ROOT)
             if spec.kind == "local":
-                return list_local_images(spec.location)
+                return list_local_images(
+                    spec.location, follow_external_symlinks=params["follow_external_symlinks"]
+                )
             from airflow.providers.google.suite.hooks.drive import GoogleDriveHook
 
             from include.image_similarity.drive import stage_drive_folder
@@ -456,16 +474,18 @@ def image_similarity_mturk():
 
     @task
     def publish_images(batch_dir: str) -> str:
-        """Upload the images workers see to S3 (content-addressed, private)."""
+        """Upload the originals of the images workers see to S3 (content-addressed, private)."""
         from airflow.sdk.exceptions import AirflowFailException
 
         from include.crowd import stage
         from include.crowd.publish import PublishError
 
         params = get_current_context()["params"]
+        s3, settings = _s3(params), _settings(params, batch_dir)
         try:
-            stage.publish(Path(batch_dir), _s3(params), _settings(params, batch_dir))
-        except PublishError as exc:
+            stage.check_money_settings(s3, settings)  # before anything is uploaded or called
+            stage.publish(Path(batch_dir), s3, settings)
+        except (PublishError, ValueError) as exc:
             raise AirflowFailException(str(exc)) from exc
         return batch_dir
 
@@ -501,14 +521,24 @@ def image_similarity_mturk():
     @task
     def review_assignments(batch_dir: str, progress: dict) -> str:
         """Approve, pay gold passers, mail the others; each exactly once."""
+        from airflow.sdk.exceptions import AirflowFailException
+
         from include.crowd import stage
+        from include.crowd.costs import BudgetError
 
         params = get_current_context()["params"]
         hook = _mturk(params)
+        s3, settings = _s3(params), _settings(params, batch_dir)
+        try:  # settings that cannot pay (changed, above the caps): a retry cannot help
+            stage.check_money_settings(s3, settings)
+            stage.PaymentCaps.from_params(params).check(settings)
+        except (BudgetError, ValueError) as exc:
+            raise AirflowFailException(str(exc)) from exc
         stage.review(
-            _s3(params),
+            s3,
             hook.conn,
-            _settings(params, batch_dir),
+            settings,
+            caps=stage.PaymentCaps.from_params(params),
             qualification_type_id=_failed_gold_qualification(hook, params),
         )
         return batch_dir
@@ -539,6 +569,8 @@ def image_similarity_mturk():
         poll_interval=POLL_SECONDS,
         timeout_policy="{{ params.timeout_policy }}",
         batch_timeout="{{ params.wait_timeout_hours * 3600 }}",
+        # Its deadline is wait_timeout_hours; this only keeps it from outliving the longest.
+        execution_timeout=timedelta(hours=MAX_WAIT_HOURS + 1),
     )
     hit_ids >> progress
     write_results(review_assignments(published, progress.output))

@@ -11,6 +11,10 @@ batch's state from S3 (`<prefix>/batches/<batch id>/`: manifest, settings, ledge
 - `image_similarity_mturk_cleanup`: expire the batch's HITs, settle them (the same review), and
   delete the HITs MTurk lets us delete. Only HITs whose `RequesterAnnotation` is this batch id
   are touched; HITs with workers still inside their assignment time stay (run it again later).
+
+What they may pay is capped by **their own Params** (*Per-bonus cap*, *Budget cap*, with the
+main DAG's defaults), never by the settings file read back from S3: a batch whose stored bonus
+or budget is above them is refused before anything is paid.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from pathlib import Path
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
+from include.common.batch import BATCH_ID_PATTERN, batch_dir
+from include.crowd.costs import DEFAULT_BUDGET, DEFAULT_MAX_BONUS
 from mturk_provider.links import MTurkReportLink
 from mturk_provider.operators.mturk import mturk_task
 
@@ -29,8 +35,19 @@ BATCH = "Batch"
 
 PARAMS = {
     "batch_id": Param(
-        "", type="string", pattern=r"^[A-Za-z0-9._-]{1,64}$", section=BATCH, title="Batch id",
+        "", type="string", pattern=BATCH_ID_PATTERN, section=BATCH, title="Batch id",
         description="The batch id the image_similarity_mturk run used.",
+    ),
+    "max_bonus_usd": Param(
+        DEFAULT_MAX_BONUS, type="string", pattern=r"^\d{1,3}\.\d{2}$", section=BATCH,
+        title="Per-bonus cap (USD)",
+        description="No bonus above this is paid; a batch whose bonus is higher is refused.",
+    ),
+    "budget_usd": Param(
+        DEFAULT_BUDGET, type="string", pattern=r"^\d{1,6}\.\d{2}$", section=BATCH,
+        title="Budget cap (USD)",
+        description="A batch whose budget is higher is refused; no bonus that would bring "
+        "the batch's committed money above the lower of both budgets is paid.",
     ),
     "s3_bucket": Param("", type="string", minLength=1, section=BATCH, title="S3 bucket"),
     "s3_prefix": Param("image-similarity", type="string", section=BATCH, title="S3 prefix"),
@@ -46,27 +63,33 @@ PARAMS = {
 
 
 def _context():
-    """Params, the batch's stored settings and clients (S3 with SigV4, MTurk)."""
+    """Params, the batch's stored settings, this run's payment caps and clients (S3 with
+    SigV4, MTurk). A batch id, stored settings or caps that cannot work fail the task at once."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from airflow.sdk.exceptions import AirflowFailException
     from botocore.config import Config
 
-    from include.crowd.stage import CrowdSettings
+    from include.common.batch import check_batch_id
+    from include.crowd.costs import BudgetError
+    from include.crowd.stage import CrowdSettings, PaymentCaps
     from mturk_provider.hooks.mturk import MTurkHook
 
     params = get_current_context()["params"]
     s3 = S3Hook(aws_conn_id=params["aws_conn_id"], config=Config(signature_version="s3v4")).conn
-    settings = CrowdSettings.from_batch(
-        s3, params["s3_bucket"], params["s3_prefix"], params["batch_id"]
-    )
+    caps = PaymentCaps.from_params(params)
+    try:
+        settings = CrowdSettings.from_batch(
+            s3, params["s3_bucket"], params["s3_prefix"], check_batch_id(params["batch_id"])
+        )
+        caps.check(settings)
+    except (BudgetError, TypeError, ValueError) as exc:
+        raise AirflowFailException(str(exc)) from exc
     hook = MTurkHook(aws_conn_id=params["aws_conn_id"], environment=params["mturk_environment"])
-    return params, s3, settings, hook
+    return params, s3, settings, caps, hook
 
 
 def _batch_dir(params: dict) -> Path:
-    output_dir = Path(params["output_dir"]).expanduser()
-    if not output_dir.is_absolute():
-        output_dir = PROJECT_ROOT / output_dir
-    return output_dir / params["batch_id"]
+    return batch_dir(params["output_dir"], params["batch_id"], PROJECT_ROOT)
 
 
 def _qualification(hook, settings) -> str | None:
@@ -85,7 +108,11 @@ DAG_ARGS = {
     "schedule": None,
     "catchup": False,
     "max_active_runs": 1,
-    "default_args": {"retries": 2, "retry_delay": timedelta(seconds=30)},
+    "default_args": {
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "execution_timeout": timedelta(hours=6),
+    },
     "tags": ["image-similarity", "mturk"],
     "params": PARAMS,
     "doc_md": __doc__,
@@ -99,8 +126,14 @@ def image_similarity_mturk_collect():
         """Approve, pay and mail for what was submitted so far (exactly once)."""
         from include.crowd import stage
 
-        _, s3, settings, hook = _context()
-        stage.review(s3, hook.conn, settings, qualification_type_id=_qualification(hook, settings))
+        _, s3, settings, caps, hook = _context()
+        stage.review(
+            s3,
+            hook.conn,
+            settings,
+            caps=caps,
+            qualification_type_id=_qualification(hook, settings),
+        )
         return settings.batch_id
 
     @mturk_task(outlets=[RESULTS_ASSET])
@@ -108,7 +141,7 @@ def image_similarity_mturk_collect():
         """Aggregate the counted votes and write results and the report, as of now."""
         from include.crowd import stage
 
-        params, s3, settings, _ = _context()
+        params, s3, settings, _, _ = _context()
         written = stage.results(_batch_dir(params), s3, settings)
         MTurkReportLink.persist(get_current_context()["ti"], stage.report_url(s3, settings))
         return written
@@ -125,14 +158,18 @@ def image_similarity_mturk_cleanup():
         from include.crowd.cleanup import cleanup_batch
         from include.crowd.create import load_manifest
 
-        _, s3, settings, hook = _context()
+        _, s3, settings, caps, hook = _context()
         mturk = hook.conn
         plans = load_manifest(stage.ledger_for(s3, settings))
         outcome = cleanup_batch(
             mturk,
             settings.batch_id,
             settle=lambda: stage.review(
-                s3, mturk, settings, qualification_type_id=_qualification(hook, settings)
+                s3,
+                mturk,
+                settings,
+                caps=caps,
+                qualification_type_id=_qualification(hook, settings),
             ),
             hit_ids={plan.hit_id for plan in plans if plan.hit_id},
         )

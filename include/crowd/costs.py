@@ -10,6 +10,7 @@ two check each other in the tests.)
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -21,6 +22,9 @@ HIGH_FEE_ASSIGNMENTS = 10
 # No single bonus may exceed this unless the run raises the cap (Param max_bonus_usd): a typo
 # such as 50.00 for 0.50 must not reach workers' accounts.
 DEFAULT_MAX_BONUS = "5.00"
+# The most a batch may commit unless the run says otherwise (Param budget_usd).
+DEFAULT_BUDGET = "20.00"
+_AMOUNT = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,2})?")
 
 
 class BudgetError(RuntimeError):
@@ -37,7 +41,22 @@ def check_bonus(bonus_cents: int, max_bonus_cents: int) -> None:
 
 
 def cents(amount: str) -> int:
+    """Parse a US dollar amount ("0.05", "20", "1000.00") into integer cents.
+
+    Only plain non-negative amounts with at most two decimals: anything else (a number rather
+    than a string, a sign, an exponent, "NaN", "Infinity", a third decimal) raises
+    ``ValueError``, so a damaged or crafted setting can never become a payment.
+    """
+    if not isinstance(amount, str) or not _AMOUNT.fullmatch(amount):
+        raise ValueError(f"not a US dollar amount like 0.05: {str(amount)[:40]!r}")
     return int((Decimal(amount) * 100).to_integral_value(ROUND_HALF_UP))
+
+
+def balance_cents(amount: str) -> int:
+    """An account balance in cents (a balance, unlike a payment, may be negative)."""
+    if isinstance(amount, str) and amount.startswith("-"):
+        return -cents(amount[1:])
+    return cents(amount)
 
 
 def usd(value: int) -> str:
@@ -97,8 +116,18 @@ def estimate(
     )
 
 
-def check_budget(cost: CostEstimate, *, balance_cents: int, budget_cents: int | None) -> None:
-    """Raise ``BudgetError`` when the batch could exceed the budget cap or the balance."""
+def check_budget(
+    cost: CostEstimate,
+    *,
+    balance_cents: int,
+    budget_cents: int | None,
+    committed_cents: int = 0,
+) -> None:
+    """Raise ``BudgetError`` when the batch could exceed the budget cap or the balance.
+
+    :param committed_cents: the most the batch's existing HITs can still cost (a rerun that
+        adds queries to a batch is checked for the whole batch, not only for its new HITs).
+    """
     log.info("cost estimate: %s", cost.describe())
     if cost.assignments_per_hit >= HIGH_FEE_ASSIGNMENTS:
         log.warning(
@@ -106,10 +135,12 @@ def check_budget(cost: CostEstimate, *, balance_cents: int, budget_cents: int | 
             "with 10 or more assignments",
             cost.assignments_per_hit,
         )
-    if budget_cents is not None and cost.total > budget_cents:
+    whole = cost.total + committed_cents
+    if budget_cents is not None and whole > budget_cents:
+        already = f" + {usd(committed_cents)} for its existing HITs" if committed_cents else ""
         raise BudgetError(
-            f"the batch could cost {usd(cost.total)}, over the budget cap of "
-            f"{usd(budget_cents)} ({cost.describe()}); no HIT was created"
+            f"the batch could cost {usd(whole)}, over the budget cap of "
+            f"{usd(budget_cents)} ({cost.describe()}{already}); no HIT was created"
         )
     if cost.total > balance_cents:
         raise BudgetError(

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 
 from botocore.exceptions import ClientError
 
+from include.crowd.layout import MASTERS
 from include.crowd.ledger import S3Ledger
 from include.crowd.records import HitPlan
 
@@ -50,6 +51,12 @@ class HitSettings:
     assignment_duration_s: int
     auto_approval_delay_s: int
     qualification_requirements: list = field(default_factory=list)
+
+
+def requires_masters(requirements: Sequence[dict]) -> bool:
+    """Whether a HIT's qualification requirements ask for Masters (MTurk then charges 5 %
+    more on its rewards)."""
+    return any(r.get("QualificationTypeId") in MASTERS.values() for r in requirements or [])
 
 
 def mark_token(question_xml: str, token: str) -> str:
@@ -152,6 +159,9 @@ def create_hits(
             hit_id=hit["HITId"],
             hit_type_id=hit["HITTypeId"],
             created_at=_iso(hit.get("CreationTime")),
+            reward=hit.get("Reward", settings.reward),
+            max_assignments=int(hit.get("MaxAssignments", settings.assignments)),
+            masters=requires_masters(hit.get("QualificationRequirements", [])),
         )
         ledger.put("hits", plan.token, created.to_dict())
         with lock:

@@ -3,9 +3,10 @@
 One HIT per query, two questions styled alike, in random order: the *gold* question (a
 known-answer set: its target, its correct match and two wrong matches) and the *model* question
 (the query and the model's top matches). Each question also offers "None of these" as its last
-option, so both look the same. The plan (``HitPlan``) records the position → image mapping and
-the gold's correct position; the HTML only shows the images, under opaque field names and
-position values.
+option, and both offer as many pictures: when the model question has fewer than three matches
+(a small dataset), the gold question drops wrong matches to the same count, so both look the
+same. The plan (``HitPlan``) records the position → image mapping and the gold's correct
+position; the HTML only shows the images, under opaque field names and position values.
 
 Plans are deterministic: every random choice is a SHA-256 of stable inputs (batch id, query
 content hash, seed), never Python's ``random``, so a retried task (even on another Python)
@@ -204,6 +205,10 @@ def _plan_hit(
     )
 
     set_id, target, correct, wrong = gold
+    if len(best) <= len(wrong):
+        # As many options as the model question: with fewer than three matches, a longer gold
+        # question would say which one it is. (Three matches keep the plans made before this.)
+        wrong = _shuffled(wrong, *salt, "gold wrong")[: len(best) - 1]
     gold_images = [correct, *wrong]
     order = _shuffled(range(len(gold_images)), *salt, "gold")  # index 0 is the correct one
     gold_options = [Option(position, gold_images[i]) for position, i in enumerate(order, 1)]
@@ -331,6 +336,17 @@ def render_question(
             "shorter image URLs (e.g. shorter presigned URL expiry or a CDN) or a shorter text"
         )
     return xml
+
+
+def render_hit(
+    plan: HitPlan,
+    hit_urls: Callable[[HitPlan], Callable[[ImageRef], str]],
+    **options,
+) -> str:
+    """``render_question`` with image URLs made for this HIT alone: ``hit_urls(plan)`` returns
+    the page's URL function (``publish.ImageUrls.for_hit``: the HIT's own copies of its images,
+    every URL signed at the same instant). ``options``: ``render_question``'s keywords."""
+    return render_question(plan, hit_urls(plan), **options)
 
 
 # --- who may work -----------------------------------------------------------------------

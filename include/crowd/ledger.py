@@ -104,13 +104,18 @@ class S3Ledger:
     def claim(self, kind: str, key: str, doc: dict[str, Any]) -> bool:
         """Write an entry only if it does not exist yet (S3 conditional write); return whether
         this call wrote it. Two processes claiming the same entry: exactly one gets True."""
-        name = self.key(self.entry_name(kind, key))
+        return self.put_json_once(self.entry_name(kind, key), doc)
+
+    def put_json_once(self, name: str, doc: Any) -> bool:
+        """Write a JSON file only if it does not exist yet (``If-None-Match: *``); return
+        whether this call wrote it (False: it was there, or another writer is writing it)."""
+        key = self.key(name)
         body = json.dumps(doc, ensure_ascii=False, indent=1, sort_keys=True).encode("utf-8")
         try:
-            with _reaching(self, "write", name):
+            with _reaching(self, "write", key):
                 self.s3.put_object(
                     Bucket=self.bucket,
-                    Key=name,
+                    Key=key,
                     Body=body,
                     ContentType="application/json",
                     IfNoneMatch="*",

@@ -74,6 +74,11 @@ class HitPlan:
     hit_id: str | None = None
     hit_type_id: str | None = None
     created_at: str | None = None  # ISO 8601, UTC
+    # What the HIT was created with (from CreateHIT's answer): what MTurk charges per
+    # approved assignment follows from these, whatever the settings say later.
+    reward: str | None = None  # USD, e.g. "0.05"
+    max_assignments: int | None = None
+    masters: bool | None = None
 
     @property
     def model(self) -> Question:
@@ -116,6 +121,9 @@ class HitPlan:
             hit_id=data.get("hit_id"),
             hit_type_id=data.get("hit_type_id"),
             created_at=data.get("created_at"),
+            reward=data.get("reward"),
+            max_assignments=data.get("max_assignments"),
+            masters=data.get("masters"),
         )
 
     @classmethod

@@ -109,7 +109,8 @@ def results_to_csv(results: dict) -> str:
     """One row per query; ties list the tied options joined by ``|``; empty means none/unknown."""
     columns = csv_columns(results)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    # RFC 4180 line ends: a field holding a lone CR or LF (a file name may) is then quoted.
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\r\n")
     writer.writeheader()
     for query in results["queries"]:
         row = {
@@ -135,11 +136,18 @@ def results_to_csv(results: dict) -> str:
     return buffer.getvalue()
 
 
+# A spreadsheet evaluates a cell that starts with one of these as a formula (CSV injection):
+# such text cells get a leading apostrophe, which spreadsheets show as plain text (OWASP).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
 def _csv_value(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
     return value
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,19 +40,27 @@ from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnec
 
 from include.crowd.costs import (
     DEFAULT_MAX_BONUS,
+    BudgetError,
     bonus_fee,
     cents,
     check_bonus,
     reward_fee,
     usd,
 )
-from include.crowd.ledger import S3Ledger
+from include.crowd.create import created_plans
+from include.crowd.ledger import LedgerUnavailable, S3Ledger
 from include.crowd.records import NONE_OF_THESE, HitPlan, Review
 
 log = logging.getLogger(__name__)
 
 NOTIFY_BATCH = 100
 MAX_ANSWER_BYTES = 64 * 1024
+# An answer value is an option position as the form posts it: "1" to "999", ASCII digits,
+# no sign, no leading zero, no space. ``str.isdigit`` also
+# accepts "²", "①" and 5,000-digit numbers, which ``int()`` then refuses.
+_POSITION = re.compile(r"[1-9][0-9]{0,2}")
+_SHOWN_CHARS = 60
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,60}")
 NO_BLIND_RETRY_ID = "image-similarity-notify-no-blind-retry"
 
 
@@ -80,6 +89,11 @@ def _refuse_blind_retry(response=None, caught_exception=None, **_kwargs):
 
 @dataclass
 class ReviewSettings:
+    """What the review pays and says. ``reward``, ``assignments_per_hit`` and ``masters`` are
+    only the fallback for HITs whose ledger entry predates recording them (each HIT's own
+    reward and assignment count are used otherwise). ``max_bonus`` caps every bonus and
+    ``budget`` (None: no cap) caps everything the batch commits, checked before each bonus."""
+
     reward: str
     bonus: str
     bonus_message: str
@@ -87,6 +101,8 @@ class ReviewSettings:
     email_subject: str = "About your answers"
     assignments_per_hit: int = 1
     max_bonus: str = DEFAULT_MAX_BONUS
+    budget: str | None = None
+    masters: bool = False
 
 
 @dataclass
@@ -97,6 +113,20 @@ class ReviewOutcome:
     emails_sent: int = 0
     email_failures: list[dict] = field(default_factory=list)
     spent: dict = field(default_factory=dict)
+    failed_hits: dict[str, str] = field(default_factory=dict)  # HIT id -> what went wrong
+
+
+def shown(text: str, limit: int = _SHOWN_CHARS) -> str:
+    """A worker-supplied string, safe to log: quoted and escaped (a newline cannot start a
+    forged log line), cut to ``limit`` characters."""
+    text = str(text)
+    cut = text if len(text) <= limit else text[: limit - 3] + "..."
+    return repr(cut)
+
+
+def _name(text: str) -> str:
+    """A field name for a note: as it is when plain, else quoted and escaped (``shown``)."""
+    return text if _PLAIN_NAME.fullmatch(text) else shown(text)
 
 
 def parse_answers(answer_xml: str | None) -> tuple[dict[str, str], list[str]]:
@@ -120,7 +150,7 @@ def parse_answers(answer_xml: str | None) -> tuple[dict[str, str], list[str]]:
         if not name:
             problems.append("an answer has no QuestionIdentifier")
         elif name in answers:
-            problems.append(f"field {name!r} is answered twice")
+            problems.append(f"field {shown(name)} is answered twice")
         else:
             answers[name] = value
     return answers, problems
@@ -131,8 +161,12 @@ def _local(tag: str) -> str:
 
 
 def decide(plan: HitPlan, assignment: dict) -> Review:
-    """Read one assignment against its HIT's plan (pure: no calls)."""
-    answers, problems = parse_answers(assignment.get("Answer"))
+    """Read one assignment against its HIT's plan (pure: no calls; never raises on what a
+    worker submitted: anything it cannot understand makes the review invalid)."""
+    try:
+        answers, problems = parse_answers(assignment.get("Answer"))
+    except Exception as error:  # noqa: BLE001 - hostile input must not stop the review
+        answers, problems = {}, [f"the answer cannot be read ({type(error).__name__})"]
     positions: dict[str, int | None] = {}
     for question in plan.questions:
         raw = answers.get(question.field)
@@ -140,15 +174,20 @@ def decide(plan: HitPlan, assignment: dict) -> Review:
             problems.append(f"question {question.field!r} is not answered")
             positions[question.kind] = None
             continue
-        if not raw.isdigit() or question.option(int(raw)) is None:
-            shown = raw if len(raw) <= 40 else raw[:37] + "..."
-            problems.append(f"question {question.field!r} has an unknown value {shown!r}")
+        position = int(raw) if _POSITION.fullmatch(raw) else None
+        if position is None or question.option(position) is None:
+            problems.append(f"question {question.field!r} has an unknown value {shown(raw)}")
             positions[question.kind] = None
             continue
-        positions[question.kind] = int(raw)
+        positions[question.kind] = position
     fields = {q.field for q in plan.questions}
     extra = sorted(name for name in answers if name not in fields)
-    notes = [f"extra fields ignored: {', '.join(extra)[:200]}"] if extra else []
+    notes = (
+        [f"extra fields ignored: {', '.join(_name(name) for name in extra[:5])}"]
+        + ([f"and {len(extra) - 5} more"] if len(extra) > 5 else [])
+        if extra
+        else []
+    )
     valid = not problems
     gold_correct = positions.get("gold") == plan.gold.correct_position if valid else None
     vote = None
@@ -196,7 +235,14 @@ def _error_code(error: ClientError) -> str:
 def review_batch(
     mturk, plans: Sequence[HitPlan], ledger: S3Ledger, settings: ReviewSettings
 ) -> ReviewOutcome:
-    """Review every submitted assignment of the batch's HITs (see the module docstring)."""
+    """Review every submitted assignment of the batch's HITs (see the module docstring).
+
+    An unexpected error on one HIT (a refused call, a cap that stops a bonus) is logged with
+    the HIT's id and the review goes on with the others; at the end the first such error is
+    raised again, with a note naming every HIT concerned, so the task fails loudly and its
+    retry resumes exactly there (nothing done is repeated). S3 being unreachable stops at once:
+    nothing can be recorded then.
+    """
     outcome = ReviewOutcome()
     decided = {key: Review.from_dict(doc) for key, doc in ledger.entries("reviews").items()}
     approvals = ledger.entries("approvals")
@@ -204,29 +250,28 @@ def review_batch(
     emails = ledger.entries("emails")
     to_mail: dict[str, Review] = {}
     plans = [plan for plan in plans if plan.hit_id]
+    purse = Purse.of(plans, bonuses, settings)
+    first_error: Exception | None = None
 
     for index, plan in enumerate(plans, 1):
-        for assignment in _assignments(mturk, plan.hit_id):
-            assignment_id = assignment["AssignmentId"]
-            review = decided.get(assignment_id)
-            if review is None:
-                review = decide(plan, assignment)
-                ledger.put("reviews", assignment_id, review.to_dict())
-                decided[assignment_id] = review
-                if not review.valid:
-                    log.warning(
-                        "assignment %s of worker %s (query %s) is not counted: %s",
-                        assignment_id,
-                        review.worker_id,
-                        plan.query.name,
-                        "; ".join(review.problems),
-                    )
-            outcome.reviews.append(review)
-            _approve(mturk, ledger, approvals, assignment, outcome)
-            if review.valid and review.gold_correct:
-                _pay_bonus(mturk, ledger, bonuses, plan, review, settings, outcome)
-            elif review.valid and review.worker_id not in emails:
-                to_mail.setdefault(review.worker_id, review)
+        try:
+            _review_hit(
+                mturk, plan, ledger, settings, purse, decided, approvals, bonuses, emails,
+                to_mail, outcome,
+            )  # fmt: skip
+        except LedgerUnavailable:
+            raise
+        except Exception as error:  # noqa: BLE001 - one HIT must not stop the others
+            first_error = first_error or error
+            outcome.failed_hits[plan.hit_id] = f"{type(error).__name__}: {error}"
+            log.error(
+                "HIT %s (query %s) could not be reviewed completely, going on with the others: "
+                "%s: %s",
+                plan.hit_id,
+                shown(plan.query.name),
+                type(error).__name__,
+                error,
+            )
         if index % max(1, len(plans) // 10) == 0 or index == len(plans):
             log.info(
                 "reviewed %d/%d HITs: %d assignments, %d approved now, %d bonuses paid now",
@@ -238,7 +283,7 @@ def review_batch(
             )
 
     _send_emails(mturk, ledger, emails, sorted(to_mail), settings, outcome)
-    outcome.spent = spent(ledger, settings)
+    outcome.spent = spent(ledger, settings, plans)
     log.info(
         "review done: %d assignments (%d valid, %d counted); approved %d, bonuses paid %d, "
         "e-mails sent %d; spent so far %s",
@@ -256,7 +301,46 @@ def review_batch(
         "".join(_json_line(r.to_dict()) for r in reviews).encode("utf-8"),
         "application/x-ndjson",
     )
+    if first_error is not None:
+        first_error.add_note(
+            f"the review of {len(outcome.failed_hits)} of {len(plans)} HITs is incomplete "
+            f"(HITs {', '.join(sorted(outcome.failed_hits))}); every other HIT was reviewed, "
+            "and a retry continues from the ledger without paying or mailing anyone twice"
+        )
+        raise first_error
     return outcome
+
+
+def _review_hit(
+    mturk, plan, ledger, settings, purse, decided, approvals, bonuses, emails, to_mail, outcome
+) -> None:
+    refused: BudgetError | None = None
+    for assignment in _assignments(mturk, plan.hit_id):
+        assignment_id = assignment["AssignmentId"]
+        review = decided.get(assignment_id)
+        if review is None:
+            review = decide(plan, assignment)
+            ledger.put("reviews", assignment_id, review.to_dict())
+            decided[assignment_id] = review
+            if not review.valid:
+                log.warning(
+                    "assignment %s of worker %s (query %s) is not counted: %s",
+                    assignment_id,
+                    shown(review.worker_id),
+                    shown(plan.query.name),
+                    "; ".join(review.problems),
+                )
+        outcome.reviews.append(review)
+        _approve(mturk, ledger, approvals, assignment, plan, outcome)
+        if review.valid and review.gold_correct:
+            try:
+                _pay_bonus(mturk, ledger, bonuses, plan, review, settings, purse, outcome)
+            except BudgetError as error:  # the HIT's other assignments are still approved
+                refused = refused or error
+        elif review.valid and review.worker_id not in emails:
+            to_mail.setdefault(review.worker_id, review)
+    if refused is not None:
+        raise refused
 
 
 def _json_line(doc: dict) -> str:
@@ -265,7 +349,7 @@ def _json_line(doc: dict) -> str:
     return json.dumps(doc, ensure_ascii=False, sort_keys=True) + "\n"
 
 
-def _approve(mturk, ledger, approvals, assignment, outcome) -> None:
+def _approve(mturk, ledger, approvals, assignment, plan, outcome) -> None:
     assignment_id = assignment["AssignmentId"]
     if assignment_id in approvals:
         return
@@ -285,18 +369,81 @@ def _approve(mturk, ledger, approvals, assignment, outcome) -> None:
     entry = {
         "status": "Approved" if status != "Rejected" else "Rejected",
         "worker": assignment["WorkerId"],
+        "hit": plan.hit_id,
     }
     ledger.put("approvals", assignment_id, entry)
     approvals[assignment_id] = entry
 
 
-def _pay_bonus(mturk, ledger, bonuses, plan, review, settings, outcome) -> None:
+@dataclass
+class Purse:
+    """What the batch has committed, kept current during a review: every HIT's assignments at
+    its own reward and fees (MTurk pays them on approval, or auto-approval, whatever the
+    review does) plus every bonus paid with its fee. A bonus is paid only if it fits under the
+    per-bonus cap and keeps this total within the budget."""
+
+    committed_cents: int
+    budget_cents: int | None
+    max_bonus_cents: int
+
+    @classmethod
+    def of(cls, plans: Sequence[HitPlan], bonuses: dict, settings: ReviewSettings) -> Purse:
+        rewards = sum(
+            _max_assignments(plan, settings) * _approval_cost(plan, settings) for plan in plans
+        )
+        paid = sum(_bonus_cost(cents(b["amount"])) for b in bonuses.values())
+        return cls(
+            committed_cents=rewards + paid,
+            budget_cents=cents(settings.budget) if settings.budget else None,
+            max_bonus_cents=cents(settings.max_bonus),
+        )
+
+    def allow_bonus(self, amount_cents: int) -> None:
+        check_bonus(amount_cents, self.max_bonus_cents)
+        after = self.committed_cents + _bonus_cost(amount_cents)
+        if self.budget_cents is not None and after > self.budget_cents:
+            raise BudgetError(
+                f"a bonus of {usd(amount_cents)} would bring what this batch committed to "
+                f"{usd(after)}, over its budget of {usd(self.budget_cents)}; it was not paid "
+                "(raise budget_usd in a new batch, or pay it by hand)"
+            )
+
+    def add_bonus(self, amount_cents: int) -> None:
+        self.committed_cents += _bonus_cost(amount_cents)
+
+
+def _bonus_cost(amount_cents: int) -> int:
+    return amount_cents + bonus_fee(amount_cents)
+
+
+def _reward(plan: HitPlan, settings: ReviewSettings) -> int:
+    return cents(plan.reward if plan.reward is not None else settings.reward)
+
+
+def _max_assignments(plan: HitPlan, settings: ReviewSettings) -> int:
+    if plan.max_assignments is not None:
+        return plan.max_assignments
+    return settings.assignments_per_hit
+
+
+def _approval_cost(plan: HitPlan, settings: ReviewSettings) -> int:
+    """What MTurk charges for one approved assignment of this HIT: its own reward, plus the fee
+    of its own tier (assignment count, Masters)."""
+    reward = _reward(plan, settings)
+    masters = plan.masters if plan.masters is not None else settings.masters
+    return reward + reward_fee(reward, _max_assignments(plan, settings), masters)
+
+
+def _pay_bonus(mturk, ledger, bonuses, plan, review, settings, purse, outcome) -> None:
     key = f"{plan.hit_id}.{review.worker_id}"
     if key in bonuses:
         return
-    check_bonus(cents(settings.bonus), cents(settings.max_bonus))
     paid = mturk.list_bonus_payments(AssignmentId=review.assignment_id).get("BonusPayments", [])
-    if not paid:
+    if paid:  # paid before a crash lost the ledger write: record what MTurk says was paid
+        amount = cents(paid[0]["BonusAmount"])
+    else:
+        amount = cents(settings.bonus)
+        purse.allow_bonus(amount)
         try:
             mturk.send_bonus(
                 WorkerId=review.worker_id,
@@ -307,16 +454,16 @@ def _pay_bonus(mturk, ledger, bonuses, plan, review, settings, outcome) -> None:
             )
             outcome.bonuses_paid += 1
             log.info(
-                "bonus %s paid to %s for HIT %s",
-                usd(cents(settings.bonus)),
-                review.worker_id,
-                plan.hit_id,
+                "bonus %s paid to %s for HIT %s", usd(amount), shown(review.worker_id), plan.hit_id
             )
         except ClientError as error:
             if "UniqueRequestToken" not in str(error) and "already" not in str(error):
                 raise
-            log.info("bonus for %s on HIT %s was already paid", review.worker_id, plan.hit_id)
-    entry = {"assignment": review.assignment_id, "amount": settings.bonus}
+            log.info(
+                "bonus for %s on HIT %s was already paid", shown(review.worker_id), plan.hit_id
+            )
+    purse.add_bonus(amount)
+    entry = {"assignment": review.assignment_id, "amount": f"{amount // 100}.{amount % 100:02d}"}
     ledger.put("bonuses", key, entry)
     bonuses[key] = entry
 
@@ -385,16 +532,41 @@ def _send_emails(mturk, ledger, emails, worker_ids, settings, outcome) -> None:
         )
 
 
-def spent(ledger: S3Ledger, settings: ReviewSettings) -> dict:
-    """Money committed so far by this batch, from the ledger (rewards, bonuses, fees)."""
-    approvals = [a for a in ledger.entries("approvals").values() if a["status"] == "Approved"]
-    bonuses = ledger.entries("bonuses")
-    reward = cents(settings.reward)
-    rewards = len(approvals) * reward
-    bonus_total = sum(cents(b["amount"]) for b in bonuses.values())
-    fees = len(approvals) * reward_fee(reward, settings.assignments_per_hit) + sum(
-        bonus_fee(cents(b["amount"])) for b in bonuses.values()
-    )
+def spent(
+    ledger: S3Ledger, settings: ReviewSettings, plans: Sequence[HitPlan] | None = None
+) -> dict:
+    """Money charged so far by this batch, from the ledger, as MTurk charges it: each approved
+    assignment at its own HIT's reward plus that HIT's fee (20 %, +20 % at 10 or more
+    assignments, +5 % Masters, at least $0.01), each bonus plus its fee (20 %, at least $0.01).
+
+    ``plans`` (the HIT manifest; read from the ledger when not given) give each HIT's reward,
+    assignment count and Masters requirement; HITs recorded before these were kept fall back to
+    ``settings``.
+    """
+    if plans is None:
+        plans = list(created_plans(ledger).values())
+    by_hit = {plan.hit_id: plan for plan in plans if plan.hit_id}
+    reviews = None
+    rewards = fees = 0
+    for assignment_id, approval in ledger.entries("approvals").items():
+        if approval["status"] != "Approved":
+            continue
+        hit_id = approval.get("hit")
+        if hit_id is None:  # recorded before approvals named their HIT
+            if reviews is None:
+                reviews = ledger.entries("reviews")
+            hit_id = reviews.get(assignment_id, {}).get("hit_id")
+        plan = by_hit.get(hit_id)
+        if plan is None:
+            reward = cents(settings.reward)
+            cost = reward + reward_fee(reward, settings.assignments_per_hit, settings.masters)
+        else:
+            reward, cost = _reward(plan, settings), _approval_cost(plan, settings)
+        rewards += reward
+        fees += cost - reward
+    bonus_amounts = [cents(b["amount"]) for b in ledger.entries("bonuses").values()]
+    bonus_total = sum(bonus_amounts)
+    fees += sum(bonus_fee(amount) for amount in bonus_amounts)
     return {
         "rewards_cents": rewards,
         "bonuses_cents": bonus_total,

@@ -4,7 +4,8 @@ Each step reads what the previous ones left in the local batch folder and in S3 
 ``<prefix>/batches/<batch_id>/``, takes boto3 clients (the DAG gets them from ``S3Hook`` and
 ``MTurkHook``), and returns only ids and URIs, which is all XCom carries:
 
-1. ``publish``: images workers see → S3 (content-addressed), plus the batch's inputs;
+1. ``publish``: the originals of the images workers see → S3 (content-addressed), plus the
+   batch's inputs (workers see only the per-HIT copies ``create`` makes, ``publish.HitCopies``);
 2. ``create``: plan the HITs, check the cost against the balance and the budget cap, create
    each HIT exactly once (``create.create_hits``), write ``hits.jsonl``;
 3. ``review``: approve, pay, mail, exactly once (``review.review_batch``);
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,14 @@ from typing import Any
 from include.crowd import costs, layout
 from include.crowd.create import HitSettings, create_hits, created_plans, load_manifest
 from include.crowd.ledger import S3Ledger
-from include.crowd.publish import ImageUrls, LocalImage, check_bucket, publish_images
+from include.crowd.publish import (
+    HitCopies,
+    ImageUrls,
+    LocalImage,
+    batch_secret,
+    check_bucket,
+    publish_images,
+)
 from include.crowd.records import HitPlan, ImageRef, Review
 from include.crowd.review import ReviewSettings, review_batch, spent
 from include.image_similarity.pipeline import load_listings, read_json, write_json
@@ -36,6 +44,54 @@ log = logging.getLogger(__name__)
 PUBLISHED = "published.json"
 SETTINGS = "settings.json"
 FAILED_GOLD_QUALIFICATION = "image-similarity: failed a known-answer question"
+# Fixed when a batch's first HIT is about to be created: a later run of the batch with any of
+# these changed would pay some workers differently from others (or past the caps it was
+# checked against), so it is refused before any call.
+MONEY_FIELDS = ("reward", "bonus", "max_bonus", "budget", "assignments", "masters")
+
+
+class SettingsChanged(ValueError):
+    """A run of an existing batch asks for other money settings than the batch was made with."""
+
+
+@dataclass(frozen=True)
+class PaymentCaps:
+    """The most one bonus and the whole batch may cost, taken from the Params of the run that
+    pays, never from a file read back from S3 (which anyone with write access could change)."""
+
+    max_bonus: str
+    budget: str | None
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> PaymentCaps:
+        return cls(
+            max_bonus=params.get("max_bonus_usd") or costs.DEFAULT_MAX_BONUS,
+            budget=params.get("budget_usd") or None,
+        )
+
+    def check(self, settings: CrowdSettings) -> None:
+        """Refuse a batch whose bonus or budget is above these caps (before anything is paid)."""
+        if costs.cents(settings.bonus) > costs.cents(self.max_bonus):
+            bonus, cap = costs.cents(settings.bonus), costs.cents(self.max_bonus)
+            raise costs.BudgetError(
+                f"batch {settings.batch_id!r} pays a bonus of {costs.usd(bonus)}, above this "
+                f"run's per-bonus cap of {costs.usd(cap)} (Param max_bonus_usd); nothing was paid"
+            )
+        if self.budget is None:
+            return
+        if settings.budget is None or costs.cents(settings.budget) > costs.cents(self.budget):
+            stored = costs.usd(costs.cents(settings.budget)) if settings.budget else "no cap"
+            raise costs.BudgetError(
+                f"batch {settings.batch_id!r} has a budget of {stored}, above this run's budget "
+                f"cap of {costs.usd(costs.cents(self.budget))} (Param budget_usd); nothing was "
+                "paid"
+            )
+
+    def tightest(self, settings: CrowdSettings) -> tuple[str, str | None]:
+        """The per-bonus cap and budget in force: the lower of the batch's and this run's."""
+        max_bonus = min(settings.max_bonus, self.max_bonus, key=costs.cents)
+        budgets = [b for b in (settings.budget, self.budget) if b]
+        return max_bonus, min(budgets, key=costs.cents) if budgets else None
 
 
 @dataclass(frozen=True)
@@ -112,20 +168,81 @@ class CrowdSettings:
                 f"batch {batch_id!r} has no settings in s3://{bucket}/{prefix}/batches/"
                 f"{batch_id}/: was it created with this bucket and prefix?"
             )
+        like = cls.from_stored(stored, None)
+        return replace(like, bucket=bucket, prefix=prefix, batch_id=batch_id)
+
+    @classmethod
+    def from_stored(cls, stored: Any, current: CrowdSettings | None) -> CrowdSettings:
+        """Settings from a stored ``settings.json`` (``current`` fills in what it lacks)."""
+        if not isinstance(stored, dict):
+            raise ValueError("settings.json is not a JSON object")
         known = {f.name for f in fields(cls)}
         stored = {k: v for k, v in stored.items() if k in known}
-        stored["locales"] = tuple(stored.get("locales", ()))
-        return cls(**{**stored, "bucket": bucket, "prefix": prefix, "batch_id": batch_id})
+        base = asdict(current) if current is not None else {}
+        merged = {**base, **stored}
+        merged["locales"] = tuple(merged.get("locales", ()))
+        return cls(**merged)
 
-    def review_settings(self) -> ReviewSettings:
+    def review_settings(self, caps: PaymentCaps | None = None) -> ReviewSettings:
+        max_bonus, budget = (caps or PaymentCaps(self.max_bonus, self.budget)).tightest(self)
         return ReviewSettings(
             reward=self.reward,
             bonus=self.bonus,
             bonus_message=self.bonus_message,
             no_bonus_message=self.no_bonus_message,
             assignments_per_hit=self.assignments,
-            max_bonus=self.max_bonus,
+            max_bonus=max_bonus,
+            budget=budget,
+            masters=self.masters,
         )
+
+    def money(self) -> dict[str, Any]:
+        """The money settings, normalised (amounts in cents) for comparison."""
+        values = {name: getattr(self, name) for name in MONEY_FIELDS}
+        for name in ("reward", "bonus", "max_bonus", "budget"):
+            values[name] = costs.cents(values[name]) if values[name] else None
+        return values
+
+
+def check_money_settings(s3, settings: CrowdSettings) -> None:
+    """Refuse, before any call, a run whose money settings differ from those the batch was
+    created with (``settings.json``, written once when its first HIT is created)."""
+    stored = ledger_for(s3, settings).get_json(SETTINGS)
+    if stored is None:
+        return
+    try:
+        before = CrowdSettings.from_stored(stored, settings).money()
+    except (TypeError, ValueError) as error:
+        raise SettingsChanged(
+            f"batch {settings.batch_id!r} has unreadable stored settings ({error}); "
+            "nothing was paid: use a new batch id"
+        ) from error
+    now = settings.money()
+    changed = [name for name in MONEY_FIELDS if before[name] != now[name]]
+    if changed:
+        shown = ", ".join(
+            f"{name} {_money_text(name, before[name])} -> {_money_text(name, now[name])}"
+            for name in changed
+        )
+        raise SettingsChanged(
+            f"batch {settings.batch_id!r} was created with other money settings ({shown}); "
+            "a batch pays every worker alike, so its money settings cannot change: run with a "
+            "new batch id (Param batch_id), or with the batch's settings. Nothing was created "
+            "or paid"
+        )
+
+
+def _money_text(name: str, value: Any) -> str:
+    if name in ("reward", "bonus", "max_bonus", "budget"):
+        return costs.usd(value) if value is not None else "none"
+    return str(value)
+
+
+def pin_settings(s3, settings: CrowdSettings) -> None:
+    """Write the batch's ``settings.json`` once (conditional write); if it is already there,
+    check that the money settings agree with it."""
+    if not ledger_for(s3, settings).put_json_once(SETTINGS, asdict(settings)):
+        check_money_settings(s3, settings)
 
 
 def ledger_for(s3, settings: CrowdSettings) -> S3Ledger:
@@ -165,7 +282,8 @@ def _worker_images(batch_dir: Path) -> tuple[list[dict], list[dict], dict[str, L
 
 
 def publish(batch_dir: Path, s3, settings: CrowdSettings) -> str:
-    """Upload the images workers see and the batch's inputs; return the batch's S3 URI."""
+    """Upload the originals of the images workers see (content-addressed; ``create`` makes
+    each HIT's own copies from them) and the batch's inputs; return the batch's S3 URI."""
     check_bucket(s3, settings.bucket)
     _, _, images = _worker_images(batch_dir)
     refs = publish_images(s3, settings.bucket, settings.prefix, images.values())
@@ -221,6 +339,7 @@ def create(
     existing = created_plans(ledger)
     plans = _plans(batch_dir, existing, settings.batch_id)
     new = [plan for plan in plans if plan.token not in existing]
+    check_money_settings(s3, settings)
     costs.check_bonus(costs.cents(settings.bonus), costs.cents(settings.max_bonus))
     cost = costs.estimate(
         len(new),
@@ -230,9 +349,12 @@ def create(
         masters=settings.masters,
     )
     if new:
-        balance = costs.cents(mturk.get_account_balance()["AvailableBalance"])
+        balance = costs.balance_cents(mturk.get_account_balance()["AvailableBalance"])
         budget = costs.cents(settings.budget) if settings.budget else None
-        costs.check_budget(cost, balance_cents=balance, budget_cents=budget)
+        committed = _committed_cents(existing.values(), settings)
+        costs.check_budget(
+            cost, balance_cents=balance, budget_cents=budget, committed_cents=committed
+        )
     else:
         log.info(
             "all %d HITs of batch %s already exist: nothing to create",
@@ -258,14 +380,23 @@ def create(
         auto_approval_delay_s=settings.auto_approval_delay_s,
         qualification_requirements=requirements,
     )
+    copies = HitCopies(
+        s3,
+        settings.bucket,
+        settings.prefix,
+        batch_secret(ledger),
+        local_paths={sha: image.path for sha, image in _worker_images(batch_dir)[2].items()},
+    )
+    copies.publish(new)  # each HIT's own copies of its images, before its CreateHIT
     urls = ImageUrls(
         s3,
         settings.bucket,
         expires_in=settings.lifetime_s + settings.assignment_duration_s + settings.review_window_s,
         public_base_url=settings.public_image_base_url or None,
+        copies=copies,
     )
-    render = partial(layout.render_question, image_url=urls, title=settings.title)
-    ledger.put_json(SETTINGS, asdict(settings))
+    render = partial(layout.render_hit, hit_urls=urls.for_hit, title=settings.title)
+    pin_settings(s3, settings)
     return create_hits(
         mturk,
         plans,
@@ -277,16 +408,46 @@ def create(
     )
 
 
+def _committed_cents(plans, settings: CrowdSettings) -> int:
+    """The most the batch's existing HITs can cost: each at its own reward and assignment
+    count, every assignment approved and paid the bonus."""
+    bonus = costs.cents(settings.bonus)
+    return sum(
+        costs.estimate(
+            1,
+            plan.max_assignments or settings.assignments,
+            costs.cents(plan.reward or settings.reward),
+            bonus,
+            masters=settings.masters if plan.masters is None else plan.masters,
+        ).total
+        for plan in plans
+        if plan.hit_id
+    )
+
+
 # --- 3. review and 4. results -----------------------------------------------------------------
 
 
-def review(s3, mturk, settings: CrowdSettings, *, qualification_type_id: str | None = None):
-    """Review every submitted assignment of the batch (exactly-once side effects)."""
+def review(
+    s3,
+    mturk,
+    settings: CrowdSettings,
+    *,
+    caps: PaymentCaps,
+    qualification_type_id: str | None = None,
+):
+    """Review every submitted assignment of the batch (exactly-once side effects).
+
+    ``caps`` come from the Params of the run that pays: the batch's bonus and budget must be
+    within them, and every bonus is checked against the lower of both caps.
+    """
     ledger = ledger_for(s3, settings)
+    check_money_settings(s3, settings)
+    caps.check(settings)
     plans = load_manifest(ledger)
     if not plans:
         raise ValueError(f"batch {settings.batch_id!r} has no HIT manifest in {s3_uri(ledger)}")
-    outcome = review_batch(mturk, plans, ledger, settings.review_settings())
+    outcome = review_batch(mturk, plans, ledger, settings.review_settings(caps))
     if qualification_type_id:
         failed = sorted({r.worker_id for r in outcome.reviews if r.valid and not r.gold_correct})
         for worker_id in failed:
@@ -318,7 +479,7 @@ def results(batch_dir: Path, s3, settings: CrowdSettings) -> dict[str, str]:
 
     ledger = ledger_for(s3, settings)
     plans = load_manifest(ledger)
-    money = spent(ledger, settings.review_settings())
+    money = spent(ledger, settings.review_settings(), plans)
     aggregated = aggregate(
         plans,
         load_reviews(ledger),

@@ -102,6 +102,10 @@ def test_params_form_has_every_section_and_hit_setting(dag):
         ("assignments_per_hit", 0),
         ("mturk_environment", "prod"),
         ("batch_id", "../escape"),
+        ("batch_id", ".."),
+        ("batch_id", "."),
+        ("batch_id", ".hidden"),
+        ("batch_id", "a/b"),
         ("budget_usd", "lots"),
         ("timeout_policy", "wait forever"),
         ("worker_locales", "USA; Mars"),
@@ -131,6 +135,32 @@ def test_batch_tools_need_only_a_batch_and_its_storage(dagbag, dag_id):
     params["batch_id"] = "demo"
     params["s3_bucket"] = "bucket"
     params.validate()
+
+
+def test_every_task_has_an_execution_timeout(dagbag):
+    """A hung read (a FIFO in a source folder, a stuck call) must not hold a worker for ever."""
+    for dag_id in (DAG_ID, "image_similarity_mturk_collect", "image_similarity_mturk_cleanup"):
+        for task in dagbag.dags[dag_id].tasks:
+            assert task.execution_timeout is not None, (dag_id, task.task_id)
+            assert task.execution_timeout.total_seconds() > 0
+
+
+@pytest.mark.parametrize("bad", ["..", ".", "../x", ".hidden"])
+def test_batch_tools_refuse_unsafe_batch_ids(dagbag, bad):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = copy.deepcopy(dagbag.dags["image_similarity_mturk_collect"].params)
+    params["s3_bucket"] = "bucket"
+    with pytest.raises(ParamValidationError):
+        params["batch_id"] = bad
+        params.validate()
+
+
+def test_batch_tools_take_their_payment_caps_from_their_own_params(dagbag, dag):
+    for dag_id in ("image_similarity_mturk_collect", "image_similarity_mturk_cleanup"):
+        params = dagbag.dags[dag_id].params
+        for name in ("max_bonus_usd", "budget_usd"):  # the main DAG's defaults
+            assert params[name] == dag.params[name], (dag_id, name)
 
 
 def test_optional_text_params_take_the_trigger_forms_empty_field(dag):

@@ -145,6 +145,15 @@ def test_whole_run_then_a_rerun_embeds_and_creates_nothing(airflow_env, sample, 
     results = json.loads((batch / "results" / "results.json").read_text())
     assert audit_batch(mturk, stack.sandbox_state, plans, results, no_bonus_message=NO_BONUS).ok
 
+    # A rerun of the batch with other money settings is refused before any call.
+    raised = dags_test(airflow_env, {**conf, "bonus_usd": "0.50"})
+    raised_log = raised.stdout + raised.stderr
+    assert raised.returncode != 0
+    assert "other money settings (bonus $0.05 -> $0.50)" in raised_log
+    assert "new batch id" in raised_log
+    assert len(mturk.list_hits(MaxResults=100)["HITs"]) == len(hits)
+    assert mturk.get_account_balance()["AvailableBalance"] == balance
+
     # Collect (any time) pays nobody twice; cleanup deletes this batch's finished HITs only.
     batch_conf = {
         "batch_id": "e2e",
@@ -159,11 +168,20 @@ def test_whole_run_then_a_rerun_embeds_and_creates_nothing(airflow_env, sample, 
     assert {mturk.get_hit(HITId=p.hit_id)["HIT"]["HITStatus"] for p in plans} == {"Disposed"}
     assert mturk.get_account_balance()["AvailableBalance"] == balance
 
+    # A settings file crafted in S3 cannot raise what collect pays: its caps are its Params.
+    stored = ledger.get_json("settings.json")
+    ledger.put_json("settings.json", {**stored, "bonus": "100.00", "max_bonus": "100.00"})
+    crafted = dags_test(airflow_env, batch_conf, dag_id="image_similarity_mturk_collect")
+    assert crafted.returncode != 0
+    assert "above this run's per-bonus cap of $5.00" in crafted.stdout + crafted.stderr
+    assert mturk.get_account_balance()["AvailableBalance"] == balance
+    ledger.put_json("settings.json", stored)
+
     # No credential anywhere a run leaves text: its output, task logs, XCom and rendered
     # templates in the metadata database, the batch folder, every object in the bucket.
     leaks = find_secret(
         DEMO_CREDENTIALS["password"],
-        outputs=[first, second, collect, cleanup],
+        outputs=[first, second, raised, collect, cleanup, crafted],
         folders=[Path(airflow_env["AIRFLOW_HOME"]) / "logs", tmp_path / "output"],
         database=Path(airflow_env["AIRFLOW_HOME"]) / "airflow.db",
         s3=stack.s3_client(),

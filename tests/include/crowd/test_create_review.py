@@ -10,36 +10,13 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import sandbox_process as sandbox_fixtures
 from crowd_plans import REVIEW, SETTINGS, render
-from motokit import moto_s3, s3_client
 
 from include.crowd import costs
 from include.crowd.create import HitSettings, create_hits, created_plans, load_manifest
 from include.crowd.ledger import S3Ledger
 from include.crowd.records import NONE_OF_THESE, HitPlan, ImageRef, Option, Question
 from include.crowd.review import ReviewSettings, decide, parse_answers, review_batch
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    with moto_s3() as url:
-        yield url
-
-
-@pytest.fixture
-def ledger(s3_endpoint, request):
-    s3 = s3_client(s3_endpoint)
-    bucket = "crowd-" + request.node.name.lower().replace("_", "-")[:40]
-    s3.create_bucket(Bucket=bucket)
-    return S3Ledger(s3, bucket, "image-similarity", "batch-1")
-
-
-@pytest.fixture
-def crowd(tmp_path):
-    running = sandbox_fixtures.start_sandbox(tmp_path / "sandbox.sqlite")
-    yield running
-    running.stop()
 
 
 def image(name: str) -> ImageRef:

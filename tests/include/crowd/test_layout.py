@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import re
 import threading
 import time
@@ -30,6 +31,7 @@ from include.crowd.layout import (
     HTML_QUESTION_XMLNS,
     plan_hits,
     qualification_requirements,
+    render_hit,
     render_question,
     request_token,
 )
@@ -229,6 +231,31 @@ def test_few_matches_and_bad_inputs():
         plan_hits("batch-1", QUERIES, [GOLD_SETS[0], GOLD_SETS[0]])
 
 
+def test_with_fewer_matches_the_gold_question_offers_as_many_pictures():
+    kept_wrong = Counter()
+    for k in (1, 2, 3):
+        plans = plan_hits("batch-1", [query(f"q{k}_{i}.jpg", k=k) for i in range(12)], GOLD_SETS)
+        for plan in plans:
+            gold, model = plan.gold, plan.model
+            assert len(gold.options) == len(model.options) == k + 1
+            assert gold.options[-1].image is None and model.options[-1].image is None
+            _, _, correct, wrong = next(g for g in GOLD_SETS if g[0] == gold.gold_set)
+            assert gold.option(gold.correct_position).image == correct
+            shown_wrong = {o.image for o in gold.options if o.image not in (None, correct)}
+            assert len(shown_wrong) == k - 1 and shown_wrong <= set(wrong)
+            if k == 2:
+                kept_wrong[wrong.index(shown_wrong.pop())] += 1
+    assert set(kept_wrong) == {0, 1}  # which wrong match stays is drawn per HIT
+
+    # Three matches: the draws are those of plans made before gold questions could shrink
+    # (a campaign's next run must not move them).
+    plans = plan_hits("batch-1", QUERIES, GOLD_SETS, seed=7)
+    text = json.dumps([[dataclasses.asdict(q) for q in p.questions] for p in plans], sort_keys=True)
+    assert hashlib.sha256(text.encode()).hexdigest() == (
+        "ad34714d19ae4d0efcfaf70eb478eaefb1cc48584b6cb588aab3f98ef0ca2d77"
+    )
+
+
 # --- the HTML -------------------------------------------------------------------------------
 
 
@@ -385,6 +412,22 @@ def test_render_refuses_urls_that_would_reveal_images_or_are_not_web_urls():
     assert "<FrameHeight>640</FrameHeight>" in render_question(
         plan, presigned, title=TITLE, frame_height=640
     )
+
+
+def test_render_hit_asks_for_the_urls_of_this_hit_only():
+    plans = plan_hits("batch-1", QUERIES[:2], GOLD_SETS)
+    asked = []
+
+    def hit_urls(plan: HitPlan):
+        asked.append(plan.token)
+        return lambda image: presigned(image) + f"&hit={plan.token[-6:]}"
+
+    for plan in plans:
+        xml = render_hit(plan, hit_urls, title=TITLE, frame_height=640)
+        assert xml == render_question(plan, hit_urls(plan), title=TITLE, frame_height=640)
+        srcs = {img["src"] for img in _Page(html_of(xml)).images}
+        assert srcs and all(src.endswith(f"&hit={plan.token[-6:]}") for src in srcs)
+    assert asked == [plans[0].token] * 2 + [plans[1].token] * 2
 
 
 # --- qualification requirements -------------------------------------------------------------

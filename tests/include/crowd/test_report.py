@@ -354,3 +354,19 @@ def test_report_in_chromium(written, browser):
     assert winners == ["frame_0012.jpg", "frame_0302.jpg"]
     assert tied == ["frame_0400.jpg", "None of these"]
     assert all(url.startswith(("file://", "data:")) for url in requests), requests
+
+
+def test_csv_cells_a_spreadsheet_would_evaluate_are_neutralised(sample):
+    results, _, _ = sample
+    hostile = ["=HYPERLINK(\"http://x\",\"y\").jpg", "+1+1.png", "-2.jpg", "@SUM(A1).jpg",
+               "\tTAB.jpg", "\rCR.jpg"]  # fmt: skip
+    for name in hostile:
+        results["queries"][0]["query"] = name
+        results["queries"][0]["winner"] = name
+        results["queries"][1]["query"] = "plain=name.jpg"
+
+        rows = list(csv.DictReader(io.StringIO(results_to_csv(results), newline="")))
+
+        assert rows[0]["query"] == "'" + name and rows[0]["winner"] == "'" + name
+        assert rows[1]["query"] == "plain=name.jpg"  # only a leading character is dangerous
+        assert not any(cell.startswith(("=", "+", "-", "@")) for r in rows for cell in r.values())

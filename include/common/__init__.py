@@ -1,0 +1,1 @@
+"""What both stages share (no Airflow, no crowd platform)."""

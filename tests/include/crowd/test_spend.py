@@ -1,0 +1,196 @@
+"""The money a batch reports is what MTurk charged, to the cent, in every fee configuration; a
+batch's money settings cannot change once it exists; caps come from the paying run's Params."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import replace
+
+import pytest
+import sandbox_process as sandbox_fixtures
+from crowd_plans import REVIEW, SETTINGS, render
+from test_hostile_review import answers, plan
+
+from include.crowd import costs, layout, stage
+from include.crowd.create import create_hits
+from include.crowd.review import ReviewSettings, review_batch, spent
+
+
+@pytest.fixture(scope="module")
+def masters_state(tmp_path_factory):
+    """A sandbox state in which ADILIGENT01..03 are registered, with the Masters qualification
+    (the simulated diligent profile has it), and no simulated worker runs any more."""
+    state = tmp_path_factory.mktemp("masters") / "sandbox.sqlite"
+    running = sandbox_fixtures.start_sandbox(state, "--workers", "diligent:3")
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:
+                if db.execute("SELECT COUNT(*) FROM workers").fetchone()[0] >= 3:
+                    break
+            time.sleep(0.1)
+    finally:
+        running.stop()
+    return state
+
+
+# reward, assignments, Masters, bonus: the 20 % base fee, the 40 % tier at 10 or more
+# assignments, +5 % for Masters, and the $0.01 minimum on rewards and bonuses.
+CONFIGURATIONS = [
+    ("0.05", 3, False, "0.10"),
+    ("0.05", 10, False, "0.10"),
+    ("0.20", 3, True, "0.10"),
+    ("0.07", 12, True, "0.03"),
+    ("0.01", 3, False, "0.01"),
+]
+
+
+@pytest.mark.parametrize(("reward", "assignments", "masters", "bonus"), CONFIGURATIONS)
+def test_spent_equals_what_the_sandbox_charged(
+    masters_state, tmp_path, ledger, reward, assignments, masters, bonus
+):
+    state = tmp_path / "sandbox.sqlite"
+    with sqlite3.connect(masters_state) as source, sqlite3.connect(state) as copy:
+        source.backup(copy)  # the whole database, write-ahead log included
+    crowd = sandbox_fixtures.start_sandbox(state)
+    try:
+        mturk = crowd.client()
+        requirements = layout.qualification_requirements(
+            min_approval_rate=None,
+            min_approved_hits=None,
+            locales=None,
+            exclude_qualification_id=None,
+            masters=masters,
+            environment="sandbox",
+        )
+        hit_settings = replace(
+            SETTINGS,
+            reward=reward,
+            assignments=assignments,
+            qualification_requirements=requirements,
+        )
+        created = create_hits(mturk, [plan("q0.jpg"), plan("q1.jpg")], ledger, hit_settings, render)
+        assert {(p.reward, p.max_assignments, p.masters) for p in created} == {
+            (reward, assignments, masters)
+        }
+        before = costs.cents(mturk.get_account_balance()["AvailableBalance"])
+        for p in created:
+            crowd.work(p.hit_id, "ADILIGENT01", answers(p, "2", "1"))  # a bonus
+            crowd.work(p.hit_id, "ADILIGENT02", answers(p, "3", "1"))  # an e-mail
+        # The Params changed since the HITs were created: the figures still follow each HIT.
+        later = ReviewSettings(**{**REVIEW.__dict__, "bonus": bonus, "reward": "0.50"})
+        outcome = review_batch(mturk, created, ledger, later)
+
+        charged = before - costs.cents(mturk.get_account_balance()["AvailableBalance"])
+        assert outcome.spent["total_cents"] == charged
+        assert spent(ledger, later)["total_cents"] == charged  # from the ledger's HITs alone
+        with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:
+            charges = [json.loads(doc) for (doc,) in db.execute("SELECT doc FROM ledger")]
+        rewards = sum(c["Charged"] for c in charges if c.get("Charged") and "WorkerId" in c)
+        assert rewards == charged
+        reward_c, bonus_c = costs.cents(reward), costs.cents(bonus)
+        assert outcome.spent["rewards_cents"] == 4 * reward_c
+        assert outcome.spent["bonuses_cents"] == 2 * bonus_c
+        assert outcome.spent["fees_cents"] == 4 * costs.reward_fee(
+            reward_c, assignments, masters
+        ) + 2 * costs.bonus_fee(bonus_c)
+    finally:
+        crowd.stop()
+
+
+# --- money settings are fixed when a batch is created ----------------------------------------
+
+
+def crowd_settings(**overrides) -> stage.CrowdSettings:
+    base = stage.CrowdSettings(
+        batch_id="batch-1",
+        bucket="",
+        prefix="image-similarity",
+        environment="sandbox",
+        title="t",
+        description="d",
+        keywords="k",
+        assignments=3,
+        lifetime_s=3600,
+        assignment_duration_s=600,
+        auto_approval_delay_s=3600,
+        review_window_s=3600,
+        reward="0.05",
+        bonus="0.10",
+        budget="20.00",
+        bonus_message="bonus",
+        no_bonus_message="no bonus",
+    )
+    return replace(base, **overrides)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"reward": "0.06"},
+        {"bonus": "1.00"},
+        {"max_bonus": "9.00"},
+        {"budget": "500.00"},
+        {"budget": None},
+        {"assignments": 5},
+        {"masters": True},
+    ],
+)
+def test_a_rerun_with_other_money_settings_is_refused_before_any_call(ledger, change):
+    first = crowd_settings(bucket=ledger.bucket)
+    stage.pin_settings(ledger.s3, first)
+    stage.check_money_settings(ledger.s3, replace(first, title="another title"))  # not money
+    with pytest.raises(stage.SettingsChanged, match="new batch id"):
+        stage.check_money_settings(ledger.s3, replace(first, **change))
+    with pytest.raises(stage.SettingsChanged):
+        stage.pin_settings(ledger.s3, replace(first, **change))
+
+    class NoCalls:
+        def __getattr__(self, name):
+            raise AssertionError(f"MTurk was called ({name}) for a batch with changed settings")
+
+    with pytest.raises(stage.SettingsChanged):
+        stage.review(
+            ledger.s3,
+            NoCalls(),
+            replace(first, **change),
+            caps=stage.PaymentCaps("100.00", "1000.00"),
+        )
+    assert json.loads(ledger.get_bytes("settings.json"))["bonus"] == "0.10"  # written once
+
+
+def test_the_same_settings_written_twice_keep_the_first_file(ledger):
+    first = crowd_settings(bucket=ledger.bucket)
+    stage.pin_settings(ledger.s3, first)
+    stage.pin_settings(ledger.s3, replace(first, description="changed"))
+    assert json.loads(ledger.get_bytes("settings.json"))["description"] == "d"
+
+
+@pytest.mark.parametrize(
+    ("stored", "message"),
+    [
+        ({"bonus": "100.00", "max_bonus": "100.00"}, "above this run's per-bonus cap"),
+        ({"budget": "99999.00"}, "above this run's budget cap"),
+        ({"budget": None}, "no cap"),
+    ],
+)
+def test_a_crafted_settings_file_cannot_raise_what_collect_pays(ledger, stored, message):
+    """The collect and cleanup DAGs read the batch's settings back from S3; their caps come
+    from their own Params (``PaymentCaps``), so a crafted file is refused before any payment."""
+    crafted = {**json.loads(json.dumps(crowd_settings().__dict__)), **stored}
+    ledger.put_json("settings.json", crafted)
+    settings = stage.CrowdSettings.from_batch(
+        ledger.s3, ledger.bucket, "image-similarity", "batch-1"
+    )
+    caps = stage.PaymentCaps(costs.DEFAULT_MAX_BONUS, costs.DEFAULT_BUDGET)
+    with pytest.raises(costs.BudgetError, match=message):
+        caps.check(settings)
+
+
+@pytest.mark.parametrize("amount", ["1e3", "NaN", "Infinity", "-1.00", "0.001", " 1", 5, None])
+def test_amounts_that_are_not_plain_dollars_are_refused(amount):
+    with pytest.raises(ValueError, match="not a US dollar amount"):
+        costs.cents(amount)
+    assert costs.balance_cents("-1.50") == -150
