@@ -270,6 +270,13 @@ def test_hostile_names_and_broken_files_run_through_escaped_and_named(
     (dataset / "bomb.png").write_bytes(bomb + struct.pack(">I", zlib.crc32(b"IEND")))
     first_query = sorted(queries.iterdir())[0]
     first_query.rename(queries / HOSTILE_QUERY)
+    # Entries that are not regular files or leave the folder: reported, never read or shown.
+    os.mkfifo(dataset / "pipe.jpg")
+    (dataset / "zero.jpg").symlink_to("/dev/zero")
+    outside = tmp_path / "outside.jpg"
+    shutil.copy(frames[3], outside)
+    (dataset / "elsewhere.jpg").symlink_to(outside)
+    shutil.copy(frames[4], dataset / ".hidden.jpg")
 
     conf = {
         **conf_for(sample, tmp_path),
@@ -287,6 +294,8 @@ def test_hostile_names_and_broken_files_run_through_escaped_and_named(
     for name in ("corrupt.jpg", "truncated.jpg", "empty.jpg", "notes.txt"):
         assert name in problems and name in log
     assert "really-a-png.jpg" not in problems  # content decides, not the extension
+    for name in ("pipe.jpg", "zero.jpg", "elsewhere.jpg", ".hidden.jpg"):
+        assert name in problems and name in log, name
     matches = json.loads((batch / "matches.json").read_text())
     assert HOSTILE_QUERY in matches and len(matches[HOSTILE_QUERY]) == 3
 
