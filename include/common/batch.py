@@ -19,7 +19,7 @@ _NOT_ID = re.compile(r"[^A-Za-z0-9._-]+")
 
 def check_batch_id(batch_id: str) -> str:
     """Return ``batch_id`` if it is one safe path segment; raise ``ValueError`` otherwise."""
-    if not isinstance(batch_id, str) or not _BATCH_ID.match(batch_id):
+    if not isinstance(batch_id, str) or not _BATCH_ID.fullmatch(batch_id):
         raise ValueError(
             f"batch id {str(batch_id)[:80]!r} is not usable: use 1-{MAX_BATCH_ID} letters, "
             "digits, '.', '_' or '-', not starting with '.' (Param batch_id)"

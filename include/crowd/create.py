@@ -161,7 +161,9 @@ def create_hits(
             created_at=_iso(hit.get("CreationTime")),
             reward=hit.get("Reward", settings.reward),
             max_assignments=int(hit.get("MaxAssignments", settings.assignments)),
-            masters=requires_masters(hit.get("QualificationRequirements", [])),
+            masters=requires_masters(
+                hit.get("QualificationRequirements", settings.qualification_requirements)
+            ),
         )
         ledger.put("hits", plan.token, created.to_dict())
         with lock:

@@ -150,6 +150,13 @@ class S3Ledger:
         with ThreadPoolExecutor(max_workers=min(threads, len(keys))) as pool:
             return dict(pool.map(read, keys))
 
+    def has_entries(self, kind: str) -> bool:
+        """Whether the ledger holds at least one entry of a kind (one small listing)."""
+        prefix = f"{self.root}/ledger/{kind}/"
+        with _reaching(self, "list", prefix):
+            page = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
+        return bool(page.get("KeyCount") or page.get("Contents"))
+
     def _keys(self, prefix: str) -> Iterator[str]:
         paginator = self.s3.get_paginator("list_objects_v2")
         with _reaching(self, "list", prefix):

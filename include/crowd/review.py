@@ -60,6 +60,7 @@ MAX_ANSWER_BYTES = 64 * 1024
 # accepts "²", "①" and 5,000-digit numbers, which ``int()`` then refuses.
 _POSITION = re.compile(r"[1-9][0-9]{0,2}")
 _SHOWN_CHARS = 60
+MAX_PROBLEMS = 20  # per assignment: 64 KiB of empty answers must not make a 245 KB log line
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,60}")
 NO_BLIND_RETRY_ID = "image-similarity-notify-no-blind-retry"
 
@@ -189,6 +190,8 @@ def decide(plan: HitPlan, assignment: dict) -> Review:
         else []
     )
     valid = not problems
+    if len(problems) > MAX_PROBLEMS:
+        problems = [*problems[:MAX_PROBLEMS], f"and {len(problems) - MAX_PROBLEMS} more problems"]
     gold_correct = positions.get("gold") == plan.gold.correct_position if valid else None
     vote = None
     if valid:
@@ -282,7 +285,14 @@ def review_batch(
                 outcome.bonuses_paid,
             )
 
-    _send_emails(mturk, ledger, emails, sorted(to_mail), settings, outcome)
+    try:
+        _send_emails(mturk, ledger, emails, sorted(to_mail), settings, outcome)
+    except LedgerUnavailable:
+        raise
+    except Exception as error:  # noqa: BLE001 - recorded below, then raised
+        first_error = first_error or error
+        outcome.failed_hits["e-mails"] = f"{type(error).__name__}: {error}"
+        log.error("e-mails could not all be sent: %s: %s", type(error).__name__, error)
     outcome.spent = spent(ledger, settings, plans)
     log.info(
         "review done: %d assignments (%d valid, %d counted); approved %d, bonuses paid %d, "
@@ -314,33 +324,53 @@ def review_batch(
 def _review_hit(
     mturk, plan, ledger, settings, purse, decided, approvals, bonuses, emails, to_mail, outcome
 ) -> None:
-    refused: BudgetError | None = None
+    failed: Exception | None = None
     for assignment in _assignments(mturk, plan.hit_id):
-        assignment_id = assignment["AssignmentId"]
-        review = decided.get(assignment_id)
-        if review is None:
-            review = decide(plan, assignment)
-            ledger.put("reviews", assignment_id, review.to_dict())
-            decided[assignment_id] = review
-            if not review.valid:
-                log.warning(
-                    "assignment %s of worker %s (query %s) is not counted: %s",
-                    assignment_id,
-                    shown(review.worker_id),
-                    shown(plan.query.name),
-                    "; ".join(review.problems),
-                )
-        outcome.reviews.append(review)
-        _approve(mturk, ledger, approvals, assignment, plan, outcome)
-        if review.valid and review.gold_correct:
-            try:
-                _pay_bonus(mturk, ledger, bonuses, plan, review, settings, purse, outcome)
-            except BudgetError as error:  # the HIT's other assignments are still approved
-                refused = refused or error
-        elif review.valid and review.worker_id not in emails:
-            to_mail.setdefault(review.worker_id, review)
-    if refused is not None:
-        raise refused
+        try:
+            _review_assignment(
+                mturk, plan, assignment, ledger, settings, purse, decided, approvals, bonuses,
+                emails, to_mail, outcome,
+            )  # fmt: skip
+        except LedgerUnavailable:
+            raise
+        except Exception as error:  # noqa: BLE001 - the HIT's other assignments go on
+            failed = failed or error
+            log.error(
+                "assignment %s of HIT %s: %s: %s; going on with the others",
+                shown(assignment.get("AssignmentId", "?")),
+                plan.hit_id,
+                type(error).__name__,
+                error,
+            )
+    if failed is not None:
+        raise failed
+
+
+def _review_assignment(
+    mturk, plan, assignment, ledger, settings, purse, decided, approvals, bonuses, emails,
+    to_mail, outcome,
+) -> None:  # fmt: skip
+    """Decide, approve, then pay the bonus or queue the e-mail, for one assignment."""
+    assignment_id = assignment["AssignmentId"]
+    review = decided.get(assignment_id)
+    if review is None:
+        review = decide(plan, assignment)
+        ledger.put("reviews", assignment_id, review.to_dict())
+        decided[assignment_id] = review
+        if not review.valid:
+            log.warning(
+                "assignment %s of worker %s (query %s) is not counted: %s",
+                assignment_id,
+                shown(review.worker_id),
+                shown(plan.query.name),
+                "; ".join(review.problems),
+            )
+    outcome.reviews.append(review)
+    _approve(mturk, ledger, approvals, assignment, plan, outcome)
+    if review.valid and review.gold_correct:
+        _pay_bonus(mturk, ledger, bonuses, plan, review, settings, purse, outcome)
+    elif review.valid and review.worker_id not in emails:
+        to_mail.setdefault(review.worker_id, review)
 
 
 def _json_line(doc: dict) -> str:
@@ -404,8 +434,9 @@ class Purse:
         if self.budget_cents is not None and after > self.budget_cents:
             raise BudgetError(
                 f"a bonus of {usd(amount_cents)} would bring what this batch committed to "
-                f"{usd(after)}, over its budget of {usd(self.budget_cents)}; it was not paid "
-                "(raise budget_usd in a new batch, or pay it by hand)"
+                f"{usd(after)}, over its budget of {usd(self.budget_cents)}; it was not paid. "
+                "A batch's budget is fixed: pay it by hand if it is due, and give the next "
+                "batch a budget that covers every assignment and bonus"
             )
 
     def add_bonus(self, amount_cents: int) -> None:

@@ -24,6 +24,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from include.crowd import costs, layout
 from include.crowd.create import HitSettings, create_hits, created_plans, load_manifest
 from include.crowd.ledger import S3Ledger
@@ -47,7 +49,8 @@ FAILED_GOLD_QUALIFICATION = "image-similarity: failed a known-answer question"
 # Fixed when a batch's first HIT is about to be created: a later run of the batch with any of
 # these changed would pay some workers differently from others (or past the caps it was
 # checked against), so it is refused before any call.
-MONEY_FIELDS = ("reward", "bonus", "max_bonus", "budget", "assignments", "masters")
+# The environment too: a sandbox batch rerun in production would create real, paid HITs.
+MONEY_FIELDS = ("reward", "bonus", "max_bonus", "budget", "assignments", "masters", "environment")
 
 
 class SettingsChanged(ValueError):
@@ -207,10 +210,22 @@ class CrowdSettings:
 def check_money_settings(s3, settings: CrowdSettings) -> None:
     """Refuse, before any call, a run whose money settings differ from those the batch was
     created with (``settings.json``, written once when its first HIT is created)."""
-    stored = ledger_for(s3, settings).get_json(SETTINGS)
+    ledger = ledger_for(s3, settings)
+    stored = ledger.get_json(SETTINGS)
     if stored is None:
+        if ledger.has_entries("hits"):
+            raise SettingsChanged(
+                f"batch {settings.batch_id!r} has HITs but no settings.json in "
+                f"{s3_uri(ledger)}: its money settings cannot be checked, so nothing is created "
+                "or paid; restore the file or use a new batch id"
+            )
         return
     try:
+        missing = [
+            name for name in MONEY_FIELDS if not isinstance(stored, dict) or name not in stored
+        ]
+        if missing:
+            raise ValueError(f"settings.json lacks {', '.join(missing)}")
         before = CrowdSettings.from_stored(stored, settings).money()
     except (TypeError, ValueError) as error:
         raise SettingsChanged(
@@ -241,8 +256,9 @@ def _money_text(name: str, value: Any) -> str:
 def pin_settings(s3, settings: CrowdSettings) -> None:
     """Write the batch's ``settings.json`` once (conditional write); if it is already there,
     check that the money settings agree with it."""
+    check_money_settings(s3, settings)  # also refuses a batch with HITs whose file is gone
     if not ledger_for(s3, settings).put_json_once(SETTINGS, asdict(settings)):
-        check_money_settings(s3, settings)
+        check_money_settings(s3, settings)  # written meanwhile by another run
 
 
 def ledger_for(s3, settings: CrowdSettings) -> S3Ledger:
@@ -447,21 +463,43 @@ def review(
     plans = load_manifest(ledger)
     if not plans:
         raise ValueError(f"batch {settings.batch_id!r} has no HIT manifest in {s3_uri(ledger)}")
-    outcome = review_batch(mturk, plans, ledger, settings.review_settings(caps))
-    if qualification_type_id:
-        failed = sorted({r.worker_id for r in outcome.reviews if r.valid and not r.gold_correct})
-        for worker_id in failed:
+    try:
+        return review_batch(mturk, plans, ledger, settings.review_settings(caps))
+    finally:  # also when one HIT failed: the others' failing workers are still excluded
+        if qualification_type_id:
+            exclude_failed_workers(mturk, ledger, qualification_type_id)
+
+
+def exclude_failed_workers(mturk, ledger: S3Ledger, qualification_type_id: str) -> None:
+    """Grant the exclusion qualification to every worker the ledger says answered a known
+    answer wrongly, once each (``ledger/exclusions/``). A refusal for one worker (a closed
+    account, say) is logged and the others go on: an exclusion must never stop a review."""
+    reviews = ledger.entries("reviews").values()
+    failed = sorted({r["worker_id"] for r in reviews if r.get("valid") and not r["gold_correct"]})
+    done = ledger.entries("exclusions")
+    excluded = refused = 0
+    for worker_id in (w for w in failed if w not in done):
+        try:
             mturk.associate_qualification_with_worker(
                 QualificationTypeId=qualification_type_id,
                 WorkerId=worker_id,
                 IntegerValue=1,
                 SendNotification=False,
             )
-        if failed:
-            log.info(
-                "%d workers who failed a known answer are excluded from later HITs", len(failed)
-            )
-    return outcome
+        except ClientError as error:
+            refused += 1
+            log.warning("worker %r could not be excluded from later HITs: %s", worker_id, error)
+            continue
+        ledger.put("exclusions", worker_id, {"qualification": qualification_type_id})
+        excluded += 1
+    if excluded or refused:
+        log.info(
+            "%d workers who failed a known answer are now excluded from later HITs "
+            "(%d before, %d refused)",
+            excluded,
+            len(done),
+            refused,
+        )
 
 
 def load_reviews(ledger: S3Ledger) -> list[Review]:

@@ -11,7 +11,22 @@ from include.common.batch import batch_dir, batch_dir_for_run, batch_id_for, che
 
 @pytest.mark.parametrize(
     "bad",
-    ["", ".", "..", ".hidden", "a/b", "a\\b", "../x", "x" * 65, "a b", "é", "a\nb", None, 5],
+    [
+        "",
+        ".",
+        "..",
+        ".hidden",
+        "a/b",
+        "a\\b",
+        "../x",
+        "x" * 65,
+        "a b",
+        "é",
+        "a\nb",
+        "abc\n",
+        None,
+        5,
+    ],  # fmt: skip
 )
 def test_an_unsafe_batch_id_is_refused_with_the_param_named(bad):
     with pytest.raises(ValueError, match="Param batch_id"):

@@ -192,3 +192,32 @@ def test_no_bonus_pushes_the_batch_past_its_budget(crowd, ledger):
     assert money["total_cents"] == 4 * 6 + 2 * 12
     charged = costs.cents(before) - costs.cents(mturk.get_account_balance()["AvailableBalance"])
     assert charged == money["total_cents"]  # the ledger's figure is what MTurk charged
+
+
+def test_a_refused_call_for_one_assignment_leaves_the_hits_others_paid(crowd, ledger):
+    mturk = crowd.client()
+    (p,) = create_hits(mturk, [plan("q.jpg")], ledger, SETTINGS, render)
+    for worker in ("ACLOSED", "APASS", "AFAIL"):
+        crowd.work(p.hit_id, worker, answers(p, "2" if worker != "AFAIL" else "3", "1"))
+
+    class RefusesOneBonus:
+        def __getattr__(self, name):
+            return getattr(mturk, name)
+
+        def send_bonus(self, **kwargs):
+            if kwargs["WorkerId"] == "ACLOSED":  # e.g. a closed worker account
+                raise ClientError({"Error": {"Code": "RequestError"}}, "SendBonus")
+            return mturk.send_bonus(**kwargs)
+
+    with pytest.raises(ClientError):
+        review_batch(RefusesOneBonus(), [p], ledger, REVIEW)
+    statuses = {
+        a["WorkerId"]: a["AssignmentStatus"]
+        for a in mturk.list_assignments_for_hit(HITId=p.hit_id)["Assignments"]
+    }
+    assert statuses == {"ACLOSED": "Approved", "APASS": "Approved", "AFAIL": "Approved"}
+    paid = [b["WorkerId"] for b in mturk.list_bonus_payments(HITId=p.hit_id)["BonusPayments"]]
+    assert paid == ["APASS"]
+    _, _, outbox = crowd.page("/outbox")
+    assert outbox.count(REVIEW.no_bonus_message) == 1  # AFAIL was still mailed
+    assert ledger.get_bytes("reviews.jsonl").count(b"\n") == 3

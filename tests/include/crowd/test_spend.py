@@ -136,6 +136,7 @@ def crowd_settings(**overrides) -> stage.CrowdSettings:
         {"budget": None},
         {"assignments": 5},
         {"masters": True},
+        {"environment": "production"},
     ],
 )
 def test_a_rerun_with_other_money_settings_is_refused_before_any_call(ledger, change):
@@ -194,3 +195,43 @@ def test_amounts_that_are_not_plain_dollars_are_refused(amount):
     with pytest.raises(ValueError, match="not a US dollar amount"):
         costs.cents(amount)
     assert costs.balance_cents("-1.50") == -150
+
+
+def test_a_batch_with_hits_but_no_or_a_stripped_settings_file_is_refused(ledger):
+    first = crowd_settings(bucket=ledger.bucket)
+    stage.pin_settings(ledger.s3, first)
+    stored = json.loads(ledger.get_bytes("settings.json"))
+    ledger.put("hits", "tok-1", {"hit_id": "H1"})
+    changed = replace(first, bonus="1.00")
+    ledger.put_json("settings.json", {k: v for k, v in stored.items() if k != "bonus"})
+    with pytest.raises(stage.SettingsChanged, match="lacks bonus"):
+        stage.check_money_settings(ledger.s3, changed)
+    ledger.s3.delete_object(Bucket=ledger.bucket, Key=ledger.key("settings.json"))
+    with pytest.raises(stage.SettingsChanged, match="has HITs but no settings.json"):
+        stage.check_money_settings(ledger.s3, changed)
+    with pytest.raises(stage.SettingsChanged):
+        stage.pin_settings(ledger.s3, changed)  # the file is written first, then checked
+
+
+def test_an_exclusion_refused_for_one_worker_does_not_stop_the_others(ledger):
+    from botocore.exceptions import ClientError
+
+    for n, worker in enumerate(("ACLOSED", "AWRONG1", "AWRONG2", "ARIGHT")):
+        ledger.put(
+            "reviews",
+            f"A{n}",
+            {"worker_id": worker, "valid": True, "gold_correct": worker == "ARIGHT"},
+        )
+
+    class Mturk:
+        granted: list[str] = []
+
+        def associate_qualification_with_worker(self, WorkerId, **_):  # noqa: N803
+            if WorkerId == "ACLOSED":
+                raise ClientError({"Error": {"Code": "RequestError"}}, "AssociateQualification")
+            self.granted.append(WorkerId)
+
+    stage.exclude_failed_workers(Mturk(), ledger, "QUAL")
+    stage.exclude_failed_workers(Mturk(), ledger, "QUAL")
+    assert Mturk.granted == ["AWRONG1", "AWRONG2"]  # once each; the refused one is retried
+    assert set(ledger.entries("exclusions")) == {"AWRONG1", "AWRONG2"}

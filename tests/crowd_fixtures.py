@@ -1,5 +1,5 @@
-"""Fixtures of the crowd-stage tests: moto's S3 server, a fresh bucket and ledger per test, and
-a crowd sandbox per test (all on 127.0.0.1)."""
+"""Fixtures of the crowd-stage tests (a plugin of tests/conftest.py): moto's S3 server, a
+fresh bucket and ledger per test, and a crowd sandbox per test (all on 127.0.0.1)."""
 
 from __future__ import annotations
 
