@@ -9,10 +9,11 @@ from collections import Counter
 import pytest
 from botocore.exceptions import ClientError
 from crowd_plans import REVIEW, SETTINGS, render
+from test_create_review import plan
 
 from include.crowd import costs
 from include.crowd.create import create_hits
-from include.crowd.records import HitPlan, ImageRef, Option, Question
+from include.crowd.records import HitPlan
 from include.crowd.review import ReviewSettings, decide, review_batch, spent
 
 # What a hostile or broken worker page can post for an option position.
@@ -20,32 +21,6 @@ FORGED_VALUES = [
     "²", "①", "٣", "１", "1" * 5000, "9" * 40, "0", "01", " 1", "1 ", "-1", "+1", "1.0", "1e0",
     "0x1", "5", "99", "", "\u202e1", "1\n2", "true", "null",
 ]  # fmt: skip
-
-
-def image(name: str) -> ImageRef:
-    return ImageRef(name, name.encode().hex().ljust(64, "0")[:64], f"images/{name}")
-
-
-def plan(query: str) -> HitPlan:
-    tag = query.encode().hex()[:6]
-    model = Question(
-        field=f"m{tag}",
-        kind="model",
-        target=image(query),
-        options=(
-            *(Option(i, image(f"{query}-{i}.jpg"), rank=i, score=0.9) for i in (1, 2, 3)),
-            Option(4, None),
-        ),
-    )
-    gold = Question(
-        field=f"g{tag}",
-        kind="gold",
-        target=image("known1.jpg"),
-        options=(*(Option(i, image(f"known1_{i}.jpg")) for i in (1, 2, 3)), Option(4, None)),
-        gold_set="known1",
-        correct_position=2,
-    )
-    return HitPlan("batch-1", image(query), f"tok-1-{query}", (gold, model))
 
 
 def answers(p: HitPlan, gold: str, model: str) -> dict[str, str]:
