@@ -16,8 +16,6 @@ import csv
 import io
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from include.common.files import write_text
 from include.crowd.records import NONE_OF_THESE, HitPlan, ImageRef
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ def write_results(
         "csv": results_to_csv(results),
         "html": render_report(results, plans, thumbnails=thumbnails),
     }
-    paths = {kind: atomic_write(out_dir / FILES[kind], text) for kind, text in contents.items()}
+    paths = {kind: write_text(out_dir / FILES[kind], text) for kind, text in contents.items()}
     log.info(
         "wrote results of %d queries to %s (%s)",
         len(results["queries"]),
@@ -66,22 +65,6 @@ def write_results(
         ", ".join(f"{path.name} {path.stat().st_size:,} B" for path in paths.values()),
     )
     return paths
-
-
-def atomic_write(path: Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def csv_columns(results: dict) -> list[str]:

@@ -26,6 +26,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from include.common.files import read_json, write_json
 from include.crowd import costs, layout
 from include.crowd.create import HitSettings, create_hits, created_plans, load_manifest
 from include.crowd.ledger import S3Ledger
@@ -39,7 +40,7 @@ from include.crowd.publish import (
 )
 from include.crowd.records import HitPlan, ImageRef, Review
 from include.crowd.review import ReviewSettings, review_batch, spent
-from include.image_similarity.pipeline import load_listings, read_json, write_json
+from include.image_similarity.pipeline import load_listings
 
 log = logging.getLogger(__name__)
 

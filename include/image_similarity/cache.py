@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from include.common.files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +51,8 @@ class LocalChunkStore:
         return (self.folder / key).read_bytes()
 
     def write(self, key: str, data: bytes) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, self.folder / key)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(self.folder / key, prefix=".tmp-") as handle:
+            handle.write(data)
 
     def delete(self, key: str) -> None:
         (self.folder / key).unlink(missing_ok=True)

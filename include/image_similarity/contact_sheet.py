@@ -8,6 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from include.common.files import atomic_file
 from include.image_similarity.decode import DecodeError, FitInside, open_image
 
 log = logging.getLogger(__name__)
@@ -95,9 +96,8 @@ def write_contact_sheets(similarity: dict, out_dir: Path) -> list[Path]:
             candidate, n = f"{stem}_{n}", n + 1
         used.add(candidate)
         path = out_dir / f"{candidate}.jpg"
-        tmp = path.with_name(f".{path.name}.part")
-        render_contact_sheet(entry["query"], entry["matches"]).save(tmp, "JPEG", quality=90)
-        tmp.replace(path)
+        with atomic_file(path) as handle:
+            render_contact_sheet(entry["query"], entry["matches"]).save(handle, "JPEG", quality=90)
         written.append(path)
     log.info("wrote %d contact sheets to %s", len(written), out_dir)
     return written

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from googleapiclient.errors import HttpError
 
+from include.common.files import atomic_file
 from include.image_similarity.sources import (
     DRIVE_SCHEME,
     IMAGE_EXTENSIONS,
@@ -352,27 +352,21 @@ def _download(hook: Any, entry: DriveEntry, target: Path) -> tuple[str, int]:
     not downloadable) or its content does not match Drive's md5; other errors propagate so the
     task fails and is retried (already staged files are then reused).
     """
-    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX)
-    temp_path = Path(temp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            try:
-                hook.download_file(file_id=entry.id, file_handle=handle)
-            except HttpError as exc:
-                if _status(exc) == 404 or (_status(exc) == 403 and not _is_rate_limit(exc)):
-                    raise _DownloadSkipped(
-                        f"Drive refused the download (HTTP {_status(exc)}): {exc.reason}"
-                    ) from exc
-                raise
-        md5, sha256, size = _hash_file(temp_path)
+    with atomic_file(target, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX) as handle:
+        try:
+            hook.download_file(file_id=entry.id, file_handle=handle)
+        except HttpError as exc:
+            if _status(exc) == 404 or (_status(exc) == 403 and not _is_rate_limit(exc)):
+                raise _DownloadSkipped(
+                    f"Drive refused the download (HTTP {_status(exc)}): {exc.reason}"
+                ) from exc
+            raise
+        handle.flush()
+        md5, sha256, size = _hash_file(Path(handle.name))
         if entry.md5 and md5 != entry.md5.lower():
             raise _DownloadSkipped(
                 f"downloaded content has md5 {md5} but Drive reports {entry.md5}; try again"
             )
-        os.replace(temp_path, target)
-    except BaseException:
-        temp_path.unlink(missing_ok=True)
-        raise
     log.debug("downloaded %r (%s) to %s", entry.name, entry.id, target)
     return sha256, size
 

@@ -26,8 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from include.common.files import atomic_file, read_json, write_json
 from include.image_similarity.cache import EmbeddingCache
 from include.image_similarity.decode import DecodeError, InputSize, open_image
 from include.image_similarity.embedding import Embedder
@@ -56,25 +55,6 @@ SHARDS_DIR = "vectors"
 DEFAULT_SHARD_SIZE = 2500
 DEFAULT_FAN_OUT_ABOVE = 5000
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def write_json(path: Path, data) -> None:
-    """Write JSON atomically (temporary file + rename), so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, ensure_ascii=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_json(path: Path):
-    with path.open(encoding="utf-8") as handle:
-        return json.load(handle)
 
 
 def _listing_to_dict(listing: Listing) -> dict:
@@ -298,9 +278,9 @@ def embed_shard(
 
 def _save_vectors(path: Path, hashes: list[str], vectors: np.ndarray, model_id: str, **extra):
     """Write a vectors archive atomically (a temporary file, then a rename)."""
-    tmp = path.with_name(f".{path.stem}.part.npz")
-    np.savez(tmp, hashes=np.array(hashes, dtype="U64"), vectors=vectors, model_id=model_id, **extra)
-    tmp.replace(path)
+    with atomic_file(path) as handle:
+        hashes_array = np.array(hashes, dtype="U64")
+        np.savez(handle, hashes=hashes_array, vectors=vectors, model_id=model_id, **extra)
 
 
 def merge_shards(batch_dir: Path) -> dict[str, int]:

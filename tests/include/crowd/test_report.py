@@ -309,21 +309,6 @@ def test_failed_render_keeps_previous_files_and_leaves_no_temporaries(sample, tm
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
-def test_atomic_write_removes_its_temporary_file_on_failure(tmp_path, monkeypatch):
-    target = tmp_path / "results.json"
-    target.write_text("old")
-
-    def fail(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(report.os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
-        report.atomic_write(target, "new")
-
-    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
-    assert target.read_text() == "old"
-
-
 def test_report_in_chromium(written, browser):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(written["html"], ARTIFACTS / "report.html")
