@@ -296,11 +296,9 @@ def _settings(params: dict, batch_dir: str):
 
 
 def _s3(params: dict):
-    """An S3 client from the AWS connection, signing presigned URLs with SigV4."""
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-    from botocore.config import Config
+    from mturk_provider.storage import sigv4_s3_client
 
-    return S3Hook(aws_conn_id=params["aws_conn_id"], config=Config(signature_version="s3v4")).conn
+    return sigv4_s3_client(params["aws_conn_id"])
 
 
 def _mturk(params: dict):
@@ -310,16 +308,9 @@ def _mturk(params: dict):
 
 
 def _failed_gold_qualification(hook, params: dict) -> str | None:
-    """The custom qualification that marks workers who failed a known answer (if used)."""
-    if not params["exclude_failed_workers"]:
-        return None
-    from include.crowd.stage import FAILED_GOLD_QUALIFICATION
+    from include.crowd.stage import failed_gold_qualification
 
-    qualification = hook.get_or_create_qualification_type(
-        FAILED_GOLD_QUALIFICATION,
-        "Workers who answered a known-answer question of an image-similarity batch wrongly.",
-    )
-    return qualification["QualificationTypeId"]
+    return failed_gold_qualification(hook, params["exclude_failed_workers"])
 
 
 @dag(

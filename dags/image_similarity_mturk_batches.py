@@ -65,17 +65,16 @@ PARAMS = {
 def _context():
     """Params, the batch's stored settings, this run's payment caps and clients (S3 with
     SigV4, MTurk). A batch id, stored settings or caps that cannot work fail the task at once."""
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
     from airflow.sdk.exceptions import AirflowFailException
-    from botocore.config import Config
 
     from include.common.batch import check_batch_id
     from include.crowd.costs import BudgetError
     from include.crowd.stage import CrowdSettings, PaymentCaps
     from mturk_provider.hooks.mturk import MTurkHook
+    from mturk_provider.storage import sigv4_s3_client
 
     params = get_current_context()["params"]
-    s3 = S3Hook(aws_conn_id=params["aws_conn_id"], config=Config(signature_version="s3v4")).conn
+    s3 = sigv4_s3_client(params["aws_conn_id"])
     caps = PaymentCaps.from_params(params)
     try:
         settings = CrowdSettings.from_batch(
@@ -93,14 +92,9 @@ def _batch_dir(params: dict) -> Path:
 
 
 def _qualification(hook, settings) -> str | None:
-    if not settings.exclude_failed_workers:
-        return None
-    from include.crowd.stage import FAILED_GOLD_QUALIFICATION
+    from include.crowd.stage import failed_gold_qualification
 
-    return hook.get_or_create_qualification_type(
-        FAILED_GOLD_QUALIFICATION,
-        "Workers who answered a known-answer question of an image-similarity batch wrongly.",
-    )["QualificationTypeId"]
+    return failed_gold_qualification(hook, settings.exclude_failed_workers)
 
 
 # Both DAGs work on one batch at a time, by its id, with the main DAG's retry policy.

@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 PUBLISHED = "published.json"
 SETTINGS = "settings.json"
 FAILED_GOLD_QUALIFICATION = "image-similarity: failed a known-answer question"
+FAILED_GOLD_DESCRIPTION = (
+    "Workers who answered a known-answer question of an image-similarity batch wrongly."
+)
 # Fixed when a batch's first HIT is about to be created: a later run of the batch with any of
 # these changed would pay some workers differently from others (or past the caps it was
 # checked against), so it is refused before any call.
@@ -469,6 +472,17 @@ def review(
     finally:  # also when one HIT failed: the others' failing workers are still excluded
         if qualification_type_id:
             exclude_failed_workers(mturk, ledger, qualification_type_id)
+
+
+def failed_gold_qualification(hook, enabled: bool) -> str | None:
+    """The id of the custom qualification that marks workers who failed a known answer (made
+    on first use through ``hook.get_or_create_qualification_type``); None when not used."""
+    if not enabled:
+        return None
+    found = hook.get_or_create_qualification_type(
+        FAILED_GOLD_QUALIFICATION, FAILED_GOLD_DESCRIPTION
+    )
+    return found["QualificationTypeId"]
 
 
 def exclude_failed_workers(mturk, ledger: S3Ledger, qualification_type_id: str) -> None:
