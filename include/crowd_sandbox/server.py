@@ -20,7 +20,6 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from include.crowd_sandbox.faults import FaultConfig, Faults
+from include.crowd_sandbox.messages import Request, Response
 from include.crowd_sandbox.protocol import (
     CONTENT_TYPE,
     MTurkError,
@@ -41,6 +41,7 @@ from include.crowd_sandbox.protocol import (
 )
 from include.crowd_sandbox.requester import DEFAULT_BALANCE, Sandbox
 from include.crowd_sandbox.store import Store
+from include.crowd_sandbox.worker_site import WorkerSite
 
 log = logging.getLogger(__name__)
 
@@ -62,29 +63,6 @@ class SandboxHTTPServer(ThreadingHTTPServer):
     daemon_threads = True  # a client that keeps its connection open cannot hold up a stop
 
 
-@dataclass
-class Request:
-    method: str
-    path: str
-    query: list[tuple[str, str]]
-    form: list[tuple[str, str]]
-    headers: dict[str, str]
-
-    def arg(self, name: str, default: str | None = None) -> str | None:
-        for key, value in [*self.query, *self.form]:
-            if key == name:
-                return value
-        return default
-
-
-@dataclass
-class Response:
-    status: int = 200
-    body: bytes = b""
-    content_type: str = "text/html; charset=utf-8"
-    headers: dict[str, str] = field(default_factory=dict)
-
-
 class CrowdSandbox:
     """The whole service: state, API, worker site and (optionally) simulated workers."""
 
@@ -100,7 +78,6 @@ class CrowdSandbox:
         seconds_per_assignment: float = 2.0,
         worker_seed: int | None = None,
     ) -> None:
-        from include.crowd_sandbox.worker_site import WorkerSite
 
         if workers:
             from include.crowd_sandbox.workers import parse_spec

@@ -60,6 +60,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from include.crowd_sandbox import money
+from include.crowd_sandbox.messages import Request, Response
 from include.crowd_sandbox.protocol import RequestError
 from include.crowd_sandbox.requester import (
     AnswerTooLarge,
@@ -69,7 +70,6 @@ from include.crowd_sandbox.requester import (
     html_content,
     new_id,
 )
-from include.crowd_sandbox.server import Request, Response
 
 PREVIEW_ASSIGNMENT_ID = "ASSIGNMENT_ID_NOT_AVAILABLE"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
