@@ -50,7 +50,7 @@ $(AIRFLOW_HOME)/airflow.db: | $(STAMP)
 	$(BIN)/airflow db migrate >$(AIRFLOW_HOME)/db-migrate.log 2>&1 || { cat $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
 
 demo: $(STAMP) $(AIRFLOW_HOME)/airflow.db
-	$(BIN)/python -m include.image_similarity.demo run --demo-dir $(DEMO_DIR)
+	$(BIN)/python -m include.demo.runner run --demo-dir $(DEMO_DIR)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -89,7 +89,7 @@ def frame_path(folder: Path, index: int) -> Path:
 
 
 def _generator_params() -> dict[str, Any]:
-    from include.image_similarity.demo_data import SCENES
+    from include.demo.data import SCENES
 
     return {
         "version": GENERATOR_VERSION,
@@ -104,14 +104,14 @@ def _generator_params() -> dict[str, Any]:
 
 @cache
 def _scene_photo(scene_index: int):
-    from include.image_similarity.demo_data import SCENES, load_scene_photo
+    from include.demo.data import SCENES, load_scene_photo
 
     return load_scene_photo(SCENES[scene_index])
 
 
 def _pan_box(shot: int, t: float) -> tuple[int, tuple[float, float, float, float]]:
     """Return the scene of a shot and the crop box of its camera at time ``t`` in [0, 1]."""
-    from include.image_similarity.demo_data import SCENES
+    from include.demo.data import SCENES
 
     scene_index = (shot * 3) % len(SCENES)  # 3 is coprime with 8: every scene in turn
     rng = np.random.default_rng([GENERATOR_SEED, shot])
@@ -184,7 +184,7 @@ def frame_files(folder: Path, count: int) -> list:
 
 def ensure_recall_set(workdir: Path, frames: int, queries: int):
     """Generate (or reuse) the product's demo data at 1280x720 as the near-duplicate set."""
-    from include.image_similarity.demo_data import SCENES, generate_demo_data
+    from include.demo.data import SCENES, generate_demo_data
 
     per_scene = max(2, frames // len(SCENES))
     queries = min(queries, per_scene * len(SCENES))
@@ -377,7 +377,7 @@ def neighbour_recall(matches: dict, truth: dict[str, str], radius: int | None = 
 
 def _recall_scores(matches: dict, ground_truth: dict) -> dict[str, float]:
     """Headline recall (a match that shows all of the query) and the exact-frame diagnostics."""
-    from include.image_similarity.demo_data import recall_at_k, recall_at_k_any
+    from include.demo.data import recall_at_k, recall_at_k_any
 
     truth, acceptable = ground_truth["queries"], ground_truth["acceptable"]
     return {

@@ -78,7 +78,7 @@ def prepare_sources(workdir: Path, images: int) -> dict[str, Path]:
     """The dataset (links to generated frames), queries and known answers for the DAG runs."""
     from embedding import ensure_frames, frame_path
 
-    from include.image_similarity.demo_data import generate_demo_data
+    from include.demo.data import generate_demo_data
 
     frames = workdir / "frames"
     dataset_size = images - QUERIES

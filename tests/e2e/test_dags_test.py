@@ -19,9 +19,9 @@ from imagekit import write_bad_files
 
 from include.crowd.create import load_manifest
 from include.crowd.ledger import S3Ledger
-from include.crowd_sandbox.audit import audit_batch
 from include.crowd_sandbox.stack import DEMO_CREDENTIALS, LocalStack
-from include.image_similarity.demo_data import generate_demo_data, recall_at_k
+from include.demo.audit import audit_batch
+from include.demo.data import generate_demo_data, recall_at_k
 
 pytestmark = pytest.mark.slow
 DAG_ID = "image_similarity_mturk"

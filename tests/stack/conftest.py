@@ -27,7 +27,7 @@ from stackkit import (
 )
 
 from include.crowd_sandbox.stack import LocalStack
-from include.image_similarity.demo_data import generate_demo_data
+from include.demo.data import generate_demo_data
 
 DAG_ID = "image_similarity_mturk"
 ARTIFACTS = PROJECT_ROOT / ".artifacts" / "stack"

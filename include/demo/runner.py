@@ -1,6 +1,6 @@
 """``make demo``: the whole workflow on the embedded default, offline.
 
-    python -m include.image_similarity.demo run --demo-dir .demo
+    python -m include.demo.runner run --demo-dir .demo
 
 1. generate the sample (video frames panning across photos shipped by scikit-image, altered
    queries, gold sets) into ``.demo/data/``; each query has a known answer;
@@ -28,7 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from include.image_similarity.demo_data import (
+from include.demo.data import (
     DemoData,
     generate_demo_data,
     recall_at_k,
@@ -132,7 +132,7 @@ def _crowd_report(batch_dir: Path, stack) -> bool:
     """Print the crowd's results and audit the sandbox; return whether the audit passed."""
     from include.crowd.create import load_manifest
     from include.crowd.ledger import S3Ledger
-    from include.crowd_sandbox.audit import audit_batch
+    from include.demo.audit import audit_batch
 
     results_path = batch_dir / "results" / "results.json"
     results = json.loads(results_path.read_text(encoding="utf-8"))
@@ -177,7 +177,7 @@ def _crowd_report(batch_dir: Path, stack) -> bool:
 def main(argv: list[str] | None = None) -> int:
     from include.crowd_sandbox.stack import LocalStack
 
-    parser = argparse.ArgumentParser(prog="python -m include.image_similarity.demo")
+    parser = argparse.ArgumentParser(prog="python -m include.demo.runner")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="generate the sample and run the whole workflow on it")
     run.add_argument("--demo-dir", type=Path, default=Path(".demo"))

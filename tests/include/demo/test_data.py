@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from include.image_similarity.demo_data import (
+from include.demo.data import (
     SCENES,
     DemoData,
     generate_demo_data,
