@@ -59,6 +59,13 @@ def balance_cents(amount: str) -> int:
     return cents(amount)
 
 
+def currency_amount(value: int) -> str:
+    """Cents as MTurk writes an amount (``CurrencyAmount``): 5 → "0.05", 123456 → "1234.56"."""
+    if value < 0:
+        raise ValueError(f"an amount cannot be negative ({value} cents)")
+    return f"{value // 100}.{value % 100:02d}"
+
+
 def usd(value: int) -> str:
     """Format integer cents as dollars: 123456 → "$1,234.56"."""
     return f"${value // 100:,}.{value % 100:02d}" if value >= 0 else f"-{usd(-value)}"

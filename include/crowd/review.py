@@ -32,9 +32,11 @@ import hashlib
 import logging
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError
 
@@ -44,6 +46,7 @@ from include.crowd.costs import (
     bonus_fee,
     cents,
     check_bonus,
+    currency_amount,
     reward_fee,
     usd,
 )
@@ -235,46 +238,79 @@ def _error_code(error: ClientError) -> str:
     return error.response.get("Error", {}).get("Code", "")
 
 
+class _Isolation:
+    """Keeps the errors of the parts of a review (an assignment, a HIT, the e-mails) so that
+    the other parts go on; ``raise_first`` then fails loudly. S3 being unreachable is never
+    kept: nothing could be recorded then."""
+
+    def __init__(self) -> None:
+        self.first: Exception | None = None
+        self.failed: dict[str, str] = {}  # part -> what went wrong
+
+    @contextmanager
+    def part(self, key: str, what: str) -> Generator[None, None, None]:
+        try:
+            yield
+        except LedgerUnavailable:
+            raise
+        except Exception as error:  # noqa: BLE001 - one part must not stop the others
+            self.first = self.first or error
+            self.failed[key] = f"{type(error).__name__}: {error}"
+            log.error("%s failed, going on with the others: %s", what, self.failed[key])
+
+    def raise_first(self, note: str | None = None) -> None:
+        if self.first is not None:
+            if note:
+                self.first.add_note(note)
+            raise self.first
+
+
+@dataclass
+class _Run:
+    """One review's clients, settings, the ledger's entries as read at its start (kept current)
+    and what it did so far."""
+
+    mturk: Any
+    ledger: S3Ledger
+    settings: ReviewSettings
+    purse: Purse
+    decided: dict[str, Review]
+    approvals: dict[str, dict]
+    bonuses: dict[str, dict]
+    emails: dict[str, dict]
+    outcome: ReviewOutcome = field(default_factory=ReviewOutcome)
+    to_mail: dict[str, Review] = field(default_factory=dict)
+
+
 def review_batch(
     mturk, plans: Sequence[HitPlan], ledger: S3Ledger, settings: ReviewSettings
 ) -> ReviewOutcome:
     """Review every submitted assignment of the batch's HITs (see the module docstring).
 
-    An unexpected error on one HIT (a refused call, a cap that stops a bonus) is logged with
-    the HIT's id and the review goes on with the others; at the end the first such error is
-    raised again, with a note naming every HIT concerned, so the task fails loudly and its
+    An unexpected error on one assignment or HIT (a refused call, a cap that stops a bonus) is
+    logged with its id and the review goes on with the others; at the end the first such error
+    is raised again, with a note naming every HIT concerned, so the task fails loudly and its
     retry resumes exactly there (nothing done is repeated). S3 being unreachable stops at once:
     nothing can be recorded then.
     """
-    outcome = ReviewOutcome()
-    decided = {key: Review.from_dict(doc) for key, doc in ledger.entries("reviews").items()}
-    approvals = ledger.entries("approvals")
-    bonuses = ledger.entries("bonuses")
-    emails = ledger.entries("emails")
-    to_mail: dict[str, Review] = {}
     plans = [plan for plan in plans if plan.hit_id]
-    purse = Purse.of(plans, bonuses, settings)
-    first_error: Exception | None = None
+    bonuses = ledger.entries("bonuses")
+    run = _Run(
+        mturk=mturk,
+        ledger=ledger,
+        settings=settings,
+        purse=Purse.of(plans, bonuses, settings),
+        decided={key: Review.from_dict(doc) for key, doc in ledger.entries("reviews").items()},
+        approvals=ledger.entries("approvals"),
+        bonuses=bonuses,
+        emails=ledger.entries("emails"),
+    )
+    outcome = run.outcome
+    isolation = _Isolation()
 
     for index, plan in enumerate(plans, 1):
-        try:
-            _review_hit(
-                mturk, plan, ledger, settings, purse, decided, approvals, bonuses, emails,
-                to_mail, outcome,
-            )  # fmt: skip
-        except LedgerUnavailable:
-            raise
-        except Exception as error:  # noqa: BLE001 - one HIT must not stop the others
-            first_error = first_error or error
-            outcome.failed_hits[plan.hit_id] = f"{type(error).__name__}: {error}"
-            log.error(
-                "HIT %s (query %s) could not be reviewed completely, going on with the others: "
-                "%s: %s",
-                plan.hit_id,
-                shown(plan.query.name),
-                type(error).__name__,
-                error,
-            )
+        with isolation.part(plan.hit_id, f"HIT {plan.hit_id} (query {shown(plan.query.name)})"):
+            _review_hit(run, plan)
         if index % max(1, len(plans) // 10) == 0 or index == len(plans):
             log.info(
                 "reviewed %d/%d HITs: %d assignments, %d approved now, %d bonuses paid now",
@@ -285,14 +321,9 @@ def review_batch(
                 outcome.bonuses_paid,
             )
 
-    try:
-        _send_emails(mturk, ledger, emails, sorted(to_mail), settings, outcome)
-    except LedgerUnavailable:
-        raise
-    except Exception as error:  # noqa: BLE001 - recorded below, then raised
-        first_error = first_error or error
-        outcome.failed_hits["e-mails"] = f"{type(error).__name__}: {error}"
-        log.error("e-mails could not all be sent: %s: %s", type(error).__name__, error)
+    with isolation.part("e-mails", "sending the e-mails"):
+        _send_emails(mturk, ledger, run.emails, sorted(run.to_mail), settings, outcome)
+    outcome.failed_hits = isolation.failed
     outcome.spent = spent(ledger, settings, plans)
     log.info(
         "review done: %d assignments (%d valid, %d counted); approved %d, bonuses paid %d, "
@@ -311,52 +342,32 @@ def review_batch(
         "".join(_json_line(r.to_dict()) for r in reviews).encode("utf-8"),
         "application/x-ndjson",
     )
-    if first_error is not None:
-        first_error.add_note(
-            f"the review of {len(outcome.failed_hits)} of {len(plans)} HITs is incomplete "
-            f"(HITs {', '.join(sorted(outcome.failed_hits))}); every other HIT was reviewed, "
-            "and a retry continues from the ledger without paying or mailing anyone twice"
-        )
-        raise first_error
+    isolation.raise_first(
+        f"the review of {len(isolation.failed)} of {len(plans)} HITs is incomplete "
+        f"(HITs {', '.join(sorted(isolation.failed))}); every other HIT was reviewed, "
+        "and a retry continues from the ledger without paying or mailing anyone twice"
+    )
     return outcome
 
 
-def _review_hit(
-    mturk, plan, ledger, settings, purse, decided, approvals, bonuses, emails, to_mail, outcome
-) -> None:
-    failed: Exception | None = None
-    for assignment in _assignments(mturk, plan.hit_id):
-        try:
-            _review_assignment(
-                mturk, plan, assignment, ledger, settings, purse, decided, approvals, bonuses,
-                emails, to_mail, outcome,
-            )  # fmt: skip
-        except LedgerUnavailable:
-            raise
-        except Exception as error:  # noqa: BLE001 - the HIT's other assignments go on
-            failed = failed or error
-            log.error(
-                "assignment %s of HIT %s: %s: %s; going on with the others",
-                shown(assignment.get("AssignmentId", "?")),
-                plan.hit_id,
-                type(error).__name__,
-                error,
-            )
-    if failed is not None:
-        raise failed
+def _review_hit(run: _Run, plan: HitPlan) -> None:
+    """Every assignment of one HIT; one that fails leaves the others reviewed, then raises."""
+    isolation = _Isolation()
+    for assignment in _assignments(run.mturk, plan.hit_id):
+        assignment_id = shown(assignment.get("AssignmentId", "?"))
+        with isolation.part(assignment_id, f"assignment {assignment_id} of HIT {plan.hit_id}"):
+            _review_assignment(run, plan, assignment)
+    isolation.raise_first()
 
 
-def _review_assignment(
-    mturk, plan, assignment, ledger, settings, purse, decided, approvals, bonuses, emails,
-    to_mail, outcome,
-) -> None:  # fmt: skip
+def _review_assignment(run: _Run, plan: HitPlan, assignment: dict) -> None:
     """Decide, approve, then pay the bonus or queue the e-mail, for one assignment."""
     assignment_id = assignment["AssignmentId"]
-    review = decided.get(assignment_id)
+    review = run.decided.get(assignment_id)
     if review is None:
         review = decide(plan, assignment)
-        ledger.put("reviews", assignment_id, review.to_dict())
-        decided[assignment_id] = review
+        run.ledger.put("reviews", assignment_id, review.to_dict())
+        run.decided[assignment_id] = review
         if not review.valid:
             log.warning(
                 "assignment %s of worker %s (query %s) is not counted: %s",
@@ -365,12 +376,14 @@ def _review_assignment(
                 shown(plan.query.name),
                 "; ".join(review.problems),
             )
-    outcome.reviews.append(review)
-    _approve(mturk, ledger, approvals, assignment, plan, outcome)
+    run.outcome.reviews.append(review)
+    _approve(run.mturk, run.ledger, run.approvals, assignment, plan, run.outcome)
     if review.valid and review.gold_correct:
-        _pay_bonus(mturk, ledger, bonuses, plan, review, settings, purse, outcome)
-    elif review.valid and review.worker_id not in emails:
-        to_mail.setdefault(review.worker_id, review)
+        _pay_bonus(
+            run.mturk, run.ledger, run.bonuses, plan, review, run.settings, run.purse, run.outcome
+        )
+    elif review.valid and review.worker_id not in run.emails:
+        run.to_mail.setdefault(review.worker_id, review)
 
 
 def _json_line(doc: dict) -> str:
@@ -418,9 +431,8 @@ class Purse:
 
     @classmethod
     def of(cls, plans: Sequence[HitPlan], bonuses: dict, settings: ReviewSettings) -> Purse:
-        rewards = sum(
-            _max_assignments(plan, settings) * _approval_cost(plan, settings) for plan in plans
-        )
+        terms = [HitTerms.of(plan, settings) for plan in plans]
+        rewards = sum(t.max_assignments * t.approval_cents for t in terms)
         paid = sum(_bonus_cost(cents(b["amount"])) for b in bonuses.values())
         return cls(
             committed_cents=rewards + paid,
@@ -447,22 +459,34 @@ def _bonus_cost(amount_cents: int) -> int:
     return amount_cents + bonus_fee(amount_cents)
 
 
-def _reward(plan: HitPlan, settings: ReviewSettings) -> int:
-    return cents(plan.reward if plan.reward is not None else settings.reward)
+@dataclass(frozen=True)
+class HitTerms:
+    """What a HIT was created with, as MTurk charges it: its own reward (cents), assignment
+    count and Masters requirement."""
 
+    reward_cents: int
+    max_assignments: int
+    masters: bool
 
-def _max_assignments(plan: HitPlan, settings: ReviewSettings) -> int:
-    if plan.max_assignments is not None:
-        return plan.max_assignments
-    return settings.assignments_per_hit
+    @classmethod
+    def of(cls, plan: HitPlan | None, settings: ReviewSettings) -> HitTerms:
+        """The HIT's own terms; ``settings`` stand in for what a HIT recorded before these
+        were kept (or for a HIT the manifest does not know)."""
 
+        def own(name: str, fallback):
+            value = getattr(plan, name, None) if plan is not None else None
+            return fallback if value is None else value
 
-def _approval_cost(plan: HitPlan, settings: ReviewSettings) -> int:
-    """What MTurk charges for one approved assignment of this HIT: its own reward, plus the fee
-    of its own tier (assignment count, Masters)."""
-    reward = _reward(plan, settings)
-    masters = plan.masters if plan.masters is not None else settings.masters
-    return reward + reward_fee(reward, _max_assignments(plan, settings), masters)
+        return cls(
+            reward_cents=cents(own("reward", settings.reward)),
+            max_assignments=own("max_assignments", settings.assignments_per_hit),
+            masters=own("masters", settings.masters),
+        )
+
+    @property
+    def approval_cents(self) -> int:
+        """What MTurk charges for one approved assignment: the reward plus its tier's fee."""
+        return self.reward_cents + reward_fee(self.reward_cents, self.max_assignments, self.masters)
 
 
 def _pay_bonus(mturk, ledger, bonuses, plan, review, settings, purse, outcome) -> None:
@@ -494,7 +518,7 @@ def _pay_bonus(mturk, ledger, bonuses, plan, review, settings, purse, outcome) -
                 "bonus for %s on HIT %s was already paid", shown(review.worker_id), plan.hit_id
             )
     purse.add_bonus(amount)
-    entry = {"assignment": review.assignment_id, "amount": f"{amount // 100}.{amount % 100:02d}"}
+    entry = {"assignment": review.assignment_id, "amount": currency_amount(amount)}
     ledger.put("bonuses", key, entry)
     bonuses[key] = entry
 
@@ -587,14 +611,9 @@ def spent(
             if reviews is None:
                 reviews = ledger.entries("reviews")
             hit_id = reviews.get(assignment_id, {}).get("hit_id")
-        plan = by_hit.get(hit_id)
-        if plan is None:
-            reward = cents(settings.reward)
-            cost = reward + reward_fee(reward, settings.assignments_per_hit, settings.masters)
-        else:
-            reward, cost = _reward(plan, settings), _approval_cost(plan, settings)
-        rewards += reward
-        fees += cost - reward
+        terms = HitTerms.of(by_hit.get(hit_id), settings)
+        rewards += terms.reward_cents
+        fees += terms.approval_cents - terms.reward_cents
     bonus_amounts = [cents(b["amount"]) for b in ledger.entries("bonuses").values()]
     bonus_total = sum(bonus_amounts)
     fees += sum(bonus_fee(amount) for amount in bonus_amounts)

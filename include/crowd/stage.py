@@ -39,7 +39,7 @@ from include.crowd.publish import (
     publish_images,
 )
 from include.crowd.records import HitPlan, ImageRef, Review
-from include.crowd.review import ReviewSettings, review_batch, spent
+from include.crowd.review import HitTerms, ReviewSettings, review_batch, spent
 from include.image_similarity.pipeline import load_listings
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,8 @@ class PaymentCaps:
 
     def check(self, settings: CrowdSettings) -> None:
         """Refuse a batch whose bonus or budget is above these caps (before anything is paid)."""
-        if costs.cents(settings.bonus) > costs.cents(self.max_bonus):
-            bonus, cap = costs.cents(settings.bonus), costs.cents(self.max_bonus)
+        bonus, cap = costs.cents(settings.bonus), costs.cents(self.max_bonus)
+        if bonus > cap:
             raise costs.BudgetError(
                 f"batch {settings.batch_id!r} pays a bonus of {costs.usd(bonus)}, above this "
                 f"run's per-bonus cap of {costs.usd(cap)} (Param max_bonus_usd); nothing was paid"
@@ -431,17 +431,12 @@ def create(
 def _committed_cents(plans, settings: CrowdSettings) -> int:
     """The most the batch's existing HITs can cost: each at its own reward and assignment
     count, every assignment approved and paid the bonus."""
-    bonus = costs.cents(settings.bonus)
+    bonus, fallback = costs.cents(settings.bonus), settings.review_settings()
     return sum(
         costs.estimate(
-            1,
-            plan.max_assignments or settings.assignments,
-            costs.cents(plan.reward or settings.reward),
-            bonus,
-            masters=settings.masters if plan.masters is None else plan.masters,
+            1, terms.max_assignments, terms.reward_cents, bonus, masters=terms.masters
         ).total
-        for plan in plans
-        if plan.hit_id
+        for terms in (HitTerms.of(plan, fallback) for plan in plans if plan.hit_id)
     )
 
 
