@@ -186,9 +186,12 @@ def _clients():
 def child_create(args: argparse.Namespace) -> dict[str, Any]:
     """Create (or re-create) one batch with ``create_hits``; time it and count the calls."""
     from include.crowd import layout
-    from include.crowd.create import HitSettings, create_hits
+    from include.crowd.create import create_hits
     from include.crowd.ledger import S3Ledger
+    from include.crowd.mturk.question import html_question
+    from include.crowd.platform import TaskSpec, WorkerRequirements
     from include.crowd.publish import ImageUrls
+    from testsupport.platforms import mturk_platform
 
     started = time.perf_counter()
     plans = synthetic_plans(args.batch_id, args.queries)
@@ -197,7 +200,7 @@ def child_create(args: argparse.Namespace) -> dict[str, Any]:
     mturk_calls, s3_calls = CallStats(), CallStats()
     mturk_calls.attach(mturk)
     s3_calls.attach(s3)
-    settings = HitSettings(
+    settings = TaskSpec(
         title=TITLE,
         description=DESCRIPTION,
         keywords=KEYWORDS,
@@ -206,13 +209,7 @@ def child_create(args: argparse.Namespace) -> dict[str, Any]:
         lifetime_s=LIFETIME_S,
         assignment_duration_s=ASSIGNMENT_S,
         auto_approval_delay_s=AUTO_APPROVAL_S,
-        qualification_requirements=layout.qualification_requirements(
-            min_approval_rate=95,
-            min_approved_hits=100,
-            locales=None,
-            exclude_qualification_id=None,
-            environment="sandbox",
-        ),
+        requirements=WorkerRequirements(min_approval_rate=95, min_approved_hits=100),
     )
     urls = ImageUrls(s3, BUCKET, expires_in=LIFETIME_S + ASSIGNMENT_S + REVIEW_WINDOW_S)
     spent = {"render": 0.0, "presign": 0.0}  # presigning is part of rendering
@@ -228,16 +225,18 @@ def child_create(args: argparse.Namespace) -> dict[str, Any]:
 
     def render(plan) -> str:
         began = time.perf_counter()
-        xml = layout.render_question(plan, image_url, title=TITLE)
+        page = layout.render_question(plan, image_url, title=TITLE)
         with render_lock:
             spent["render"] += time.perf_counter() - began
-            sizes.append(len(xml.encode("utf-8")))
-        return xml
+            sizes.append(len(html_question(page).encode("utf-8")))  # the Question MTurk gets
+        return page
 
     ledger = S3Ledger(s3, BUCKET, PREFIX, args.batch_id)
     cpu0 = _cpu_s()
     started = time.perf_counter()
-    created = create_hits(mturk, plans, ledger, settings, render, concurrency=args.concurrency)
+    created = create_hits(
+        mturk_platform(mturk), plans, ledger, settings, render, concurrency=args.concurrency
+    )
     seconds = time.perf_counter() - started
     return {
         "batch_id": args.batch_id,
@@ -457,7 +456,7 @@ def duplicate_check(mturk, batches: dict[str, int]) -> dict[str, Any]:
 def create_wait_hits(mturk, count: int, batch_id: str) -> list[str]:
     """``count`` HITs nobody will work on (3 assignments each): the batch a sensor waits for."""
     from include.crowd import layout
-    from include.crowd.create import mark_token
+    from include.crowd.mturk.question import html_question, mark_token
 
     plans = synthetic_plans(batch_id, count)
     ids = []
@@ -473,7 +472,7 @@ def create_wait_hits(mturk, count: int, batch_id: str) -> list[str]:
                 MaxAssignments=ASSIGNMENTS,
                 LifetimeInSeconds=LIFETIME_S,
                 AssignmentDurationInSeconds=ASSIGNMENT_S,
-                Question=mark_token(question, plan.token),
+                Question=mark_token(html_question(question), plan.token),
                 RequesterAnnotation=batch_id,
                 UniqueRequestToken=plan.token,
             )["HIT"]["HITId"]

@@ -44,7 +44,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
-for path in (ROOT, BENCH, ROOT / "tests" / "stack"):
+for path in (ROOT, BENCH):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
@@ -110,7 +110,8 @@ def _when(text: str) -> float:
 
 def run_dag(workers: int, sources: dict[str, Path], args: argparse.Namespace) -> DagResult:
     """Start a fresh stack with ``workers`` Celery workers, run the DAG once, measure, stop."""
-    from stackkit import (
+    from include.crowd_sandbox.stack import LocalStack
+    from testsupport.stackkit import (
         AirflowStack,
         claim_redis_db,
         create_database,
@@ -119,8 +120,6 @@ def run_dag(workers: int, sources: dict[str, Path], args: argparse.Namespace) ->
         ensure_redis,
         release_redis_db,
     )
-
-    from include.crowd_sandbox.stack import LocalStack
 
     ensure_postgres()
     ensure_redis()

@@ -25,8 +25,8 @@ For every **query image**, find the 3 most similar images of a **dataset** with 
 8. `wait_for_assignments`: a deferrable sensor (the triggerer polls, no worker slot is held);
 9. `review_assignments`: approve; gold right → bonus, the vote counts; gold wrong → e-mail, the
    vote is ignored; each payment and e-mail exactly once;
-10. `write_results`: majority vote and Dawid-Skene (crowd-kit) → `results.json`, `results.csv`,
-   `report.html` in S3 and locally. Link: *Report*.
+10. `write_results`: majority vote, Dawid-Skene and Wawa (crowd-kit), the primary one chosen by
+   a Param → `results.json`, `results.csv`, `report.html` in S3 and locally. Link: *Report*.
 
 Local results land in `<output folder>/<batch id>/`; the batch's state lives in S3 under
 `<prefix>/batches/<batch id>/`. Sources are local folders (relative paths are relative to the
@@ -45,6 +45,7 @@ from pathlib import Path
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from include.common.batch import BATCH_ID_PATTERN, batch_dir_for_run
+from include.crowd.aggregation import DEFAULT_PRIMARY, Method
 from include.crowd.costs import DEFAULT_BUDGET, DEFAULT_MAX_BONUS
 from mturk_provider.links import HITPreviewLink, MTurkReportLink
 from mturk_provider.operators.mturk import mturk_task
@@ -211,6 +212,13 @@ PARAMS = {
         False, type="boolean", section=WORKERS, title="Masters only",
         description="MTurk charges 5% more for Masters.",
     ),
+    "aggregation_method": Param(
+        DEFAULT_PRIMARY.value, type="string", enum=[m.value for m in Method], section=WORKERS,
+        title="Primary aggregation method",
+        description="Every method's verdict is in the results; this one's is the top-level "
+        "winner: majority (counted votes), dawid_skene (worker confusion matrices), wawa "
+        "(votes weighted by agreement with the majority).",
+    ),
     # Payments
     "reward_usd": Param(
         "0.05", type="string", pattern=MONEY, section=PAYMENTS, title="Reward per assignment (USD)",
@@ -290,7 +298,7 @@ def _embedder(params: dict):
 
 
 def _settings(params: dict, batch_dir: str):
-    from include.crowd.stage import CrowdSettings
+    from include.crowd.settings import CrowdSettings
 
     return CrowdSettings.from_params(params, Path(batch_dir).name)
 
@@ -301,16 +309,16 @@ def _s3(params: dict):
     return sigv4_s3_client(params["aws_conn_id"])
 
 
-def _mturk(params: dict):
-    from mturk_provider.hooks.mturk import MTurkHook
+def _platform(params: dict):
+    from mturk_provider.crowd import mturk_platform
 
-    return MTurkHook(aws_conn_id=params["aws_conn_id"], environment=params["mturk_environment"])
+    return mturk_platform(params["aws_conn_id"], params["mturk_environment"])
 
 
-def _failed_gold_qualification(hook, params: dict) -> str | None:
-    from include.crowd.stage import failed_gold_qualification
+def _exclusion(platform, params: dict) -> str | None:
+    from include.crowd.stage import failed_gold_exclusion
 
-    return failed_gold_qualification(hook, params["exclude_failed_workers"])
+    return failed_gold_exclusion(platform, params["exclude_failed_workers"])
 
 
 @dag(
@@ -491,21 +499,21 @@ def image_similarity_mturk():
 
         context = get_current_context()
         params = context["params"]
-        hook = _mturk(params)
-        qualification = _failed_gold_qualification(hook, params)
+        platform = _platform(params)
+        exclusion = _exclusion(platform, params)
         try:
             plans = stage.create(
                 Path(batch_dir),
                 _s3(params),
-                hook.conn,
+                platform,
                 _settings(params, batch_dir),
-                qualification_type_id=qualification,
+                exclusion_id=exclusion,
             )
         except (BudgetError, PublishError, ValueError) as exc:  # settings: retrying cannot help
             raise AirflowFailException(str(exc)) from exc
         if plans:
             HITPreviewLink.persist(
-                context["ti"], hook.preview_url(plans[0].hit_id, plans[0].hit_type_id)
+                context["ti"], platform.hook.preview_url(plans[0].hit_id, plans[0].hit_type_id)
             )
         return [plan.hit_id for plan in plans]
 
@@ -518,7 +526,7 @@ def image_similarity_mturk():
         from include.crowd.costs import BudgetError
 
         params = get_current_context()["params"]
-        hook = _mturk(params)
+        platform = _platform(params)
         s3, settings = _s3(params), _settings(params, batch_dir)
         try:  # settings that cannot pay (changed, above the caps): a retry cannot help
             stage.check_money_settings(s3, settings)
@@ -527,10 +535,10 @@ def image_similarity_mturk():
             raise AirflowFailException(str(exc)) from exc
         stage.review(
             s3,
-            hook.conn,
+            platform,
             settings,
             caps=stage.PaymentCaps.from_params(params),
-            qualification_type_id=_failed_gold_qualification(hook, params),
+            exclusion_id=_exclusion(platform, params),
         )
         return batch_dir
 
@@ -543,7 +551,7 @@ def image_similarity_mturk():
         params = context["params"]
         s3 = _s3(params)
         settings = _settings(params, batch_dir)
-        written = stage.results(Path(batch_dir), s3, settings)
+        written = stage.results(Path(batch_dir), s3, settings, _platform(params).fees)
         MTurkReportLink.persist(context["ti"], stage.report_url(s3, settings))
         return written
 

@@ -63,38 +63,39 @@ PARAMS = {
 
 
 def _context():
-    """Params, the batch's stored settings, this run's payment caps and clients (S3 with
-    SigV4, MTurk). A batch id, stored settings or caps that cannot work fail the task at once."""
+    """Params, the batch's stored settings, this run's payment caps, the S3 client (SigV4) and
+    the crowd platform (MTurk). A batch id, stored settings or caps that cannot work fail the
+    task at once."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from include.common.batch import check_batch_id
     from include.crowd.costs import BudgetError
-    from include.crowd.stage import CrowdSettings, PaymentCaps
-    from mturk_provider.hooks.mturk import MTurkHook
+    from include.crowd.stage import PaymentCaps, batch_settings
+    from mturk_provider.crowd import mturk_platform
     from mturk_provider.storage import sigv4_s3_client
 
     params = get_current_context()["params"]
     s3 = sigv4_s3_client(params["aws_conn_id"])
     caps = PaymentCaps.from_params(params)
     try:
-        settings = CrowdSettings.from_batch(
+        settings = batch_settings(
             s3, params["s3_bucket"], params["s3_prefix"], check_batch_id(params["batch_id"])
         )
         caps.check(settings)
     except (BudgetError, TypeError, ValueError) as exc:
         raise AirflowFailException(str(exc)) from exc
-    hook = MTurkHook(aws_conn_id=params["aws_conn_id"], environment=params["mturk_environment"])
-    return params, s3, settings, caps, hook
+    platform = mturk_platform(params["aws_conn_id"], params["mturk_environment"])
+    return params, s3, settings, caps, platform
 
 
 def _batch_dir(params: dict) -> Path:
     return batch_dir(params["output_dir"], params["batch_id"], PROJECT_ROOT)
 
 
-def _qualification(hook, settings) -> str | None:
-    from include.crowd.stage import failed_gold_qualification
+def _exclusion(platform, settings) -> str | None:
+    from include.crowd.stage import failed_gold_exclusion
 
-    return failed_gold_qualification(hook, settings.exclude_failed_workers)
+    return failed_gold_exclusion(platform, settings.review.exclude_failed_workers)
 
 
 # Both DAGs work on one batch at a time, by its id, with the main DAG's retry policy.
@@ -120,14 +121,8 @@ def image_similarity_mturk_collect():
         """Approve, pay and mail for what was submitted so far (exactly once)."""
         from include.crowd import stage
 
-        _, s3, settings, caps, hook = _context()
-        stage.review(
-            s3,
-            hook.conn,
-            settings,
-            caps=caps,
-            qualification_type_id=_qualification(hook, settings),
-        )
+        _, s3, settings, caps, platform = _context()
+        stage.review(s3, platform, settings, caps=caps, exclusion_id=_exclusion(platform, settings))
         return settings.batch_id
 
     @mturk_task(outlets=[RESULTS_ASSET])
@@ -135,8 +130,8 @@ def image_similarity_mturk_collect():
         """Aggregate the counted votes and write results and the report, as of now."""
         from include.crowd import stage
 
-        params, s3, settings, _, _ = _context()
-        written = stage.results(_batch_dir(params), s3, settings)
+        params, s3, settings, _, platform = _context()
+        written = stage.results(_batch_dir(params), s3, settings, platform.fees)
         MTurkReportLink.persist(get_current_context()["ti"], stage.report_url(s3, settings))
         return written
 
@@ -152,18 +147,13 @@ def image_similarity_mturk_cleanup():
         from include.crowd.cleanup import cleanup_batch
         from include.crowd.create import load_manifest
 
-        _, s3, settings, caps, hook = _context()
-        mturk = hook.conn
+        _, s3, settings, caps, platform = _context()
         plans = load_manifest(stage.ledger_for(s3, settings))
         outcome = cleanup_batch(
-            mturk,
+            platform,
             settings.batch_id,
             settle=lambda: stage.review(
-                s3,
-                mturk,
-                settings,
-                caps=caps,
-                qualification_type_id=_qualification(hook, settings),
+                s3, platform, settings, caps=caps, exclusion_id=_exclusion(platform, settings)
             ),
             hit_ids={plan.hit_id for plan in plans if plan.hit_id},
         )

@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/imagekit.py
+sys.path.insert(0, str(PROJECT_ROOT))  # include/, testsupport/
 
 # moto S3, a fresh bucket and ledger, a crowd sandbox: for the crowd-stage tests (a module's own
 # fixture of the same name wins).
-pytest_plugins = ["crowd_fixtures"]
+pytest_plugins = ["testsupport.crowd_fixtures"]
 
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="airflow-home-tests-")
 os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME

@@ -1,10 +1,8 @@
-"""What a batch can cost, under MTurk's published fees, checked before any HIT exists.
+"""What a batch can cost, checked before any HIT exists, and money as the crowd logic writes it.
 
-MTurk charges 20 % on rewards and bonuses (at least $0.01 each), 20 % more on rewards of HITs
-with 10 or more assignments, and 5 % more on rewards of HITs that require Masters. The estimate
-is the most the batch can cost: every assignment approved and every worker paid the bonus.
-(The crowd sandbox charges the same schedule through its own, separate implementation, so the
-two check each other in the tests.)
+The fees are the platform's (``platform.FeeSchedule``; MTurk's in ``include/crowd/mturk/fees.py``).
+The estimate is the most the batch can cost: every assignment approved and every worker paid the
+bonus. Amounts are integer cents; ``cents`` is the one way in from text.
 """
 
 from __future__ import annotations
@@ -14,9 +12,9 @@ import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
-log = logging.getLogger(__name__)
+from include.crowd.platform import FeeSchedule
 
-HIGH_FEE_ASSIGNMENTS = 10
+log = logging.getLogger(__name__)
 
 
 # No single bonus may exceed this unless the run raises the cap (Param max_bonus_usd): a typo
@@ -71,25 +69,6 @@ def usd(value: int) -> str:
     return f"${value // 100:,}.{value % 100:02d}" if value >= 0 else f"-{usd(-value)}"
 
 
-def _fee(amount_cents: int, rate: Decimal) -> int:
-    if amount_cents <= 0:
-        return 0
-    return max(1, int((amount_cents * rate).to_integral_value(ROUND_HALF_UP)))
-
-
-def reward_fee(reward_cents: int, assignments: int, masters: bool = False) -> int:
-    rate = Decimal("0.20")
-    if assignments >= HIGH_FEE_ASSIGNMENTS:
-        rate += Decimal("0.20")
-    if masters:
-        rate += Decimal("0.05")
-    return _fee(reward_cents, rate)
-
-
-def bonus_fee(bonus_cents: int) -> int:
-    return _fee(bonus_cents, Decimal("0.20"))
-
-
 @dataclass(frozen=True)
 class CostEstimate:
     hits: int
@@ -97,6 +76,7 @@ class CostEstimate:
     rewards: int  # cents
     max_bonuses: int
     fees: int
+    note: str | None = None  # why the fees are higher than usual, if they are
 
     @property
     def total(self) -> int:
@@ -105,13 +85,19 @@ class CostEstimate:
     def describe(self) -> str:
         return (
             f"{self.hits} HITs x {self.assignments_per_hit} assignments: rewards "
-            f"{usd(self.rewards)} + bonuses up to {usd(self.max_bonuses)} + MTurk fees "
+            f"{usd(self.rewards)} + bonuses up to {usd(self.max_bonuses)} + fees "
             f"{usd(self.fees)} = at most {usd(self.total)}"
         )
 
 
 def estimate(
-    hits: int, assignments: int, reward_cents: int, bonus_cents: int, *, masters: bool = False
+    hits: int,
+    assignments: int,
+    reward_cents: int,
+    bonus_cents: int,
+    *,
+    fees: FeeSchedule,
+    masters: bool = False,
 ) -> CostEstimate:
     n = hits * assignments
     return CostEstimate(
@@ -119,7 +105,9 @@ def estimate(
         assignments_per_hit=assignments,
         rewards=n * reward_cents,
         max_bonuses=n * bonus_cents,
-        fees=n * (reward_fee(reward_cents, assignments, masters) + bonus_fee(bonus_cents)),
+        fees=n
+        * (fees.reward_fee(reward_cents, assignments, masters) + fees.bonus_fee(bonus_cents)),
+        note=fees.warning(assignments),
     )
 
 
@@ -136,12 +124,8 @@ def check_budget(
         adds queries to a batch is checked for the whole batch, not only for its new HITs).
     """
     log.info("cost estimate: %s", cost.describe())
-    if cost.assignments_per_hit >= HIGH_FEE_ASSIGNMENTS:
-        log.warning(
-            "%d assignments per HIT: MTurk charges 40 %% instead of 20 %% on rewards of HITs "
-            "with 10 or more assignments",
-            cost.assignments_per_hit,
-        )
+    if cost.note:
+        log.warning("%s", cost.note)
     whole = cost.total + committed_cents
     if budget_cents is not None and whole > budget_cents:
         already = f" + {usd(committed_cents)} for its existing HITs" if committed_cents else ""

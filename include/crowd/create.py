@@ -3,14 +3,15 @@
 Three guards, checked in this order for every planned HIT:
 
 1. the S3 ledger (``ledger/hits/<token>``): a HIT recorded there exists; nothing is called;
-2. MTurk's ``UniqueRequestToken`` (= the plan's token, from batch id and query content hash):
-   if the ledger write was lost after a successful CreateHIT (a crash, a killed worker), the
-   repeated call is refused by MTurk and the HIT is found again by its token, which the HIT's
-   HTML carries in a comment (the token is a hash: it says nothing about answers);
+2. the platform's request token (= the plan's token, from batch id and query content hash):
+   if the ledger write was lost after a successful creation (a crash, a killed worker), the
+   repeated request is refused (``platform.DuplicateRequest``) and the HIT is found again by its
+   token (``CrowdPlatform.find_task``; on MTurk the HIT's HTML carries it in a comment: the token
+   is a hash, it says nothing about answers);
 3. the token expires after 24 h at MTurk; the ledger does not, so a rerun days later still
    creates nothing twice.
 
-Every HIT carries ``RequesterAnnotation`` = the batch id, so cleanup touches only its own HITs.
+Every HIT is labelled with the batch id, so cleanup touches only its own HITs.
 The manifest ``hits.jsonl`` (one ``HitPlan`` per line, sorted by query) is rewritten from the
 ledger at the end of every attempt.
 """
@@ -21,68 +22,20 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 
-from botocore.exceptions import ClientError
-
-from include.crowd.layout import MASTERS
 from include.crowd.ledger import S3Ledger
+from include.crowd.platform import CrowdPlatform, DuplicateRequest, TaskSpec
 from include.crowd.records import HitPlan
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "hits.jsonl"
-TOKEN_MARK = "request-token:"
 
 
 class CreateError(RuntimeError):
     """A HIT could not be created (and was not created)."""
-
-
-@dataclass(frozen=True)
-class HitSettings:
-    title: str
-    description: str
-    keywords: str
-    reward: str  # USD, e.g. "0.05"
-    assignments: int
-    lifetime_s: int
-    assignment_duration_s: int
-    auto_approval_delay_s: int
-    qualification_requirements: list = field(default_factory=list)
-
-
-def requires_masters(requirements: Sequence[dict]) -> bool:
-    """Whether a HIT's qualification requirements ask for Masters (MTurk then charges 5 %
-    more on its rewards)."""
-    return any(r.get("QualificationTypeId") in MASTERS.values() for r in requirements or [])
-
-
-def mark_token(question_xml: str, token: str) -> str:
-    """Put the request token in the HIT's HTML as a comment (to find the HIT again)."""
-    marker = "<![CDATA["
-    at = question_xml.find(marker)
-    if at < 0:
-        raise ValueError("the question has no CDATA HTML content to mark")
-    at += len(marker)
-    return f"{question_xml[:at]}<!-- {TOKEN_MARK}{token} -->{question_xml[at:]}"
-
-
-def find_hit_by_token(mturk, batch_id: str, token: str) -> dict | None:
-    """Find a HIT of this batch whose HTML carries ``token`` (ListHITs, all pages)."""
-    needle = f"{TOKEN_MARK}{token} "
-    for page in mturk.get_paginator("list_hits").paginate(PaginationConfig={"PageSize": 100}):
-        for hit in page.get("HITs", []):
-            if hit.get("RequesterAnnotation") == batch_id and needle in hit.get("Question", ""):
-                return hit
-    return None
-
-
-def _is_duplicate_token(error: ClientError) -> bool:
-    info = error.response.get("Error", {})
-    text = f"{info.get('Code', '')} {info.get('Message', '')}"
-    return "UniqueRequestToken" in text or "HitAlreadyExists" in text
 
 
 def load_manifest(ledger: S3Ledger) -> list[HitPlan]:
@@ -104,10 +57,10 @@ def write_manifest(ledger: S3Ledger, plans: Sequence[HitPlan]) -> str:
 
 
 def create_hits(
-    mturk,
+    platform: CrowdPlatform,
     plans: Sequence[HitPlan],
     ledger: S3Ledger,
-    settings: HitSettings,
+    spec: TaskSpec,
     render: Callable[[HitPlan], str],
     *,
     concurrency: int = 4,
@@ -115,7 +68,8 @@ def create_hits(
 ) -> list[HitPlan]:
     """Create the HITs of ``plans`` that do not exist yet; return every plan with its ids.
 
-    ``known`` is the ledger's content if the caller already read it (``created_plans``).
+    ``render(plan)`` is the page a worker sees; ``known`` is the ledger's content if the
+    caller already read it (``created_plans``).
     """
     known = dict(created_plans(ledger) if known is None else known)
     todo = [plan for plan in plans if plan.token not in known]
@@ -127,43 +81,26 @@ def create_hits(
     step = max(1, len(todo) // 10)
 
     def create(plan: HitPlan) -> HitPlan:
-        question = mark_token(render(plan), plan.token)
+        page = render(plan)
         try:
-            hit = mturk.create_hit(
-                Title=settings.title,
-                Description=settings.description,
-                Keywords=settings.keywords,
-                Reward=settings.reward,
-                MaxAssignments=settings.assignments,
-                LifetimeInSeconds=settings.lifetime_s,
-                AssignmentDurationInSeconds=settings.assignment_duration_s,
-                AutoApprovalDelayInSeconds=settings.auto_approval_delay_s,
-                Question=question,
-                RequesterAnnotation=plan.batch_id,
-                UniqueRequestToken=plan.token,
-                QualificationRequirements=settings.qualification_requirements,
-            )["HIT"]
+            task = platform.create_task(spec, page, batch_id=plan.batch_id, token=plan.token)
             kind = "created"
-        except ClientError as error:
-            if not _is_duplicate_token(error):
-                raise
-            hit = find_hit_by_token(mturk, plan.batch_id, plan.token)
-            if hit is None:
+        except DuplicateRequest as error:
+            task = platform.find_task(plan.batch_id, plan.token)
+            if task is None:
                 raise CreateError(
-                    f"MTurk says a HIT with token {plan.token} (query {plan.query.name!r}) "
-                    "exists, but no HIT of this batch carries it"
+                    f"the platform says a HIT with token {plan.token} (query "
+                    f"{plan.query.name!r}) exists, but no HIT of this batch carries it"
                 ) from error
             kind = "recovered"
         created = replace(
             plan,
-            hit_id=hit["HITId"],
-            hit_type_id=hit["HITTypeId"],
-            created_at=_iso(hit.get("CreationTime")),
-            reward=hit.get("Reward", settings.reward),
-            max_assignments=int(hit.get("MaxAssignments", settings.assignments)),
-            masters=requires_masters(
-                hit.get("QualificationRequirements", settings.qualification_requirements)
-            ),
+            hit_id=task.id,
+            hit_type_id=task.type_id,
+            created_at=task.created_at or datetime.now(UTC).isoformat(),
+            reward=task.reward or spec.reward,
+            max_assignments=task.max_assignments or spec.assignments,
+            masters=task.masters,
         )
         ledger.put("hits", plan.token, created.to_dict())
         with lock:
@@ -180,12 +117,5 @@ def create_hits(
     if counter["recovered"]:
         log.info("%d HITs were found again by their request token", counter["recovered"])
     result = [known[plan.token] for plan in plans]
-    every = {**known}
-    write_manifest(ledger, list(every.values()))
+    write_manifest(ledger, list(known.values()))
     return result
-
-
-def _iso(value) -> str:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat()
-    return datetime.now(UTC).isoformat()

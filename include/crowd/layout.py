@@ -26,7 +26,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -39,10 +38,6 @@ Query = tuple[ImageRef, Sequence[Match]]
 GoldSet = tuple[str, ImageRef, ImageRef, tuple[ImageRef, ImageRef]]
 """A known-answer set: its id, target, correct match and two wrong matches."""
 
-HTML_QUESTION_XMLNS = (
-    "http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2011-11-11/HTMLQuestion.xsd"
-)
-MAX_QUESTION_BYTES = 65_535  # CreateHIT's limit for the whole Question XML
 MAX_MATCHES = 3
 NONE_LABEL = "None of these"
 DEFAULT_INSTRUCTIONS = (
@@ -52,20 +47,8 @@ DEFAULT_INSTRUCTIONS = (
 )
 PROMPT = "Which option is the most similar to the reference picture?"
 
-# MTurk's system qualification types.
-PERCENT_ASSIGNMENTS_APPROVED = "000000000000000000L0"
-NUMBER_HITS_APPROVED = "00000000000000000040"
-LOCALE = "00000000000000000071"
-MASTERS = {
-    "sandbox": "2ARFPLSP75KLA8M8DH1HTEQVJT3SY6",
-    "production": "2F1QJWKUDD8XADTFD2Q0G6UTO95ALH",
-}
-
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 _TOKEN_PREFIX_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
-_LOCALE = re.compile(r"^(?P<country>[A-Z]{2})(?:-(?P<subdivision>[A-Z0-9]{1,3}))?$")
-# Characters XML 1.0 does not allow anywhere, not even in CDATA.
-_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 # --- determinism ----------------------------------------------------------------------------
@@ -264,21 +247,17 @@ def render_question(
     *,
     title: str,
     instructions: str | None = None,
-    frame_height: int = 0,
 ) -> str:
-    """Return the HIT's ``HTMLQuestion`` XML, ready for ``CreateHIT(Question=...)``.
+    """Return the HTML page a worker sees for the HIT (the platform wraps it in its envelope:
+    ``include.crowd.mturk.question.html_question`` on MTurk).
 
     The page shows, per question, the target and the options' images from ``image_url`` (pass
     content-addressed, e.g. presigned, URLs: a URL that contains an image's file name is
     refused) under generic labels; it says nothing about which question is the gold one or
     which option is right. Text is escaped; blank lines in ``instructions`` start paragraphs.
 
-    :param frame_height: the frame's height in pixels; 0 lets MTurk fit it to the page.
-    :raises ValueError: a URL that is not http(s)/data or that reveals a file name, or a
-        question larger than MTurk's 64 KB.
+    :raises ValueError: a URL that is not http(s)/data or that reveals a file name.
     """
-    if frame_height < 0:
-        raise ValueError(f"frame_height must be 0 (fit the page) or positive, not {frame_height}")
 
     def url(image: ImageRef, question: Question) -> str:
         value = image_url(image)
@@ -317,25 +296,11 @@ def render_question(
         for block in re.split(r"\n\s*\n", instructions or DEFAULT_INSTRUCTIONS)
         if block.strip()
     ]
-    html = (
+    return (
         _environment()
         .get_template("hit.html")
         .render(title=title, instructions=paragraphs, prompt=PROMPT, questions=questions)
     )
-    html = _NOT_XML.sub("", html).replace("]]>", "]]]]><![CDATA[>")
-    xml = (
-        f'<HTMLQuestion xmlns="{HTML_QUESTION_XMLNS}">'
-        f"<HTMLContent><![CDATA[{html}]]></HTMLContent>"
-        f"<FrameHeight>{int(frame_height)}</FrameHeight>"
-        "</HTMLQuestion>"
-    )
-    size = len(xml.encode("utf-8"))
-    if size > MAX_QUESTION_BYTES:
-        raise ValueError(
-            f"the HIT's question is {size} bytes, over MTurk's {MAX_QUESTION_BYTES}: use "
-            "shorter image URLs (e.g. shorter presigned URL expiry or a CDN) or a shorter text"
-        )
-    return xml
 
 
 def render_hit(
@@ -347,93 +312,3 @@ def render_hit(
     the page's URL function (``publish.ImageUrls.for_hit``: the HIT's own copies of its images,
     every URL signed at the same instant). ``options``: ``render_question``'s keywords."""
     return render_question(plan, hit_urls(plan), **options)
-
-
-# --- who may work -----------------------------------------------------------------------
-
-
-def qualification_requirements(
-    *,
-    min_approval_rate: int | None,
-    min_approved_hits: int | None,
-    locales: Sequence[str] | None,
-    exclude_qualification_id: str | None,
-    masters: bool = False,
-    environment: Literal["sandbox", "production"],
-) -> list[dict]:
-    """Return ``QualificationRequirements`` for ``CreateHIT``, in boto3's shape.
-
-    .. seealso:: ``MTurk.Client.create_hit``
-
-    System requirements (approval rate, approved HITs, locale, Masters) guard accepting, as
-    MTurk does by default, so anyone can still preview. The exclusion (workers holding
-    ``exclude_qualification_id``, e.g. those already done with this batch) hides the HIT from
-    them altogether.
-
-    :param min_approval_rate: lowest PercentAssignmentsApproved, 0-100; None: no requirement.
-    :param min_approved_hits: lowest NumberHITsApproved; None: no requirement.
-    :param locales: allowed locales, ``"US"`` or ``"US-NY"`` style; None or empty: anywhere.
-    :param exclude_qualification_id: a custom qualification type whose holders may not work.
-    :param masters: require the Masters qualification of ``environment``.
-    :param environment: ``"sandbox"`` or ``"production"`` (the Masters ids differ).
-    """
-    if environment not in MASTERS:
-        raise ValueError(f"environment must be 'sandbox' or 'production', not {environment!r}")
-    requirements: list[dict] = []
-    if min_approval_rate is not None:
-        if not 0 <= min_approval_rate <= 100:
-            raise ValueError(f"min_approval_rate is a percentage 0-100, not {min_approval_rate}")
-        requirements.append(
-            _at_least(PERCENT_ASSIGNMENTS_APPROVED, min_approval_rate),
-        )
-    if min_approved_hits is not None:
-        if min_approved_hits < 0:
-            raise ValueError(f"min_approved_hits cannot be negative ({min_approved_hits})")
-        requirements.append(_at_least(NUMBER_HITS_APPROVED, min_approved_hits))
-    if locales:
-        requirements.append(
-            {
-                "QualificationTypeId": LOCALE,
-                "Comparator": "In",
-                "LocaleValues": [_locale(value) for value in locales],
-                "ActionsGuarded": "Accept",
-            }
-        )
-    if masters:
-        requirements.append(
-            {
-                "QualificationTypeId": MASTERS[environment],
-                "Comparator": "Exists",
-                "ActionsGuarded": "Accept",
-            }
-        )
-    if exclude_qualification_id:
-        requirements.append(
-            {
-                "QualificationTypeId": exclude_qualification_id,
-                "Comparator": "DoesNotExist",
-                "ActionsGuarded": "DiscoverPreviewAndAccept",
-            }
-        )
-    return requirements
-
-
-def _at_least(type_id: str, value: int) -> dict:
-    return {
-        "QualificationTypeId": type_id,
-        "Comparator": "GreaterThanOrEqualTo",
-        "IntegerValues": [int(value)],
-        "ActionsGuarded": "Accept",
-    }
-
-
-def _locale(value: str) -> dict[str, str]:
-    match = _LOCALE.match(value.strip().upper())
-    if not match:
-        raise ValueError(
-            f"locale {value!r} is not a country code like 'US' or a subdivision like 'US-NY'"
-        )
-    locale = {"Country": match["country"]}
-    if match["subdivision"]:
-        locale["Subdivision"] = match["subdivision"]
-    return locale

@@ -16,11 +16,11 @@ cached URL is older), in upload time (a campaign's next run reuses the old gold 
 option count (k < 3; ``layout`` evens that out). Every copy therefore hides where it came from:
 
 - *Key*: ``HMAC-SHA256(batch secret, request token, image sha256)``. The token is in the HIT's
-  HTML (``create.mark_token``) and the image hash is no secret to whoever has the original, so
-  the key is keyed: 32 random bytes per batch, written once with a conditional write to
-  ``batches/<batch_id>/secrets/hit-images.json`` (``batch_secret``) and read back by every later
-  attempt; never in the HTML, the plans or the logs. No two HITs share a key, and nothing a
-  worker sees lets them compute one.
+  HTML (``mturk.question.mark_token``) and the image hash is no secret to whoever has the
+  original, so the key is keyed: 32 random bytes per batch, written once with a conditional
+  write to ``batches/<batch_id>/secrets/hit-images.json`` (``batch_secret``) and read back by
+  every later attempt; never in the HTML, the plans or the logs. No two HITs share a key, and
+  nothing a worker sees lets them compute one.
 - *Bytes*: a copy is the original re-encoded as a baseline JPEG without its metadata (EXIF, ICC,
   comments), so every picture of a HIT has one format and one ``Content-Type``. All copies of a
   HIT have the same longest side: the HIT's smallest original's, within 320..1024 px, less a

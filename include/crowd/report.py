@@ -5,6 +5,11 @@ image embedded as a small JPEG data URI (at most ``THUMBNAIL_PX`` on its longer 
 autoescapes everything, so image names such as ``<script>.jpg`` are shown, never run. Workers
 appear only under the pseudonyms the results already carry.
 
+The CSV and the report show every aggregation method the results carry (``results["methods"]``,
+in that order): the CSV has ``<method>_winner``, ``<method>_tie`` and ``<method>_confidence``
+columns for each, the report a line per method on each query and a table of the methods; the
+primary method's verdict is the one on top (``winner``, ``tie``, ... and the crowd's choice).
+
 Every file is written to a temporary file in the output folder and renamed over the target, so a
 reader sees the old file or the new one, never half of one.
 """
@@ -33,6 +38,7 @@ THUMBNAIL_PX = 200
 JPEG_QUALITY = 82
 FILES = {"json": "results.json", "csv": "results.csv", "html": "report.html"}
 MIN_RANK_COLUMNS = 3
+METHOD_COLUMNS = ("winner", "tie", "confidence")
 
 Thumbnails = Callable[[ImageRef], "bytes | None"]
 
@@ -42,7 +48,7 @@ def write_results(
 ) -> dict[str, Path]:
     """Write ``results.json``, ``results.csv`` and ``report.html`` into ``out_dir`` atomically.
 
-    :param results: what ``include.crowd.aggregate.aggregate`` returned.
+    :param results: what ``include.crowd.aggregation.registry.aggregate`` returned.
     :param plans: the HITs' plans, for the images of each query and its candidates.
     :param out_dir: the folder to write (created if missing).
     :param thumbnails: returns an image's bytes (any format Pillow reads), or None when it is
@@ -68,7 +74,8 @@ def write_results(
 
 
 def csv_columns(results: dict) -> list[str]:
-    """The CSV header: one ``votes_rankN`` column per model rank (at least 3)."""
+    """The CSV header: one ``votes_rankN`` column per model rank (at least 3), the primary
+    method's verdict, then three columns per method, named by the method."""
     ranks = max(
         [MIN_RANK_COLUMNS] + [c["rank"] or 0 for q in results["queries"] for c in q["candidates"]]
     )
@@ -82,9 +89,9 @@ def csv_columns(results: dict) -> list[str]:
         *(f"votes_rank{rank}" for rank in range(1, ranks + 1)),
         "votes_none",
         "counted_votes",
-        "ds_winner",
-        "ds_probability",
         "agrees_with_model",
+        "primary_method",
+        *(f"{name}_{key}" for name in results["methods"] for key in METHOD_COLUMNS),
     ]
 
 
@@ -105,10 +112,13 @@ def results_to_csv(results: dict) -> str:
             "confidence": query["confidence"],
             "votes_none": query["none"]["votes"],
             "counted_votes": query["counted_votes"],
-            "ds_winner": query["ds"]["winner"],
-            "ds_probability": query["ds"]["probability"],
             "agrees_with_model": query["agrees_with_model"],
+            "primary_method": results["primary"],
         }
+        for name, verdict in query["methods"].items():
+            row[f"{name}_winner"] = verdict["winner"]
+            row[f"{name}_tie"] = "|".join(verdict["tie"])
+            row[f"{name}_confidence"] = verdict["confidence"]
         for column in columns:
             if column.startswith("votes_rank"):
                 rank = int(column.removeprefix("votes_rank"))
@@ -180,22 +190,41 @@ def render_report(results: dict, plans: list[HitPlan], *, thumbnails: Thumbnails
 
     plan_by_query = {(plan.query.name, plan.hit_id): plan for plan in plans}
     queries = [
-        _query_view(query, plan_by_query.get((query["query"], query["hit_id"])), image)
+        _query_view(query, plan_by_query.get((query["query"], query["hit_id"])), image, results)
         for query in results["queries"]
     ]
     missing = sum(1 for uri in cache.values() if uri is None)
     if missing:
         log.warning("%d of %d images have no thumbnail in the report", missing, len(cache))
+    summary = results["summary"]
+    methods = [
+        {**about, "name": name, "primary": name == results["primary"], **summary["methods"][name]}
+        for name, about in results["methods"].items()
+    ]
     return environment.get_template("report.html").render(
-        results=results, summary=results["summary"], queries=queries
+        results=results, summary=summary, queries=queries, methods=methods
     )
 
 
 def _query_view(
-    query: dict, plan: HitPlan | None, image: Callable[[ImageRef | None], str | None]
+    query: dict,
+    plan: HitPlan | None,
+    image: Callable[[ImageRef | None], str | None],
+    results: dict,
 ) -> dict[str, Any]:
     refs = {o.image.name: o.image for o in plan.model.options if o.image} if plan else {}
-    ds = query["ds"]
+    methods = [
+        {
+            **verdict,
+            "name": name,
+            "title": results["methods"][name]["title"],
+            "reads": results["methods"][name]["reads"],
+            "primary": name == results["primary"],
+            "winner_label": _label(verdict["winner"]),
+            "display_tie": [_label(name) for name in verdict["tie"]],
+        }
+        for name, verdict in query["methods"].items()
+    ]
     tiles = [
         {
             **candidate,
@@ -219,19 +248,25 @@ def _query_view(
     for tile in tiles:
         tile["winner"] = tile["name"] == query["winner"]
         tile["tied"] = tile["name"] in query["tie"]
-        tile["ds_winner"] = tile["name"] == ds["winner"]
-        tile["ds_probability"] = ds["probabilities"].get(tile["name"])
+        # The primary method's pick is the tile's colour; the others' picks are marked on it.
+        tile["picks"] = [
+            {"title": m["title"], "confidence": m["confidence"]}
+            for m in methods
+            if not m["primary"] and m["winner"] == tile["name"]
+        ]
         tile["bar"] = round(100 * (tile["share"] or 0), 1)
     return {
         **query,
         "image": image(plan.query if plan else None),
         "tiles": tiles,
-        "display_tie": [
-            "None of these" if name == NONE_OF_THESE else name for name in query["tie"]
-        ],
-        "ds_label": "None of these" if ds["winner"] == NONE_OF_THESE else ds["winner"],
-        "winner_label": "None of these" if query["winner"] == NONE_OF_THESE else query["winner"],
+        "methods": methods,
+        "display_tie": [_label(name) for name in query["tie"]],
+        "winner_label": _label(query["winner"]),
     }
+
+
+def _label(name: str | None) -> str | None:
+    return "None of these" if name == NONE_OF_THESE else name
 
 
 def _percent(share: float | None, digits: int = 0) -> str:

@@ -2,26 +2,26 @@
 
 Per assignment, in this order, each step recorded in the batch's S3 ledger before the next:
 
-1. **decide** (``decide``): parse MTurk's ``QuestionFormAnswers``; the gold answer is right or
+1. **decide** (``decide``): read the submission's answers (the platform parsed them: MTurk's
+   ``QuestionFormAnswers`` in ``include/crowd/mturk/answers.py``); the gold answer is right or
    wrong; the model answer becomes a vote. Malformed or tampered answers (a missing field, a
    value that is not an option, unparsable XML) are recorded with their problems and never
    counted. Policy: such an assignment is still approved (the worker did submit work and MTurk
    would auto-approve it anyway), it gets no bonus and no e-mail, and its vote is ignored.
 2. **approve** every submitted assignment (an already approved one is left alone).
-3. **bonus** when the gold answer is right: ``SendBonus`` with a token from (batch, HIT,
-   worker) and the bonus message as Reason; before paying, the ledger and then
-   ``ListBonusPayments`` are checked, so a bonus is paid at most once per worker per HIT even
-   after MTurk's 24 h token memory is gone. The vote counts.
-4. **e-mail** when the gold answer is wrong: ``NotifyWorkers`` with the no-bonus message, after
-   approval, in batches of at most 100, at most once per worker per batch: the ledger entry is
-   claimed as "sending" *before* the call with a conditional write (``If-None-Match: *``), so
-   neither a crash during the call nor a concurrent review (the collect DAG) can cause a second
-   e-mail (an interrupted one is logged as possibly unsent instead). NotifyWorkers has no
-   request token, so botocore must not repeat it blindly either: after a 5xx answer or a
-   connection lost mid-call the e-mails may have gone out, and the call is not retried
-   (throttling, which MTurk answers without doing anything, still is; a call throttled to the
-   end releases its claims for the task's retry). Per-worker failures are logged and kept. The
-   vote is ignored.
+3. **bonus** when the gold answer is right: a bonus with a request token from (batch, HIT,
+   worker) and the bonus message as its reason; before paying, the ledger and then the
+   platform's record of paid bonuses are checked, so a bonus is paid at most once per worker
+   per HIT even after MTurk's 24 h token memory is gone. The vote counts.
+4. **e-mail** when the gold answer is wrong: the no-bonus message, after approval, in batches
+   of at most the platform's limit (100 on MTurk), at most once per worker per batch: the ledger
+   entry is claimed as "sending" *before* the call with a conditional write
+   (``If-None-Match: *``), so neither a crash during the call nor a concurrent review (the
+   collect DAG) can cause a second e-mail (an interrupted one is logged as possibly unsent
+   instead). E-mails carry no request token: when the platform cannot say whether they went
+   out (``platform.OutcomeUnknown``) they are not sent again; when it throttled them to the end
+   (``platform.Throttled``: nothing was sent) the claims are released for the task's retry.
+   Per-worker failures are logged and kept. The vote is ignored.
 
 Running the review again pays and mails nobody twice; it only picks up new submissions.
 """
@@ -29,66 +29,41 @@ Running the review again pays and mails nobody twice; it only picks up new submi
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Generator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
 
-from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError
-
+from include.common.text import shown
 from include.crowd.costs import (
     DEFAULT_MAX_BONUS,
     BudgetError,
-    bonus_fee,
     cents,
     check_bonus,
     currency_amount,
-    reward_fee,
     usd,
 )
 from include.crowd.create import created_plans
 from include.crowd.ledger import LedgerUnavailable, S3Ledger
+from include.crowd.platform import (
+    CrowdPlatform,
+    FeeSchedule,
+    OutcomeUnknown,
+    Submission,
+    Throttled,
+)
 from include.crowd.records import NONE_OF_THESE, HitPlan, Review
 
 log = logging.getLogger(__name__)
 
-NOTIFY_BATCH = 100
-MAX_ANSWER_BYTES = 64 * 1024
 # An answer value is an option position as the form posts it: "1" to "999", ASCII digits,
 # no sign, no leading zero, no space. ``str.isdigit`` also
 # accepts "²", "①" and 5,000-digit numbers, which ``int()`` then refuses.
 _POSITION = re.compile(r"[1-9][0-9]{0,2}")
-_SHOWN_CHARS = 60
 MAX_PROBLEMS = 20  # per assignment: 64 KiB of empty answers must not make a 245 KB log line
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,60}")
-NO_BLIND_RETRY_ID = "image-similarity-notify-no-blind-retry"
-
-
-THROTTLING_CODES = {"ThrottlingException", "Throttling", "TooManyRequestsException"}
-
-
-class OutcomeUnknown(RuntimeError):
-    """A call without a request token failed in a way that leaves unknown whether it ran."""
-
-
-def _refuse_blind_retry(response=None, caught_exception=None, **_kwargs):
-    """botocore ``needs-retry`` handler for NotifyWorkers (called before the retry handler).
-
-    Retrying is safe only when MTurk certainly did nothing: the connection was never made, or
-    it answered with throttling (HTTP 400). After a 5xx or a connection lost mid-call the
-    e-mails may have been sent; raising stops botocore from sending them again.
-    """
-    if caught_exception is not None:
-        if isinstance(caught_exception, (EndpointConnectionError, ConnectTimeoutError)):
-            return None
-        raise OutcomeUnknown(f"NotifyWorkers: the connection failed mid-call ({caught_exception})")
-    if response is not None and response[0].status_code >= 500:
-        raise OutcomeUnknown(f"NotifyWorkers: MTurk answered HTTP {response[0].status_code}")
-    return None
 
 
 @dataclass
@@ -120,57 +95,15 @@ class ReviewOutcome:
     failed_hits: dict[str, str] = field(default_factory=dict)  # HIT id -> what went wrong
 
 
-def shown(text: str, limit: int = _SHOWN_CHARS) -> str:
-    """A worker-supplied string, safe to log: quoted and escaped (a newline cannot start a
-    forged log line), cut to ``limit`` characters."""
-    text = str(text)
-    cut = text if len(text) <= limit else text[: limit - 3] + "..."
-    return repr(cut)
-
-
 def _name(text: str) -> str:
     """A field name for a note: as it is when plain, else quoted and escaped (``shown``)."""
     return text if _PLAIN_NAME.fullmatch(text) else shown(text)
 
 
-def parse_answers(answer_xml: str | None) -> tuple[dict[str, str], list[str]]:
-    """Return ``{QuestionIdentifier: FreeText}`` and the problems found reading it."""
-    if not answer_xml:
-        return {}, ["the assignment has no answer"]
-    if len(answer_xml.encode("utf-8")) > MAX_ANSWER_BYTES:
-        return {}, [f"the answer is larger than {MAX_ANSWER_BYTES} bytes"]
-    try:
-        root = ET.fromstring(answer_xml.encode("utf-8"))
-    except ET.ParseError as error:
-        return {}, [f"the answer is not valid XML: {error}"]
-    answers: dict[str, str] = {}
-    problems = []
-    for answer in root:
-        if _local(answer.tag) != "Answer":
-            continue
-        parts = {_local(child.tag): (child.text or "") for child in answer}
-        name = parts.get("QuestionIdentifier", "").strip()
-        value = parts.get("FreeText", parts.get("SelectionIdentifier", "")).strip()
-        if not name:
-            problems.append("an answer has no QuestionIdentifier")
-        elif name in answers:
-            problems.append(f"field {shown(name)} is answered twice")
-        else:
-            answers[name] = value
-    return answers, problems
-
-
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
-
-
-def decide(plan: HitPlan, assignment: dict) -> Review:
-    """Read one assignment against its HIT's plan (pure: no calls; never raises on what a
+def decide(plan: HitPlan, submission: Submission) -> Review:
+    """Read one submission against its HIT's plan (pure: no calls; never raises on what a
     worker submitted: anything it cannot understand makes the review invalid)."""
-    try:
-        answers, problems = parse_answers(assignment.get("Answer"))
-    except Exception as error:  # noqa: BLE001 - hostile input must not stop the review
-        answers, problems = {}, [f"the answer cannot be read ({type(error).__name__})"]
+    answers, problems = submission.answers, list(submission.problems)
     positions: dict[str, int | None] = {}
     for question in plan.questions:
         raw = answers.get(question.field)
@@ -200,11 +133,10 @@ def decide(plan: HitPlan, assignment: dict) -> Review:
     if valid:
         option = plan.model.option(positions["model"])
         vote = option.image.name if option and option.image else NONE_OF_THESE
-    submit = assignment.get("SubmitTime")
     return Review(
-        assignment_id=assignment["AssignmentId"],
-        hit_id=assignment["HITId"],
-        worker_id=assignment["WorkerId"],
+        assignment_id=submission.id,
+        hit_id=submission.task_id,
+        worker_id=submission.worker_id,
         query=plan.query.name,
         valid=valid,
         gold_correct=gold_correct,
@@ -213,29 +145,13 @@ def decide(plan: HitPlan, assignment: dict) -> Review:
         vote=vote,
         counted=bool(valid and gold_correct),
         problems=problems + notes,
-        submit_time=submit.astimezone(UTC).isoformat() if isinstance(submit, datetime) else None,
+        submit_time=submission.submitted_at,
     )
 
 
 def bonus_token(plan: HitPlan, worker_id: str) -> str:
     digest = hashlib.sha256(f"{plan.batch_id}|{plan.hit_id}|{worker_id}".encode()).hexdigest()
     return f"bonus-{digest[:40]}"
-
-
-def _assignments(mturk, hit_id: str) -> list[dict]:
-    found = []
-    paginator = mturk.get_paginator("list_assignments_for_hit")
-    for page in paginator.paginate(
-        HITId=hit_id,
-        AssignmentStatuses=["Submitted", "Approved", "Rejected"],
-        PaginationConfig={"PageSize": 100},
-    ):
-        found.extend(page.get("Assignments", []))
-    return found
-
-
-def _error_code(error: ClientError) -> str:
-    return error.response.get("Error", {}).get("Code", "")
 
 
 class _Isolation:
@@ -267,10 +183,10 @@ class _Isolation:
 
 @dataclass
 class _Run:
-    """One review's clients, settings, the ledger's entries as read at its start (kept current)
-    and what it did so far."""
+    """One review's platform, settings, the ledger's entries as read at its start (kept
+    current) and what it did so far."""
 
-    mturk: Any
+    platform: CrowdPlatform
     ledger: S3Ledger
     settings: ReviewSettings
     purse: Purse
@@ -283,7 +199,7 @@ class _Run:
 
 
 def review_batch(
-    mturk, plans: Sequence[HitPlan], ledger: S3Ledger, settings: ReviewSettings
+    platform: CrowdPlatform, plans: Sequence[HitPlan], ledger: S3Ledger, settings: ReviewSettings
 ) -> ReviewOutcome:
     """Review every submitted assignment of the batch's HITs (see the module docstring).
 
@@ -296,10 +212,10 @@ def review_batch(
     plans = [plan for plan in plans if plan.hit_id]
     bonuses = ledger.entries("bonuses")
     run = _Run(
-        mturk=mturk,
+        platform=platform,
         ledger=ledger,
         settings=settings,
-        purse=Purse.of(plans, bonuses, settings),
+        purse=Purse.of(plans, bonuses, settings, platform.fees),
         decided={key: Review.from_dict(doc) for key, doc in ledger.entries("reviews").items()},
         approvals=ledger.entries("approvals"),
         bonuses=bonuses,
@@ -322,9 +238,9 @@ def review_batch(
             )
 
     with isolation.part("e-mails", "sending the e-mails"):
-        _send_emails(mturk, ledger, run.emails, sorted(run.to_mail), settings, outcome)
+        _send_emails(platform, ledger, run.emails, sorted(run.to_mail), settings, outcome)
     outcome.failed_hits = isolation.failed
-    outcome.spent = spent(ledger, settings, plans)
+    outcome.spent = spent(ledger, settings, platform.fees, plans)
     log.info(
         "review done: %d assignments (%d valid, %d counted); approved %d, bonuses paid %d, "
         "e-mails sent %d; spent so far %s",
@@ -351,98 +267,92 @@ def review_batch(
 
 
 def _review_hit(run: _Run, plan: HitPlan) -> None:
-    """Every assignment of one HIT; one that fails leaves the others reviewed, then raises."""
+    """Every submission of one HIT; one that fails leaves the others reviewed, then raises."""
     isolation = _Isolation()
-    for assignment in _assignments(run.mturk, plan.hit_id):
-        assignment_id = shown(assignment.get("AssignmentId", "?"))
-        with isolation.part(assignment_id, f"assignment {assignment_id} of HIT {plan.hit_id}"):
-            _review_assignment(run, plan, assignment)
+    for submission in run.platform.submissions(plan.hit_id):
+        shown_id = shown(submission.id)
+        with isolation.part(shown_id, f"assignment {shown_id} of HIT {plan.hit_id}"):
+            _review_assignment(run, plan, submission)
     isolation.raise_first()
 
 
-def _review_assignment(run: _Run, plan: HitPlan, assignment: dict) -> None:
-    """Decide, approve, then pay the bonus or queue the e-mail, for one assignment."""
-    assignment_id = assignment["AssignmentId"]
-    review = run.decided.get(assignment_id)
+def _review_assignment(run: _Run, plan: HitPlan, submission: Submission) -> None:
+    """Decide, approve, then pay the bonus or queue the e-mail, for one submission."""
+    review = run.decided.get(submission.id)
     if review is None:
-        review = decide(plan, assignment)
-        run.ledger.put("reviews", assignment_id, review.to_dict())
-        run.decided[assignment_id] = review
+        review = decide(plan, submission)
+        run.ledger.put("reviews", submission.id, review.to_dict())
+        run.decided[submission.id] = review
         if not review.valid:
             log.warning(
                 "assignment %s of worker %s (query %s) is not counted: %s",
-                assignment_id,
+                shown(submission.id),
                 shown(review.worker_id),
                 shown(plan.query.name),
                 "; ".join(review.problems),
             )
     run.outcome.reviews.append(review)
-    _approve(run.mturk, run.ledger, run.approvals, assignment, plan, run.outcome)
+    _approve(run, submission, plan)
     if review.valid and review.gold_correct:
-        _pay_bonus(
-            run.mturk, run.ledger, run.bonuses, plan, review, run.settings, run.purse, run.outcome
-        )
+        _pay_bonus(run, plan, review)
     elif review.valid and review.worker_id not in run.emails:
         run.to_mail.setdefault(review.worker_id, review)
 
 
 def _json_line(doc: dict) -> str:
-    import json
-
     return json.dumps(doc, ensure_ascii=False, sort_keys=True) + "\n"
 
 
-def _approve(mturk, ledger, approvals, assignment, plan, outcome) -> None:
-    assignment_id = assignment["AssignmentId"]
-    if assignment_id in approvals:
+def _approve(run: _Run, submission: Submission, plan: HitPlan) -> None:
+    if submission.id in run.approvals:
         return
-    status = assignment["AssignmentStatus"]
-    if status == "Submitted":
-        try:
-            mturk.approve_assignment(AssignmentId=assignment_id)
-            outcome.approved += 1
-        except ClientError as error:
-            # Approved meanwhile (auto-approval, or our own call whose answer was lost).
-            current = mturk.get_assignment(AssignmentId=assignment_id)["Assignment"]
-            if current["AssignmentStatus"] != "Approved":
-                raise
-            log.info("assignment %s was already approved (%s)", assignment_id, error)
-    elif status == "Rejected":
-        log.warning("assignment %s was rejected outside this review; left as is", assignment_id)
+    if submission.status == "submitted":
+        if run.platform.approve(submission.id):
+            run.outcome.approved += 1
+    elif submission.status == "rejected":
+        log.warning("assignment %s was rejected outside this review; left as is", submission.id)
     entry = {
-        "status": "Approved" if status != "Rejected" else "Rejected",
-        "worker": assignment["WorkerId"],
+        "status": "Rejected" if submission.status == "rejected" else "Approved",
+        "worker": submission.worker_id,
         "hit": plan.hit_id,
     }
-    ledger.put("approvals", assignment_id, entry)
-    approvals[assignment_id] = entry
+    run.ledger.put("approvals", submission.id, entry)
+    run.approvals[submission.id] = entry
 
 
 @dataclass
 class Purse:
     """What the batch has committed, kept current during a review: every HIT's assignments at
-    its own reward and fees (MTurk pays them on approval, or auto-approval, whatever the
+    its own reward and fees (the platform pays them on approval, or auto-approval, whatever the
     review does) plus every bonus paid with its fee. A bonus is paid only if it fits under the
     per-bonus cap and keeps this total within the budget."""
 
     committed_cents: int
     budget_cents: int | None
     max_bonus_cents: int
+    fees: FeeSchedule
 
     @classmethod
-    def of(cls, plans: Sequence[HitPlan], bonuses: dict, settings: ReviewSettings) -> Purse:
+    def of(
+        cls,
+        plans: Sequence[HitPlan],
+        bonuses: dict,
+        settings: ReviewSettings,
+        fees: FeeSchedule,
+    ) -> Purse:
         terms = [HitTerms.of(plan, settings) for plan in plans]
-        rewards = sum(t.max_assignments * t.approval_cents for t in terms)
-        paid = sum(_bonus_cost(cents(b["amount"])) for b in bonuses.values())
+        rewards = sum(t.max_assignments * t.approval_cents(fees) for t in terms)
+        paid = sum(_bonus_cost(cents(b["amount"]), fees) for b in bonuses.values())
         return cls(
             committed_cents=rewards + paid,
             budget_cents=cents(settings.budget) if settings.budget else None,
             max_bonus_cents=cents(settings.max_bonus),
+            fees=fees,
         )
 
     def allow_bonus(self, amount_cents: int) -> None:
         check_bonus(amount_cents, self.max_bonus_cents)
-        after = self.committed_cents + _bonus_cost(amount_cents)
+        after = self.committed_cents + _bonus_cost(amount_cents, self.fees)
         if self.budget_cents is not None and after > self.budget_cents:
             raise BudgetError(
                 f"a bonus of {usd(amount_cents)} would bring what this batch committed to "
@@ -452,17 +362,17 @@ class Purse:
             )
 
     def add_bonus(self, amount_cents: int) -> None:
-        self.committed_cents += _bonus_cost(amount_cents)
+        self.committed_cents += _bonus_cost(amount_cents, self.fees)
 
 
-def _bonus_cost(amount_cents: int) -> int:
-    return amount_cents + bonus_fee(amount_cents)
+def _bonus_cost(amount_cents: int, fees: FeeSchedule) -> int:
+    return amount_cents + fees.bonus_fee(amount_cents)
 
 
 @dataclass(frozen=True)
 class HitTerms:
-    """What a HIT was created with, as MTurk charges it: its own reward (cents), assignment
-    count and Masters requirement."""
+    """What a HIT was created with, as the platform charges it: its own reward (cents),
+    assignment count and Masters requirement."""
 
     reward_cents: int
     max_assignments: int
@@ -483,54 +393,55 @@ class HitTerms:
             masters=own("masters", settings.masters),
         )
 
-    @property
-    def approval_cents(self) -> int:
-        """What MTurk charges for one approved assignment: the reward plus its tier's fee."""
-        return self.reward_cents + reward_fee(self.reward_cents, self.max_assignments, self.masters)
+    def approval_cents(self, fees: FeeSchedule) -> int:
+        """What one approved assignment costs: the reward plus its tier's fee."""
+        return self.reward_cents + fees.reward_fee(
+            self.reward_cents, self.max_assignments, self.masters
+        )
 
 
-def _pay_bonus(mturk, ledger, bonuses, plan, review, settings, purse, outcome) -> None:
+def _pay_bonus(run: _Run, plan: HitPlan, review: Review) -> None:
     key = f"{plan.hit_id}.{review.worker_id}"
-    if key in bonuses:
+    if key in run.bonuses:
         return
-    paid = mturk.list_bonus_payments(AssignmentId=review.assignment_id).get("BonusPayments", [])
-    if paid:  # paid before a crash lost the ledger write: record what MTurk says was paid
-        amount = cents(paid[0]["BonusAmount"])
+    paid = run.platform.bonuses_paid(review.assignment_id)
+    if paid:  # paid before a crash lost the ledger write: record what the platform says
+        amount = paid[0]
     else:
-        amount = cents(settings.bonus)
-        purse.allow_bonus(amount)
-        try:
-            mturk.send_bonus(
-                WorkerId=review.worker_id,
-                BonusAmount=settings.bonus,
-                AssignmentId=review.assignment_id,
-                Reason=settings.bonus_message,
-                UniqueRequestToken=bonus_token(plan, review.worker_id),
-            )
-            outcome.bonuses_paid += 1
+        amount = cents(run.settings.bonus)
+        run.purse.allow_bonus(amount)
+        if run.platform.pay_bonus(
+            worker_id=review.worker_id,
+            submission_id=review.assignment_id,
+            amount_cents=amount,
+            reason=run.settings.bonus_message,
+            token=bonus_token(plan, review.worker_id),
+        ):
+            run.outcome.bonuses_paid += 1
             log.info(
                 "bonus %s paid to %s for HIT %s", usd(amount), shown(review.worker_id), plan.hit_id
             )
-        except ClientError as error:
-            if "UniqueRequestToken" not in str(error) and "already" not in str(error):
-                raise
+        else:
             log.info(
                 "bonus for %s on HIT %s was already paid", shown(review.worker_id), plan.hit_id
             )
-    purse.add_bonus(amount)
+    run.purse.add_bonus(amount)
     entry = {"assignment": review.assignment_id, "amount": currency_amount(amount)}
-    ledger.put("bonuses", key, entry)
-    bonuses[key] = entry
+    run.ledger.put("bonuses", key, entry)
+    run.bonuses[key] = entry
 
 
-def _send_emails(mturk, ledger, emails, worker_ids, settings, outcome) -> None:
-    events = getattr(getattr(mturk, "meta", None), "events", None)
-    if events is not None:
-        events.register_first(
-            "needs-retry.mturk.NotifyWorkers", _refuse_blind_retry, unique_id=NO_BLIND_RETRY_ID
-        )
-    for start in range(0, len(worker_ids), NOTIFY_BATCH):
-        chunk = worker_ids[start : start + NOTIFY_BATCH]
+def _send_emails(
+    platform: CrowdPlatform,
+    ledger: S3Ledger,
+    emails: dict[str, dict],
+    worker_ids: Sequence[str],
+    settings: ReviewSettings,
+    outcome: ReviewOutcome,
+) -> None:
+    limit = platform.notify_limit
+    for start in range(0, len(worker_ids), limit):
+        chunk = worker_ids[start : start + limit]
         # At most once, also against a concurrent review (a collect run): each e-mail is
         # claimed with a conditional write before the call; whoever claims it sends it.
         chunk = [w for w in chunk if ledger.claim("emails", w, {"status": "sending"})]
@@ -539,19 +450,13 @@ def _send_emails(mturk, ledger, emails, worker_ids, settings, outcome) -> None:
         for worker_id in chunk:
             emails[worker_id] = {"status": "sending"}
         try:
-            response = mturk.notify_workers(
-                Subject=settings.email_subject,
-                MessageText=settings.no_bonus_message,
-                WorkerIds=chunk,
-            )
+            failed = platform.notify(settings.email_subject, settings.no_bonus_message, chunk)
         except OutcomeUnknown as error:
             log.warning("%s; not sent again to %d workers", error, len(chunk))
             continue  # their entries stay "sending": reported below, never mailed twice
-        except ClientError as error:
-            if _error_code(error) not in THROTTLING_CODES:
-                raise
-            # Throttled even after botocore's retries: MTurk sent nothing, so the claims are
-            # released and a later review (the task's retry) sends these e-mails.
+        except Throttled:
+            # Throttled even after the platform client's retries: nothing was sent, so the
+            # claims are released and a later review (the task's retry) sends these e-mails.
             for worker_id in chunk:
                 ledger.delete("emails", worker_id)
                 emails.pop(worker_id, None)
@@ -559,18 +464,11 @@ def _send_emails(mturk, ledger, emails, worker_ids, settings, outcome) -> None:
                 "e-mails to %d workers throttled, not sent: the retry sends them", len(chunk)
             )
             raise
-        failed = {f["WorkerId"]: f for f in response.get("NotifyWorkersFailureStatuses", [])}
         for worker_id in chunk:
             if worker_id in failed:
-                failure = failed[worker_id]
-                log.warning(
-                    "e-mail to %s failed: %s %s",
-                    worker_id,
-                    failure.get("NotifyWorkersFailureCode"),
-                    failure.get("NotifyWorkersFailureMessage"),
-                )
-                entry = {"status": "failed", **failure}
-                outcome.email_failures.append(failure)
+                log.warning("e-mail to %s failed: %s", shown(worker_id), shown(failed[worker_id]))
+                entry = {"status": "failed", "reason": failed[worker_id]}
+                outcome.email_failures.append({"worker": worker_id, "reason": failed[worker_id]})
             else:
                 entry = {"status": "sent"}
                 outcome.emails_sent += 1
@@ -588,11 +486,15 @@ def _send_emails(mturk, ledger, emails, worker_ids, settings, outcome) -> None:
 
 
 def spent(
-    ledger: S3Ledger, settings: ReviewSettings, plans: Sequence[HitPlan] | None = None
+    ledger: S3Ledger,
+    settings: ReviewSettings,
+    fees: FeeSchedule,
+    plans: Sequence[HitPlan] | None = None,
 ) -> dict:
-    """Money charged so far by this batch, from the ledger, as MTurk charges it: each approved
-    assignment at its own HIT's reward plus that HIT's fee (20 %, +20 % at 10 or more
-    assignments, +5 % Masters, at least $0.01), each bonus plus its fee (20 %, at least $0.01).
+    """Money charged so far by this batch, from the ledger, as the platform charges it
+    (``fees``): each approved assignment at its own HIT's reward plus that HIT's fee (on MTurk
+    20 %, +20 % at 10 or more assignments, +5 % Masters, at least $0.01), each bonus plus its
+    fee (20 %, at least $0.01).
 
     ``plans`` (the HIT manifest; read from the ledger when not given) give each HIT's reward,
     assignment count and Masters requirement; HITs recorded before these were kept fall back to
@@ -602,7 +504,7 @@ def spent(
         plans = list(created_plans(ledger).values())
     by_hit = {plan.hit_id: plan for plan in plans if plan.hit_id}
     reviews = None
-    rewards = fees = 0
+    rewards = charged = 0
     for assignment_id, approval in ledger.entries("approvals").items():
         if approval["status"] != "Approved":
             continue
@@ -613,13 +515,13 @@ def spent(
             hit_id = reviews.get(assignment_id, {}).get("hit_id")
         terms = HitTerms.of(by_hit.get(hit_id), settings)
         rewards += terms.reward_cents
-        fees += terms.approval_cents - terms.reward_cents
+        charged += terms.approval_cents(fees) - terms.reward_cents
     bonus_amounts = [cents(b["amount"]) for b in ledger.entries("bonuses").values()]
     bonus_total = sum(bonus_amounts)
-    fees += sum(bonus_fee(amount) for amount in bonus_amounts)
+    charged += sum(fees.bonus_fee(amount) for amount in bonus_amounts)
     return {
         "rewards_cents": rewards,
         "bonuses_cents": bonus_total,
-        "fees_cents": fees,
-        "total_cents": rewards + bonus_total + fees,
+        "fees_cents": charged,
+        "total_cents": rewards + bonus_total + charged,
     }

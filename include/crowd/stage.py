@@ -1,7 +1,8 @@
 """The crowd stage's steps over a batch folder, called by the DAG's tasks (plain Python).
 
 Each step reads what the previous ones left in the local batch folder and in S3 under
-``<prefix>/batches/<batch_id>/``, takes boto3 clients (the DAG gets them from ``S3Hook`` and
+``<prefix>/batches/<batch_id>/``, takes an S3 client (the DAG gets it from ``S3Hook``) and a
+crowd platform (``platform.CrowdPlatform``; the DAG passes ``mturk.MTurkPlatform`` over
 ``MTurkHook``), and returns only ids and URIs, which is all XCom carries:
 
 1. ``publish``: the originals of the images workers see → S3 (content-addressed), plus the
@@ -19,17 +20,16 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from include.common.files import read_json, write_json
 from include.crowd import costs, layout
-from include.crowd.create import HitSettings, create_hits, created_plans, load_manifest
+from include.crowd.create import create_hits, created_plans, load_manifest
 from include.crowd.ledger import S3Ledger
+from include.crowd.platform import CrowdPlatform, FeeSchedule, PlatformError
 from include.crowd.publish import (
     HitCopies,
     ImageUrls,
@@ -40,21 +40,22 @@ from include.crowd.publish import (
 )
 from include.crowd.records import HitPlan, ImageRef, Review
 from include.crowd.review import HitTerms, ReviewSettings, review_batch, spent
-from include.image_similarity.pipeline import load_listings
+from include.crowd.settings import (
+    AMOUNTS,
+    MONEY_FIELDS,
+    CrowdSettings,
+    stored_money_fields,
+)
 
 log = logging.getLogger(__name__)
 
 PUBLISHED = "published.json"
+SOURCES = "sources.json"  # the similarity stage's listing of the three collections
 SETTINGS = "settings.json"
 FAILED_GOLD_QUALIFICATION = "image-similarity: failed a known-answer question"
 FAILED_GOLD_DESCRIPTION = (
     "Workers who answered a known-answer question of an image-similarity batch wrongly."
 )
-# Fixed when a batch's first HIT is about to be created: a later run of the batch with any of
-# these changed would pay some workers differently from others (or past the caps it was
-# checked against), so it is refused before any call.
-# The environment too: a sandbox batch rerun in production would create real, paid HITs.
-MONEY_FIELDS = ("reward", "bonus", "max_bonus", "budget", "assignments", "masters", "environment")
 
 
 class SettingsChanged(ValueError):
@@ -72,13 +73,14 @@ class PaymentCaps:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> PaymentCaps:
         return cls(
-            max_bonus=params.get("max_bonus_usd") or costs.DEFAULT_MAX_BONUS,
-            budget=params.get("budget_usd") or None,
+            max_bonus=params["max_bonus_usd"] or costs.DEFAULT_MAX_BONUS,
+            budget=params["budget_usd"] or None,
         )
 
     def check(self, settings: CrowdSettings) -> None:
         """Refuse a batch whose bonus or budget is above these caps (before anything is paid)."""
-        bonus, cap = costs.cents(settings.bonus), costs.cents(self.max_bonus)
+        payment = settings.payment
+        bonus, cap = costs.cents(payment.bonus), costs.cents(self.max_bonus)
         if bonus > cap:
             raise costs.BudgetError(
                 f"batch {settings.batch_id!r} pays a bonus of {costs.usd(bonus)}, above this "
@@ -86,8 +88,8 @@ class PaymentCaps:
             )
         if self.budget is None:
             return
-        if settings.budget is None or costs.cents(settings.budget) > costs.cents(self.budget):
-            stored = costs.usd(costs.cents(settings.budget)) if settings.budget else "no cap"
+        if payment.budget is None or costs.cents(payment.budget) > costs.cents(self.budget):
+            stored = costs.usd(costs.cents(payment.budget)) if payment.budget else "no cap"
             raise costs.BudgetError(
                 f"batch {settings.batch_id!r} has a budget of {stored}, above this run's budget "
                 f"cap of {costs.usd(costs.cents(self.budget))} (Param budget_usd); nothing was "
@@ -96,119 +98,37 @@ class PaymentCaps:
 
     def tightest(self, settings: CrowdSettings) -> tuple[str, str | None]:
         """The per-bonus cap and budget in force: the lower of the batch's and this run's."""
-        max_bonus = min(settings.max_bonus, self.max_bonus, key=costs.cents)
-        budgets = [b for b in (settings.budget, self.budget) if b]
+        max_bonus = min(settings.payment.max_bonus, self.max_bonus, key=costs.cents)
+        budgets = [b for b in (settings.payment.budget, self.budget) if b]
         return max_bonus, min(budgets, key=costs.cents) if budgets else None
 
 
-@dataclass(frozen=True)
-class CrowdSettings:
-    """The Params the crowd stage reads (see the DAG's trigger form)."""
+def review_settings(settings: CrowdSettings, caps: PaymentCaps | None = None) -> ReviewSettings:
+    """What the review pays and says: the batch's settings under the tightest caps."""
+    payment = settings.payment
+    max_bonus, budget = (caps or PaymentCaps(payment.max_bonus, payment.budget)).tightest(settings)
+    return ReviewSettings(
+        reward=payment.reward,
+        bonus=payment.bonus,
+        bonus_message=settings.review.bonus_message,
+        no_bonus_message=settings.review.no_bonus_message,
+        assignments_per_hit=settings.posting.assignments,
+        max_bonus=max_bonus,
+        budget=budget,
+        masters=settings.workers.masters,
+    )
 
-    batch_id: str
-    bucket: str
-    prefix: str
-    environment: str
-    title: str
-    description: str
-    keywords: str
-    assignments: int
-    lifetime_s: int
-    assignment_duration_s: int
-    auto_approval_delay_s: int
-    review_window_s: int
-    reward: str
-    bonus: str
-    budget: str | None
-    bonus_message: str
-    no_bonus_message: str
-    min_approval_rate: int | None = None
-    min_approved_hits: int | None = None
-    locales: tuple[str, ...] = ()
-    exclude_failed_workers: bool = False
-    masters: bool = False
-    public_image_base_url: str = ""
-    create_concurrency: int = 4
-    show_worker_ids: bool = False
-    max_bonus: str = costs.DEFAULT_MAX_BONUS
 
-    @classmethod
-    def from_params(cls, params: dict[str, Any], batch_id: str) -> CrowdSettings:
-        locales = tuple(
-            x.strip() for x in (params.get("worker_locales") or "").split(",") if x.strip()
-        )  # None: the trigger form's empty field
-        return cls(
-            batch_id=batch_id,
-            bucket=params["s3_bucket"],
-            prefix=params["s3_prefix"],
-            environment=params["mturk_environment"],
-            title=params["hit_title"],
-            description=params["hit_description"],
-            keywords=params["hit_keywords"],
-            assignments=int(params["assignments_per_hit"]),
-            lifetime_s=int(float(params["hit_lifetime_hours"]) * 3600),
-            assignment_duration_s=int(float(params["assignment_duration_minutes"]) * 60),
-            auto_approval_delay_s=int(float(params["auto_approval_delay_hours"]) * 3600),
-            review_window_s=int(float(params.get("review_window_hours", 24)) * 3600),
-            reward=params["reward_usd"],
-            bonus=params["bonus_usd"],
-            budget=params.get("budget_usd") or None,
-            bonus_message=params["bonus_message"],
-            no_bonus_message=params["no_bonus_message"],
-            min_approval_rate=params.get("min_approval_rate"),
-            min_approved_hits=params.get("min_approved_hits"),
-            locales=locales,
-            exclude_failed_workers=bool(params.get("exclude_failed_workers", False)),
-            masters=bool(params.get("require_masters", False)),
-            public_image_base_url=params.get("public_image_base_url") or "",
-            create_concurrency=int(params.get("create_concurrency", 4)),
-            show_worker_ids=bool(params.get("show_worker_ids", False)),
-            max_bonus=params.get("max_bonus_usd") or costs.DEFAULT_MAX_BONUS,
+def batch_settings(s3, bucket: str, prefix: str, batch_id: str) -> CrowdSettings:
+    """The settings a batch was created with (``settings.json`` in its S3 folder), read
+    strictly, with this run's bucket, prefix and batch id."""
+    stored = S3Ledger(s3, bucket, prefix, batch_id).get_json(SETTINGS)
+    if stored is None:
+        raise ValueError(
+            f"batch {batch_id!r} has no settings in s3://{bucket}/{prefix}/batches/"
+            f"{batch_id}/: was it created with this bucket and prefix?"
         )
-
-    @classmethod
-    def from_batch(cls, s3, bucket: str, prefix: str, batch_id: str) -> CrowdSettings:
-        """The settings a batch was created with (``settings.json`` in its S3 folder)."""
-        stored = S3Ledger(s3, bucket, prefix, batch_id).get_json(SETTINGS)
-        if stored is None:
-            raise ValueError(
-                f"batch {batch_id!r} has no settings in s3://{bucket}/{prefix}/batches/"
-                f"{batch_id}/: was it created with this bucket and prefix?"
-            )
-        like = cls.from_stored(stored, None)
-        return replace(like, bucket=bucket, prefix=prefix, batch_id=batch_id)
-
-    @classmethod
-    def from_stored(cls, stored: Any, current: CrowdSettings | None) -> CrowdSettings:
-        """Settings from a stored ``settings.json`` (``current`` fills in what it lacks)."""
-        if not isinstance(stored, dict):
-            raise ValueError("settings.json is not a JSON object")
-        known = {f.name for f in fields(cls)}
-        stored = {k: v for k, v in stored.items() if k in known}
-        base = asdict(current) if current is not None else {}
-        merged = {**base, **stored}
-        merged["locales"] = tuple(merged.get("locales", ()))
-        return cls(**merged)
-
-    def review_settings(self, caps: PaymentCaps | None = None) -> ReviewSettings:
-        max_bonus, budget = (caps or PaymentCaps(self.max_bonus, self.budget)).tightest(self)
-        return ReviewSettings(
-            reward=self.reward,
-            bonus=self.bonus,
-            bonus_message=self.bonus_message,
-            no_bonus_message=self.no_bonus_message,
-            assignments_per_hit=self.assignments,
-            max_bonus=max_bonus,
-            budget=budget,
-            masters=self.masters,
-        )
-
-    def money(self) -> dict[str, Any]:
-        """The money settings, normalised (amounts in cents) for comparison."""
-        values = {name: getattr(self, name) for name in MONEY_FIELDS}
-        for name in ("reward", "bonus", "max_bonus", "budget"):
-            values[name] = costs.cents(values[name]) if values[name] else None
-        return values
+    return CrowdSettings.from_stored(stored).with_storage(bucket, prefix, batch_id)
 
 
 def check_money_settings(s3, settings: CrowdSettings) -> None:
@@ -225,12 +145,10 @@ def check_money_settings(s3, settings: CrowdSettings) -> None:
             )
         return
     try:
-        missing = [
-            name for name in MONEY_FIELDS if not isinstance(stored, dict) or name not in stored
-        ]
+        missing = stored_money_fields(stored)
         if missing:
             raise ValueError(f"settings.json lacks {', '.join(missing)}")
-        before = CrowdSettings.from_stored(stored, settings).money()
+        before = CrowdSettings.from_stored(stored).money()
     except (TypeError, ValueError) as error:
         raise SettingsChanged(
             f"batch {settings.batch_id!r} has unreadable stored settings ({error}); "
@@ -252,7 +170,7 @@ def check_money_settings(s3, settings: CrowdSettings) -> None:
 
 
 def _money_text(name: str, value: Any) -> str:
-    if name in ("reward", "bonus", "max_bonus", "budget"):
+    if name in AMOUNTS:
         return costs.usd(value) if value is not None else "none"
     return str(value)
 
@@ -261,12 +179,12 @@ def pin_settings(s3, settings: CrowdSettings) -> None:
     """Write the batch's ``settings.json`` once (conditional write); if it is already there,
     check that the money settings agree with it."""
     check_money_settings(s3, settings)  # also refuses a batch with HITs whose file is gone
-    if not ledger_for(s3, settings).put_json_once(SETTINGS, asdict(settings)):
+    if not ledger_for(s3, settings).put_json_once(SETTINGS, settings.to_stored()):
         check_money_settings(s3, settings)  # written meanwhile by another run
 
 
 def ledger_for(s3, settings: CrowdSettings) -> S3Ledger:
-    return S3Ledger(s3, settings.bucket, settings.prefix, settings.batch_id)
+    return S3Ledger(s3, settings.storage.bucket, settings.storage.prefix, settings.batch_id)
 
 
 def s3_uri(ledger: S3Ledger, name: str = "") -> str:
@@ -276,20 +194,25 @@ def s3_uri(ledger: S3Ledger, name: str = "") -> str:
 # --- 1. publish -----------------------------------------------------------------------------
 
 
+def _listed_images(batch_dir: Path) -> dict[tuple[str, str], LocalImage]:
+    """The images the similarity stage listed (``sources.json``), by collection and name."""
+    listings = read_json(batch_dir / SOURCES)
+    return {
+        (collection, image["name"]): LocalImage(image["name"], Path(image["path"]), image["sha256"])
+        for collection, listing in listings.items()
+        for image in listing["images"]
+    }
+
+
 def _worker_images(batch_dir: Path) -> tuple[list[dict], list[dict], dict[str, LocalImage]]:
     similarity = read_json(batch_dir / "similarity.json")
     known = read_json(batch_dir / "known_answers.json")
-    listings = load_listings(batch_dir)
-    by_name = {
-        (collection, image.name): image
-        for collection, listing in listings.items()
-        for image in listing.images
-    }
+    by_name = _listed_images(batch_dir)
     images: dict[str, LocalImage] = {}
 
     def add(collection: str, name: str) -> None:
         image = by_name[(collection, name)]
-        images.setdefault(image.sha256, LocalImage(image.name, Path(image.path), image.sha256))
+        images.setdefault(image.sha256, image)
 
     for entry in similarity["queries"]:
         add("queries", entry["query"]["name"])
@@ -304,9 +227,9 @@ def _worker_images(batch_dir: Path) -> tuple[list[dict], list[dict], dict[str, L
 def publish(batch_dir: Path, s3, settings: CrowdSettings) -> str:
     """Upload the originals of the images workers see (content-addressed; ``create`` makes
     each HIT's own copies from them) and the batch's inputs; return the batch's S3 URI."""
-    check_bucket(s3, settings.bucket)
+    check_bucket(s3, settings.storage.bucket)
     _, _, images = _worker_images(batch_dir)
-    refs = publish_images(s3, settings.bucket, settings.prefix, images.values())
+    refs = publish_images(s3, settings.storage.bucket, settings.storage.prefix, images.values())
     write_json(
         batch_dir / PUBLISHED,
         {sha: {"name": ref.name, "key": ref.key} for sha, ref in sorted(refs.items())},
@@ -352,28 +275,40 @@ def _plans(batch_dir: Path, existing: dict[str, HitPlan], batch_id: str) -> list
 
 
 def create(
-    batch_dir: Path, s3, mturk, settings: CrowdSettings, *, qualification_type_id: str | None
+    batch_dir: Path,
+    s3,
+    platform: CrowdPlatform,
+    settings: CrowdSettings,
+    *,
+    exclusion_id: str | None,
 ) -> list[HitPlan]:
-    """Plan, check the budget, and create the batch's HITs (each exactly once)."""
+    """Plan, check the budget, and create the batch's HITs (each exactly once).
+
+    ``exclusion_id``: the exclusion whose holders may not see the HITs (``failed_gold_exclusion``),
+    used when ``settings.review.exclude_failed_workers``.
+    """
     ledger = ledger_for(s3, settings)
     existing = created_plans(ledger)
     plans = _plans(batch_dir, existing, settings.batch_id)
     new = [plan for plan in plans if plan.token not in existing]
     check_money_settings(s3, settings)
-    costs.check_bonus(costs.cents(settings.bonus), costs.cents(settings.max_bonus))
+    costs.check_bonus(costs.cents(settings.payment.bonus), costs.cents(settings.payment.max_bonus))
     cost = costs.estimate(
         len(new),
-        settings.assignments,
-        costs.cents(settings.reward),
-        costs.cents(settings.bonus),
-        masters=settings.masters,
+        settings.posting.assignments,
+        costs.cents(settings.payment.reward),
+        costs.cents(settings.payment.bonus),
+        fees=platform.fees,
+        masters=settings.workers.masters,
     )
     if new:
-        balance = costs.balance_cents(mturk.get_account_balance()["AvailableBalance"])
-        budget = costs.cents(settings.budget) if settings.budget else None
-        committed = _committed_cents(existing.values(), settings)
+        budget = costs.cents(settings.payment.budget) if settings.payment.budget else None
+        committed = _committed_cents(existing.values(), settings, platform.fees)
         costs.check_budget(
-            cost, balance_cents=balance, budget_cents=budget, committed_cents=committed
+            cost,
+            balance_cents=platform.balance_cents(),
+            budget_cents=budget,
+            committed_cents=committed,
         )
     else:
         log.info(
@@ -381,60 +316,43 @@ def create(
             len(plans),
             settings.batch_id,
         )
-    requirements = layout.qualification_requirements(
-        min_approval_rate=settings.min_approval_rate,
-        min_approved_hits=settings.min_approved_hits,
-        locales=list(settings.locales) or None,
-        exclude_qualification_id=qualification_type_id if settings.exclude_failed_workers else None,
-        masters=settings.masters,
-        environment=settings.environment,
-    )
-    hit_settings = HitSettings(
-        title=settings.title,
-        description=settings.description,
-        keywords=settings.keywords,
-        reward=settings.reward,
-        assignments=settings.assignments,
-        lifetime_s=settings.lifetime_s,
-        assignment_duration_s=settings.assignment_duration_s,
-        auto_approval_delay_s=settings.auto_approval_delay_s,
-        qualification_requirements=requirements,
-    )
+    spec = settings.task_spec(exclusion_id if settings.review.exclude_failed_workers else None)
+    platform.check_spec(spec)
     copies = HitCopies(
         s3,
-        settings.bucket,
-        settings.prefix,
+        settings.storage.bucket,
+        settings.storage.prefix,
         batch_secret(ledger),
         local_paths={sha: image.path for sha, image in _worker_images(batch_dir)[2].items()},
     )
-    copies.publish(new)  # each HIT's own copies of its images, before its CreateHIT
+    copies.publish(new)  # each HIT's own copies of its images, before its creation
     urls = ImageUrls(
         s3,
-        settings.bucket,
-        expires_in=settings.lifetime_s + settings.assignment_duration_s + settings.review_window_s,
-        public_base_url=settings.public_image_base_url or None,
+        settings.storage.bucket,
+        expires_in=settings.link_lifetime_s,
+        public_base_url=settings.storage.public_image_base_url or None,
         copies=copies,
     )
-    render = partial(layout.render_hit, hit_urls=urls.for_hit, title=settings.title)
+    render = partial(layout.render_hit, hit_urls=urls.for_hit, title=settings.posting.title)
     pin_settings(s3, settings)
     return create_hits(
-        mturk,
+        platform,
         plans,
         ledger,
-        hit_settings,
+        spec,
         render,
-        concurrency=settings.create_concurrency,
+        concurrency=settings.posting.create_concurrency,
         known=existing,
     )
 
 
-def _committed_cents(plans, settings: CrowdSettings) -> int:
+def _committed_cents(plans, settings: CrowdSettings, fees: FeeSchedule) -> int:
     """The most the batch's existing HITs can cost: each at its own reward and assignment
     count, every assignment approved and paid the bonus."""
-    bonus, fallback = costs.cents(settings.bonus), settings.review_settings()
+    bonus, fallback = costs.cents(settings.payment.bonus), review_settings(settings)
     return sum(
         costs.estimate(
-            1, terms.max_assignments, terms.reward_cents, bonus, masters=terms.masters
+            1, terms.max_assignments, terms.reward_cents, bonus, fees=fees, masters=terms.masters
         ).total
         for terms in (HitTerms.of(plan, fallback) for plan in plans if plan.hit_id)
     )
@@ -445,16 +363,17 @@ def _committed_cents(plans, settings: CrowdSettings) -> int:
 
 def review(
     s3,
-    mturk,
+    platform: CrowdPlatform,
     settings: CrowdSettings,
     *,
     caps: PaymentCaps,
-    qualification_type_id: str | None = None,
+    exclusion_id: str | None = None,
 ):
     """Review every submitted assignment of the batch (exactly-once side effects).
 
     ``caps`` come from the Params of the run that pays: the batch's bonus and budget must be
-    within them, and every bonus is checked against the lower of both caps.
+    within them, and every bonus is checked against the lower of both caps. Workers who failed
+    a known answer get ``exclusion_id`` (when given).
     """
     ledger = ledger_for(s3, settings)
     check_money_settings(s3, settings)
@@ -463,44 +382,36 @@ def review(
     if not plans:
         raise ValueError(f"batch {settings.batch_id!r} has no HIT manifest in {s3_uri(ledger)}")
     try:
-        return review_batch(mturk, plans, ledger, settings.review_settings(caps))
+        return review_batch(platform, plans, ledger, review_settings(settings, caps))
     finally:  # also when one HIT failed: the others' failing workers are still excluded
-        if qualification_type_id:
-            exclude_failed_workers(mturk, ledger, qualification_type_id)
+        if exclusion_id:
+            exclude_failed_workers(platform, ledger, exclusion_id)
 
 
-def failed_gold_qualification(hook, enabled: bool) -> str | None:
-    """The id of the custom qualification that marks workers who failed a known answer (made
-    on first use through ``hook.get_or_create_qualification_type``); None when not used."""
+def failed_gold_exclusion(platform: CrowdPlatform, enabled: bool) -> str | None:
+    """The id of the exclusion that marks workers who failed a known answer (made on first
+    use); None when not used."""
     if not enabled:
         return None
-    found = hook.get_or_create_qualification_type(
-        FAILED_GOLD_QUALIFICATION, FAILED_GOLD_DESCRIPTION
-    )
-    return found["QualificationTypeId"]
+    return platform.exclusion(FAILED_GOLD_QUALIFICATION, FAILED_GOLD_DESCRIPTION)
 
 
-def exclude_failed_workers(mturk, ledger: S3Ledger, qualification_type_id: str) -> None:
-    """Grant the exclusion qualification to every worker the ledger says answered a known
-    answer wrongly, once each (``ledger/exclusions/``). A refusal for one worker (a closed
-    account, say) is logged and the others go on: an exclusion must never stop a review."""
+def exclude_failed_workers(platform: CrowdPlatform, ledger: S3Ledger, exclusion_id: str) -> None:
+    """Exclude from later HITs every worker the ledger says answered a known answer wrongly,
+    once each (``ledger/exclusions/``). A refusal for one worker (a closed account, say) is
+    logged and the others go on: an exclusion must never stop a review."""
     reviews = ledger.entries("reviews").values()
     failed = sorted({r["worker_id"] for r in reviews if r.get("valid") and not r["gold_correct"]})
     done = ledger.entries("exclusions")
     excluded = refused = 0
     for worker_id in (w for w in failed if w not in done):
         try:
-            mturk.associate_qualification_with_worker(
-                QualificationTypeId=qualification_type_id,
-                WorkerId=worker_id,
-                IntegerValue=1,
-                SendNotification=False,
-            )
-        except ClientError as error:
+            platform.grant_exclusion(exclusion_id, worker_id)
+        except PlatformError as error:
             refused += 1
             log.warning("worker %r could not be excluded from later HITs: %s", worker_id, error)
             continue
-        ledger.put("exclusions", worker_id, {"qualification": qualification_type_id})
+        ledger.put("exclusions", worker_id, {"qualification": exclusion_id})
         excluded += 1
     if excluded or refused:
         log.info(
@@ -519,20 +430,21 @@ def load_reviews(ledger: S3Ledger) -> list[Review]:
     ]
 
 
-def results(batch_dir: Path, s3, settings: CrowdSettings) -> dict[str, str]:
+def results(batch_dir: Path, s3, settings: CrowdSettings, fees: FeeSchedule) -> dict[str, str]:
     """Aggregate the batch's reviews; write results.json / results.csv / report.html locally
     (``<batch_dir>/results/``) and to S3 (``results/``). Returns local paths and S3 URIs."""
-    from include.crowd.aggregate import aggregate
+    from include.crowd.aggregation.registry import aggregate
     from include.crowd.report import write_results
 
     ledger = ledger_for(s3, settings)
     plans = load_manifest(ledger)
-    money = spent(ledger, settings.review_settings(), plans)
+    money = spent(ledger, review_settings(settings), fees, plans)
     aggregated = aggregate(
         plans,
         load_reviews(ledger),
         spent={key: money[f"{key}_cents"] for key in ("rewards", "bonuses", "fees", "total")},
-        show_worker_ids=settings.show_worker_ids,
+        show_worker_ids=settings.review.show_worker_ids,
+        primary=settings.review.aggregation,
     )
     local_paths = _local_image_paths(batch_dir)
 
@@ -542,7 +454,7 @@ def results(batch_dir: Path, s3, settings: CrowdSettings) -> dict[str, str]:
             return path.read_bytes()
         if ref.key:
             try:
-                return s3.get_object(Bucket=settings.bucket, Key=ref.key)["Body"].read()
+                return s3.get_object(Bucket=settings.storage.bucket, Key=ref.key)["Body"].read()
             except Exception:  # a missing image shows a placeholder in the report
                 log.warning("no image for %s in S3 (%s)", ref.name, ref.key)
         return None
@@ -565,12 +477,9 @@ def results(batch_dir: Path, s3, settings: CrowdSettings) -> dict[str, str]:
 
 def _local_image_paths(batch_dir: Path) -> dict[str, Path]:
     try:
-        listings = load_listings(batch_dir)
+        return {image.sha256: image.path for image in _listed_images(batch_dir).values()}
     except FileNotFoundError:
         return {}
-    return {
-        image.sha256: Path(image.path) for listing in listings.values() for image in listing.images
-    }
 
 
 def report_url(s3, settings: CrowdSettings, expires_in: int = 7 * 24 * 3600) -> str:
@@ -578,6 +487,6 @@ def report_url(s3, settings: CrowdSettings, expires_in: int = 7 * 24 * 3600) -> 
     ledger = ledger_for(s3, settings)
     return s3.generate_presigned_url(
         "get_object",
-        Params={"Bucket": settings.bucket, "Key": ledger.key("results/report.html")},
+        Params={"Bucket": settings.storage.bucket, "Key": ledger.key("results/report.html")},
         ExpiresIn=expires_in,
     )

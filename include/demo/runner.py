@@ -128,6 +128,51 @@ def _report(batch_dir: Path, data: DemoData) -> None:
     print(f"contact sheets: {batch_dir / 'contact_sheets'}")
 
 
+def crowd_lines(results: dict) -> list[str]:
+    """The crowd's results as the demo prints them: a line per query with the primary method's
+    winner (and any other method's that differs), a line per method, money and gold."""
+    summary = results["summary"]
+    lines = [f"\ncrowd ({summary['hits']} HITs, {summary['assignments']} assignments):"]
+    for query in results["queries"]:
+        votes = (
+            "  ".join(f"{c['name']}:{c['votes']}" for c in query["candidates"])
+            + f"  none:{query['none']['votes']}"
+        )
+        winner = _verdict(query)
+        agree = {True: "agrees with model", False: "differs from model", None: ""}[
+            query["agrees_with_model"]
+        ]
+        others = "".join(
+            f"  {name}: {_verdict(verdict)}"
+            for name, verdict in query["methods"].items()
+            if _verdict(verdict) != winner
+        )
+        lines.append(f"  {query['query']:<12} winner {winner:<18} votes {votes}  {agree}{others}")
+    for name, method in summary["methods"].items():
+        lines.append(
+            f"{name}{' (primary)' if name == results['primary'] else ''}: "
+            f"{method['decided']} decided, {method['tied']} tied, agrees with the model's first "
+            f"match on {method['agreement']['agree']}/{method['agreement']['decided']}"
+        )
+    rate = summary.get("gold_pass_rate")
+    agreement = summary["agreement"]
+    spent = summary.get("spent") or {}
+    lines.append(
+        f"gold pass rate {rate:.0%}; crowd agrees with the model's first match on "
+        f"{agreement['agree']}/{agreement['decided']} decided queries; spent "
+        f"{spent.get('total', '?')} (rewards {spent.get('rewards', '?')}, bonuses "
+        f"{spent.get('bonuses', '?')}, fees {spent.get('fees', '?')})"
+        if rate is not None
+        else "no counted answers"
+    )
+    return lines
+
+
+def _verdict(verdict: dict) -> str:
+    """A method's verdict in a few characters: its winner, the tied options, or "-"."""
+    return verdict["winner"] or ("tie " + "/".join(verdict["tie"]) if verdict["tie"] else "-")
+
+
 def _crowd_report(batch_dir: Path, stack) -> bool:
     """Print the crowd's results and audit the sandbox; return whether the audit passed."""
     from include.crowd.create import load_manifest
@@ -136,29 +181,8 @@ def _crowd_report(batch_dir: Path, stack) -> bool:
 
     results_path = batch_dir / "results" / "results.json"
     results = json.loads(results_path.read_text(encoding="utf-8"))
-    summary = results["summary"]
-    print(f"\ncrowd ({summary['hits']} HITs, {summary['assignments']} assignments):")
-    for query in results["queries"]:
-        votes = (
-            "  ".join(f"{c['name']}:{c['votes']}" for c in query["candidates"])
-            + f"  none:{query['none']['votes']}"
-        )
-        winner = query["winner"] or ("tie " + "/".join(query["tie"]) if query["tie"] else "-")
-        agree = {True: "agrees with model", False: "differs from model", None: ""}[
-            query["agrees_with_model"]
-        ]
-        print(f"  {query['query']:<12} winner {winner:<18} votes {votes}  {agree}")
-    rate = summary.get("gold_pass_rate")
-    agreement = summary["agreement"]
-    spent = summary.get("spent") or {}
-    print(
-        f"gold pass rate {rate:.0%}; crowd agrees with the model's first match on "
-        f"{agreement['agree']}/{agreement['decided']} decided queries; spent "
-        f"{spent.get('total', '?')} (rewards {spent.get('rewards', '?')}, bonuses "
-        f"{spent.get('bonuses', '?')}, fees {spent.get('fees', '?')})"
-        if rate is not None
-        else "no counted answers"
-    )
+    for line in crowd_lines(results):
+        print(line)
     print(f"report: {batch_dir / 'results' / 'report.html'}")
     print(f"sandbox state: {stack.sandbox_state} (worker page was {stack.sandbox_url})")
     ledger = S3Ledger(stack.s3_client(), stack.bucket, "image-similarity", DEMO_BATCH)

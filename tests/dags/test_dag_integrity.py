@@ -167,7 +167,7 @@ def test_optional_text_params_take_the_trigger_forms_empty_field(dag):
     """The UI's trigger form sends an emptied field as null and marks a Param whose type does not
     allow null as required (its defaults then block the form): every "Empty: ..." Param allows it,
     and the crowd settings read null as empty."""
-    from include.crowd.stage import CrowdSettings
+    from include.crowd.settings import CrowdSettings
 
     optional = ("batch_id", "worker_locales", "embedding_cache", "public_image_base_url")
     params = copy.deepcopy(dag.params)
@@ -176,4 +176,4 @@ def test_optional_text_params_take_the_trigger_forms_empty_field(dag):
         params[name] = None
     params.validate()
     settings = CrowdSettings.from_params({**params.dump(), "s3_bucket": "bucket"}, "batch-1")
-    assert settings.locales == () and settings.public_image_base_url == ""
+    assert settings.workers.locales == () and settings.storage.public_image_base_url == ""

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 from conftest import PROJECT_ROOT
-from imagekit import write_bad_files
 
 from include.crowd.create import load_manifest
 from include.crowd.ledger import S3Ledger
 from include.crowd_sandbox.stack import DEMO_CREDENTIALS, LocalStack
 from include.demo.audit import audit_batch
 from include.demo.data import generate_demo_data, recall_at_k
+from testsupport.imagekit import write_bad_files
 
 pytestmark = pytest.mark.slow
 DAG_ID = "image_similarity_mturk"
@@ -170,7 +170,8 @@ def test_whole_run_then_a_rerun_embeds_and_creates_nothing(airflow_env, sample, 
 
     # A settings file crafted in S3 cannot raise what collect pays: its caps are its Params.
     stored = ledger.get_json("settings.json")
-    ledger.put_json("settings.json", {**stored, "bonus": "100.00", "max_bonus": "100.00"})
+    payment = {**stored["payment"], "bonus": "100.00", "max_bonus": "100.00"}
+    ledger.put_json("settings.json", {**stored, "payment": payment})
     crafted = dags_test(airflow_env, batch_conf, dag_id="image_similarity_mturk_collect")
     assert crafted.returncode != 0
     assert "above this run's per-bonus cap of $5.00" in crafted.stdout + crafted.stderr

@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterator
 
 import airflow  # noqa: F401  (puts the plugins folder on sys.path)
 import pytest
-from sandbox_process import RunningSandbox, start_sandbox
 
 from plugins.mturk_testing import FakeTaskInstance, connection_json
+from testsupport.sandbox_process import RunningSandbox, start_sandbox
 
 
 @pytest.fixture

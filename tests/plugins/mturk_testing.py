@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sandbox_process import html_question
+from testsupport.sandbox_process import html_question
 
 WORKERS = [f"AWORKER{n:04d}" for n in range(200)]
 

@@ -17,7 +17,13 @@ import sqlite3
 from collections import Counter
 
 import pytest
-from crowd_plans import (
+
+from include.crowd.create import create_hits, load_manifest
+from include.crowd.ledger import S3Ledger
+from include.crowd.mturk import FEES
+from include.crowd.mturk.question import TOKEN_MARK
+from include.crowd.review import review_batch, spent
+from testsupport.crowd_plans import (
     REVIEW,
     SETTINGS,
     answer_two_pass_one_fail,
@@ -25,11 +31,8 @@ from crowd_plans import (
     reliability_record,
     render,
 )
-from motokit import moto_s3, s3_client
-
-from include.crowd.create import TOKEN_MARK, create_hits, load_manifest
-from include.crowd.ledger import S3Ledger
-from include.crowd.review import review_batch, spent
+from testsupport.motokit import moto_s3, s3_client
+from testsupport.platforms import mturk_platform
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +87,7 @@ def test_a_batch_under_faults_creates_pays_and_mails_exactly_once(crowd_factory,
     # Creation, four at a time as the DAG does.
     plans = plans_for(batch, QUERIES)
     created = as_task(
-        lambda: create_hits(mturk, plans, ledger, SETTINGS, render, concurrency=4),
+        lambda: create_hits(mturk_platform(mturk), plans, ledger, SETTINGS, render, concurrency=4),
         attempts["create"],
     )
     hit_ids = [p.hit_id for p in created]
@@ -97,7 +100,8 @@ def test_a_batch_under_faults_creates_pays_and_mails_exactly_once(crowd_factory,
 
     before = float(mturk.get_account_balance()["AvailableBalance"])
     outcome = as_task(
-        lambda: review_batch(mturk, load_manifest(ledger), ledger, REVIEW), attempts["review"]
+        lambda: review_batch(mturk_platform(mturk), load_manifest(ledger), ledger, REVIEW),
+        attempts["review"],
     )
     charged = round(before - float(mturk.get_account_balance()["AvailableBalance"]), 2)
 
@@ -123,8 +127,8 @@ def test_a_batch_under_faults_creates_pays_and_mails_exactly_once(crowd_factory,
     # A worker not mailed is one whose e-mail call failed ambiguously; the ledger says so.
     assert all(emails[w]["status"] == "sending" for w in unsent), {w: emails[w] for w in unsent}
     assert len(ledger.entries("reviews")) == 3 * QUERIES  # no answer lost
-    assert charged == spent(ledger, REVIEW)["total_cents"] / 100
-    assert outcome.spent == spent(ledger, REVIEW)
+    assert charged == spent(ledger, REVIEW, FEES)["total_cents"] / 100
+    assert outcome.spent == spent(ledger, REVIEW, FEES)
 
     injected = crowd.admin("faults")
     counts = injected["injected"]
@@ -153,7 +157,7 @@ def _notify_setup(crowd_factory, s3, batch: str):
     crowd = crowd_factory()
     hook = MTurkHook()
     ledger = S3Ledger(s3, "faults", "image-similarity", batch)
-    (plan,) = create_hits(hook.conn, plans_for(batch, 1), ledger, SETTINGS, render)
+    (plan,) = create_hits(mturk_platform(hook.conn), plans_for(batch, 1), ledger, SETTINGS, render)
     crowd.work(plan.hit_id, "AFAILED", {plan.gold.field: "4", plan.model.field: "1"})
     assignment = hook.conn.list_assignments_for_hit(HITId=plan.hit_id)["Assignments"][0]
     hook.conn.approve_assignment(AssignmentId=assignment["AssignmentId"])
@@ -179,7 +183,7 @@ def test_a_5xx_on_notify_is_not_retried_and_never_mails_twice(crowd_factory, s3,
     crowd, mturk, ledger, outcome = _notify_setup(crowd_factory, s3, f"notify-5xx-{seed}")
     crowd.admin("faults", {"error_rate": 1.0, "seed": seed})
     before = _injected(crowd)
-    _send_emails(mturk, ledger, {}, ["AFAILED"], REVIEW, outcome)
+    _send_emails(mturk_platform(mturk), ledger, {}, ["AFAILED"], REVIEW, outcome)
     assert _injected(crowd) - before == 1  # one request reached MTurk: no blind retry
     assert ledger.get("emails", "AFAILED") == {"status": "sending"}
     assert "not sent again" in caplog.text and "may not have been sent" in caplog.text
@@ -187,22 +191,28 @@ def test_a_5xx_on_notify_is_not_retried_and_never_mails_twice(crowd_factory, s3,
     assert sent_once <= 1
     # The task's retry, with MTurk healthy again, does not mail a second time.
     crowd.admin("faults", {"error_rate": 0.0})
-    _send_emails(mturk, ledger, {"AFAILED": {"status": "sending"}}, ["AFAILED"], REVIEW, outcome)
+    _send_emails(
+        mturk_platform(mturk),
+        ledger,
+        {"AFAILED": {"status": "sending"}},
+        ["AFAILED"],
+        REVIEW,
+        outcome,
+    )
     assert _mails(crowd, "AFAILED") == sent_once
 
 
 def test_notify_throttled_to_the_end_is_sent_by_the_retry(crowd_factory, s3):
-    from botocore.exceptions import ClientError
-
+    from include.crowd.platform import Throttled
     from include.crowd.review import _send_emails
 
     crowd, mturk, ledger, outcome = _notify_setup(crowd_factory, s3, "notify-throttled")
     crowd.admin("faults", {"throttle_rate": 1.0})
-    with pytest.raises(ClientError, match="Throttling"):
-        _send_emails(mturk, ledger, {}, ["AFAILED"], REVIEW, outcome)
+    with pytest.raises(Throttled, match="Throttling"):
+        _send_emails(mturk_platform(mturk), ledger, {}, ["AFAILED"], REVIEW, outcome)
     assert ledger.get("emails", "AFAILED") is None  # the claim was released
     assert _mails(crowd, "AFAILED") == 0
     crowd.admin("faults", {"throttle_rate": 0.0})
-    _send_emails(mturk, ledger, {}, ["AFAILED"], REVIEW, outcome)
+    _send_emails(mturk_platform(mturk), ledger, {}, ["AFAILED"], REVIEW, outcome)
     assert _mails(crowd, "AFAILED") == 1
     assert ledger.get("emails", "AFAILED") == {"status": "sent"}

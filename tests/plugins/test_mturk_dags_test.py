@@ -15,9 +15,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from sandbox_process import html_question, start_sandbox
 
 from plugins.mturk_testing import connection_json
+from testsupport.sandbox_process import html_question, start_sandbox
 
 pytestmark = pytest.mark.slow
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

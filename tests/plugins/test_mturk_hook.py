@@ -172,3 +172,22 @@ def test_none_arguments_are_left_out(hook, crowd):
     hook.approve_assignment(assignment_id, requester_feedback=None, override_rejection=None)
     assignment = hook.get_conn().get_assignment(AssignmentId=assignment_id)["Assignment"]
     assert assignment["AssignmentStatus"] == "Approved"
+
+
+def test_assignment_bonus_and_revocation_reads(hook, crowd):
+    hit_id = create_hit(hook, assignments=2)
+    first, second = (crowd.work(hit_id, worker) for worker in WORKERS[:2])
+    assert hook.get_assignment(first)["Assignment"]["AssignmentStatus"] == "Submitted"
+    hook.approve_assignment(first)
+    hook.send_bonus(WORKERS[0], first, "0.07", "Gold answer right", "bonus-" + first)
+    assert [b["BonusAmount"] for b in hook.list_bonus_payments(first)] == ["0.07"]
+    assert hook.list_bonus_payments(second) == []
+
+    qualification = hook.get_or_create_qualification_type("Excluded", "Failed gold")
+    type_id = qualification["QualificationTypeId"]
+    hook.associate_qualification_with_worker(type_id, WORKERS[0], 1)
+    hook.disassociate_qualification_from_worker(type_id, WORKERS[0], reason="A second chance")
+    score = hook.get_conn().get_qualification_score(
+        QualificationTypeId=type_id, WorkerId=WORKERS[0]
+    )
+    assert score["Qualification"]["Status"] == "Revoked"

@@ -14,7 +14,10 @@ import signal
 from pathlib import Path
 
 import pytest
-from stackkit import (
+
+from include.crowd_sandbox.stack import LocalStack
+from include.demo.data import generate_demo_data
+from testsupport.stackkit import (
     PROJECT_ROOT,
     AirflowStack,
     ServiceUnavailable,
@@ -25,9 +28,6 @@ from stackkit import (
     ensure_redis,
     release_redis_db,
 )
-
-from include.crowd_sandbox.stack import LocalStack
-from include.demo.data import generate_demo_data
 
 DAG_ID = "image_similarity_mturk"
 ARTIFACTS = PROJECT_ROOT / ".artifacts" / "stack"

@@ -9,7 +9,8 @@ from urllib.parse import quote
 
 import pytest
 from conftest import DAG_ID
-from stackkit import wait_for
+
+from testsupport.stackkit import wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 

@@ -220,6 +220,18 @@ class MTurkHook(AwsBaseHook):
             )
         )
 
+    def get_assignment(self, assignment_id: str) -> dict:
+        """
+        Get an assignment: its status, worker and answer.
+
+        .. seealso::
+            - :external+boto3:py:meth:`MTurk.Client.get_assignment`
+
+        :param assignment_id: the assignment.
+        """
+        self.log.debug("Getting assignment %s", assignment_id)
+        return self.get_conn().get_assignment(AssignmentId=assignment_id)
+
     def reject_assignment(self, assignment_id: str, requester_feedback: str) -> dict:
         """
         Reject a submitted assignment: the worker is not paid.
@@ -272,6 +284,27 @@ class MTurkHook(AwsBaseHook):
                 }
             )
         )
+
+    def list_bonus_payments(self, assignment_id: str, page_size: int = 100) -> list[dict]:
+        """
+        List the bonuses paid for an assignment, all pages.
+
+        .. seealso::
+            - :external+boto3:py:meth:`MTurk.Client.list_bonus_payments`
+
+        :param assignment_id: the assignment.
+        :param page_size: payments per request (MTurk allows at most 100).
+        """
+        payments: list[dict] = []
+        params: dict[str, Any] = {"AssignmentId": assignment_id, "MaxResults": page_size}
+        while True:
+            page = self.get_conn().list_bonus_payments(**params)
+            payments.extend(page.get("BonusPayments", []))
+            if not page.get("NextToken") or not page.get("BonusPayments"):
+                break
+            params["NextToken"] = page["NextToken"]
+        self.log.debug("Assignment %s has %d bonus payments", assignment_id, len(payments))
+        return payments
 
     def notify_workers(self, subject: str, message_text: str, worker_ids: list[str]) -> dict:
         """
@@ -417,6 +450,30 @@ class MTurkHook(AwsBaseHook):
                     "WorkerId": worker_id,
                     "IntegerValue": integer_value,
                     "SendNotification": send_notification,
+                }
+            )
+        )
+
+    def disassociate_qualification_from_worker(
+        self, qualification_type_id: str, worker_id: str, reason: str | None = None
+    ) -> dict:
+        """
+        Revoke a worker's qualification.
+
+        .. seealso::
+            - :external+boto3:py:meth:`MTurk.Client.disassociate_qualification_from_worker`
+
+        :param qualification_type_id: the qualification type.
+        :param worker_id: the worker.
+        :param reason: why, sent to the worker.
+        """
+        self.log.debug("Revoking qualification %s of worker %s", qualification_type_id, worker_id)
+        return self.get_conn().disassociate_qualification_from_worker(
+            **prune_dict(
+                {
+                    "QualificationTypeId": qualification_type_id,
+                    "WorkerId": worker_id,
+                    "Reason": reason,
                 }
             )
         )

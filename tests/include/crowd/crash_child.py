@@ -9,7 +9,7 @@ Every AWS call (MTurk or S3) has two such events: just before its request is sen
 never sees it) and just after its answer arrived (the service has done it, our code has not
 seen the answer yet). The last stdout line is a JSON summary with the number of events.
 
-The plans come from ``tests/crowd_plans.py`` (built from the batch id alone), so the process
+The plans come from ``testsupport/crowd_plans.py`` (built from the batch id alone), so the process
 that crashes, the one that retries and the test itself agree on them.
 """
 
@@ -22,16 +22,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
-for path in (ROOT, ROOT / "tests"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from crowd_plans import REVIEW, SETTINGS, plans_for, render  # noqa: E402
-from motokit import s3_client  # noqa: E402
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 from include.crowd.create import create_hits, load_manifest  # noqa: E402
 from include.crowd.ledger import S3Ledger  # noqa: E402
 from include.crowd.review import review_batch  # noqa: E402
+from testsupport.crowd_plans import REVIEW, SETTINGS, plans_for, render  # noqa: E402
+from testsupport.motokit import s3_client  # noqa: E402
+from testsupport.platforms import mturk_platform  # noqa: E402
 
 
 def clients(config: dict):
@@ -70,11 +69,11 @@ def main() -> int:
     plans = plans_for(config["batch_id"], config["queries"])
     count = arm(config.get("kill_at", 0), s3, mturk)
     if step == "create":
-        created = create_hits(mturk, plans, ledger, SETTINGS, render, concurrency=1)
+        created = create_hits(mturk_platform(mturk), plans, ledger, SETTINGS, render, concurrency=1)
         summary = {"hits": [p.hit_id for p in created]}
     elif step == "review":
         created = load_manifest(ledger)
-        outcome = review_batch(mturk, created, ledger, REVIEW)
+        outcome = review_batch(mturk_platform(mturk), created, ledger, REVIEW)
         summary = {
             "approved": outcome.approved,
             "bonuses": outcome.bonuses_paid,

@@ -20,14 +20,16 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import sandbox_process as sandbox_fixtures
-from crowd_plans import REVIEW, SETTINGS, plans_for, reliability_record, render
-from motokit import moto_s3, s3_client
 
-from include.crowd import create
 from include.crowd.create import create_hits, load_manifest
 from include.crowd.ledger import S3Ledger
+from include.crowd.mturk import FEES
+from include.crowd.mturk.question import TOKEN_MARK
 from include.crowd.review import spent
+from testsupport import sandbox_process as sandbox_fixtures
+from testsupport.crowd_plans import REVIEW, SETTINGS, plans_for, reliability_record, render
+from testsupport.motokit import moto_s3, s3_client
+from testsupport.platforms import mturk_platform
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +40,7 @@ CREATE_QUERIES = 6  # 6 HITs: 28 kill points in a creation run
 BUCKET = "crash-tests"
 # Per HIT: worker 1 and 3 answer the gold question right (bonus), worker 2 wrongly (e-mail).
 GOLD_ANSWERS = {1: "2", 2: "3", 3: "2"}
-TOKEN = re.compile(re.escape(create.TOKEN_MARK) + r"(\S+) ")
+TOKEN = re.compile(re.escape(TOKEN_MARK) + r"(\S+) ")
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +158,12 @@ def _answered_batch(services, batch: str) -> list:
     ledger = ledger_for(services, batch)
     crowd = services["crowd"]
     created = create_hits(
-        crowd.client(), plans_for(batch, QUERIES), ledger, SETTINGS, render, concurrency=1
+        mturk_platform(crowd.client()),
+        plans_for(batch, QUERIES),
+        ledger,
+        SETTINGS,
+        render,
+        concurrency=1,
     )
     for plan in created:
         for worker, gold in GOLD_ANSWERS.items():
@@ -226,7 +233,7 @@ def test_review_killed_anywhere_then_retried_pays_and_mails_at_most_once(service
         totals["answers_lost"] += 3 * QUERIES - len(ledger.entries("reviews"))
         assert len(ledger.entries("reviews")) == 3 * QUERIES, kill_at
         charged = round(before - _balance(services), 2)
-        assert charged == spent(ledger, REVIEW)["total_cents"] / 100, kill_at
+        assert charged == spent(ledger, REVIEW, FEES)["total_cents"] / 100, kill_at
         totals["duplicate_bonuses"] += sum(c - 1 for c in paid.values())
         totals["duplicate_emails"] += max(0, mails - 1)
     record["review"] = {

@@ -10,13 +10,17 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from crowd_plans import REVIEW, SETTINGS, render
 
 from include.crowd import costs
-from include.crowd.create import HitSettings, create_hits, created_plans, load_manifest
+from include.crowd.create import create_hits, created_plans, load_manifest
 from include.crowd.ledger import S3Ledger
+from include.crowd.mturk import FEES
+from include.crowd.mturk.answers import parse_answers, submission
+from include.crowd.platform import TaskSpec
 from include.crowd.records import NONE_OF_THESE, HitPlan, ImageRef, Option, Question
-from include.crowd.review import ReviewSettings, decide, parse_answers, review_batch
+from include.crowd.review import ReviewSettings, decide, review_batch
+from testsupport.crowd_plans import REVIEW, SETTINGS, render
+from testsupport.platforms import mturk_platform
 
 
 def image(name: str) -> ImageRef:
@@ -75,17 +79,17 @@ class CountingClient:
 def test_each_hit_is_created_once_and_a_rerun_creates_nothing(crowd, ledger):
     mturk = CountingClient(crowd.client())
     plans = [plan(f"q{i}.jpg") for i in range(5)]
-    created = create_hits(mturk, plans, ledger, SETTINGS, render, concurrency=3)
+    created = create_hits(mturk_platform(mturk), plans, ledger, SETTINGS, render, concurrency=3)
     assert all(p.hit_id for p in created)
     assert mturk.calls["create_hit"] == 5
     hit = crowd.client().get_hit(HITId=created[0].hit_id)["HIT"]
     assert hit["RequesterAnnotation"] == "batch-1"
     assert [p.query.name for p in load_manifest(ledger)] == [f"q{i}.jpg" for i in range(5)]
 
-    again = create_hits(mturk, plans, ledger, SETTINGS, render)
+    again = create_hits(mturk_platform(mturk), plans, ledger, SETTINGS, render)
     assert [p.hit_id for p in again] == [p.hit_id for p in created]
     assert mturk.calls["create_hit"] == 5  # the ledger answered
-    more = create_hits(mturk, [*plans, plan("new.jpg")], ledger, SETTINGS, render)
+    more = create_hits(mturk_platform(mturk), [*plans, plan("new.jpg")], ledger, SETTINGS, render)
     assert mturk.calls["create_hit"] == 6 and len({p.hit_id for p in more}) == 6
 
 
@@ -93,9 +97,9 @@ def test_a_create_retried_after_half_the_hits_ends_with_each_hit_once(crowd, led
     plans = [plan(f"q{i}.jpg") for i in range(6)]
     crashing = CountingClient(crowd.client(), fail_after={"create_hit": 3})
     with pytest.raises(ConnectionError):
-        create_hits(crashing, plans, ledger, SETTINGS, render, concurrency=1)
+        create_hits(mturk_platform(crashing), plans, ledger, SETTINGS, render, concurrency=1)
     assert len(created_plans(ledger)) == 3
-    create_hits(crowd.client(), plans, ledger, SETTINGS, render)
+    create_hits(mturk_platform(crowd.client()), plans, ledger, SETTINGS, render)
     hits = crowd.client().list_hits(MaxResults=100)["HITs"]
     assert len(hits) == 6
     assert {p.hit_id for p in load_manifest(ledger)} == {h["HITId"] for h in hits}
@@ -115,16 +119,16 @@ def test_a_lost_ledger_write_is_recovered_through_the_request_token(crowd, ledge
 
     monkeypatch.setattr(ledger, "put", flaky_put)
     with pytest.raises(ConnectionError):
-        create_hits(crowd.client(), plans, ledger, SETTINGS, render, concurrency=1)
+        create_hits(mturk_platform(crowd.client()), plans, ledger, SETTINGS, render, concurrency=1)
     monkeypatch.setattr(ledger, "put", real_put)
-    created = create_hits(crowd.client(), plans, ledger, SETTINGS, render)
+    created = create_hits(mturk_platform(crowd.client()), plans, ledger, SETTINGS, render)
     hits = crowd.client().list_hits(MaxResults=100)["HITs"]
     assert len(hits) == 3
     assert sorted(p.hit_id for p in created) == sorted(h["HITId"] for h in hits)
 
 
 def test_the_budget_guard_stops_before_any_money_is_committed():
-    cost = costs.estimate(100, 3, reward_cents=5, bonus_cents=10)
+    cost = costs.estimate(100, 3, reward_cents=5, bonus_cents=10, fees=FEES)
     assert cost.rewards == 1500 and cost.max_bonuses == 3000
     assert cost.fees == 300 * (1 + 2)  # 20 % of 5 c rounds to 1 c; 20 % of 10 c = 2 c
     costs.check_budget(cost, balance_cents=10_000, budget_cents=6_000)
@@ -132,7 +136,7 @@ def test_the_budget_guard_stops_before_any_money_is_committed():
         costs.check_budget(cost, balance_cents=10_000, budget_cents=5_000)
     with pytest.raises(costs.BudgetError, match="account balance is \\$10.00"):
         costs.check_budget(cost, balance_cents=1_000, budget_cents=None)
-    assert costs.estimate(1, 10, 100, 0).fees == 10 * 40  # 40 % tier
+    assert costs.estimate(1, 10, 100, 0, fees=FEES).fees == 10 * 40  # 40 % tier
 
 
 # --- review ---------------------------------------------------------------------------------
@@ -145,14 +149,14 @@ def answers_for(p: HitPlan, *, gold: int, model: int) -> dict[str, str]:
 def test_review_pays_gold_passers_mails_the_others_and_counts_only_valid_votes(crowd, ledger):
     mturk = crowd.client()
     p = plan("q.jpg", gold_correct=2)
-    settings = HitSettings(**{**SETTINGS.__dict__, "assignments": 4})
-    (p,) = create_hits(mturk, [p], ledger, settings, render)
+    settings = TaskSpec(**{**SETTINGS.__dict__, "assignments": 4})
+    (p,) = create_hits(mturk_platform(mturk), [p], ledger, settings, render)
     crowd.work(p.hit_id, "AGOOD", answers_for(p, gold=2, model=1))
     crowd.work(p.hit_id, "AWRONG", answers_for(p, gold=3, model=2))
     crowd.work(p.hit_id, "ATAMPER", {p.gold.field: "2", p.model.field: "<script>"})
     crowd.work(p.hit_id, "AMISSING", {p.gold.field: "2"})
 
-    outcome = review_batch(mturk, [p], ledger, REVIEW)
+    outcome = review_batch(mturk_platform(mturk), [p], ledger, REVIEW)
     by_worker = {r.worker_id: r for r in outcome.reviews}
     assert by_worker["AGOOD"].counted and by_worker["AGOOD"].vote == "q.jpg-match1.jpg"
     assert by_worker["AWRONG"].valid and not by_worker["AWRONG"].counted
@@ -175,7 +179,7 @@ def test_review_pays_gold_passers_mails_the_others_and_counts_only_valid_votes(c
     balance = mturk.get_account_balance()["AvailableBalance"]
     assert balance == "9999.64"  # the sandbox charged exactly what the ledger says
 
-    again = review_batch(mturk, [p], ledger, REVIEW)
+    again = review_batch(mturk_platform(mturk), [p], ledger, REVIEW)
     assert (again.approved, again.bonuses_paid, again.emails_sent) == (0, 0, 0)
     assert mturk.get_account_balance()["AvailableBalance"] == balance
     assert len(mturk.list_bonus_payments(HITId=p.hit_id)["BonusPayments"]) == 1
@@ -186,7 +190,7 @@ def test_review_pays_gold_passers_mails_the_others_and_counts_only_valid_votes(c
 
 def test_a_bonus_paid_before_a_crash_is_not_paid_again(crowd, ledger, monkeypatch):
     mturk = crowd.client()
-    (p,) = create_hits(mturk, [plan("q.jpg")], ledger, SETTINGS, render)
+    (p,) = create_hits(mturk_platform(mturk), [plan("q.jpg")], ledger, SETTINGS, render)
     crowd.work(p.hit_id, "AGOOD", answers_for(p, gold=2, model=1))
     real_put = ledger.put
 
@@ -197,20 +201,20 @@ def test_a_bonus_paid_before_a_crash_is_not_paid_again(crowd, ledger, monkeypatc
 
     monkeypatch.setattr(ledger, "put", crash_on_bonus_record)
     with pytest.raises(ConnectionError):
-        review_batch(mturk, [p], ledger, REVIEW)
+        review_batch(mturk_platform(mturk), [p], ledger, REVIEW)
     monkeypatch.setattr(ledger, "put", real_put)
-    outcome = review_batch(mturk, [p], ledger, REVIEW)
+    outcome = review_batch(mturk_platform(mturk), [p], ledger, REVIEW)
     assert outcome.bonuses_paid == 0
     assert len(mturk.list_bonus_payments(HITId=p.hit_id)["BonusPayments"]) == 1
 
 
 def test_a_bonus_above_the_per_bonus_cap_is_never_paid(crowd, ledger):
     mturk = crowd.client()
-    (p,) = create_hits(mturk, [plan("q.jpg")], ledger, SETTINGS, render)
+    (p,) = create_hits(mturk_platform(mturk), [plan("q.jpg")], ledger, SETTINGS, render)
     crowd.work(p.hit_id, "AGOOD", answers_for(p, gold=2, model=1))
     too_much = ReviewSettings(**{**REVIEW.__dict__, "bonus": "6.00", "max_bonus": "5.00"})
     with pytest.raises(costs.BudgetError, match=r"\$6.00 is above the per-bonus cap of \$5.00"):
-        review_batch(mturk, [p], ledger, too_much)
+        review_batch(mturk_platform(mturk), [p], ledger, too_much)
     assert mturk.list_bonus_payments(HITId=p.hit_id)["BonusPayments"] == []
     costs.check_bonus(500, 500)  # the cap itself is allowed
 
@@ -233,7 +237,9 @@ def test_of_concurrent_claims_of_an_entry_exactly_one_wins(ledger):
 def test_two_reviews_at_once_pay_and_mail_nobody_twice(crowd, ledger):
     """The main DAG's review and a collect run reviewing the same batch at the same moment."""
     mturk = crowd.client()
-    created = create_hits(mturk, [plan(f"q{i}.jpg") for i in range(3)], ledger, SETTINGS, render)
+    created = create_hits(
+        mturk_platform(mturk), [plan(f"q{i}.jpg") for i in range(3)], ledger, SETTINGS, render
+    )
     for n, p in enumerate(created):
         crowd.work(p.hit_id, "AGOOD", answers_for(p, gold=2, model=1))
         crowd.work(p.hit_id, f"AWRONG{n}", answers_for(p, gold=3, model=1))
@@ -242,7 +248,7 @@ def test_two_reviews_at_once_pay_and_mail_nobody_twice(crowd, ledger):
     def review(_n: int):
         other = S3Ledger(ledger.s3, ledger.bucket, "image-similarity", "batch-1")
         barrier.wait()
-        return review_batch(crowd.client(), created, other, REVIEW)
+        return review_batch(mturk_platform(crowd.client()), created, other, REVIEW)
 
     with ThreadPoolExecutor(2) as pool:
         outcomes = list(pool.map(review, range(2)))
@@ -256,20 +262,25 @@ def test_two_reviews_at_once_pay_and_mail_nobody_twice(crowd, ledger):
 
 def test_notify_goes_out_in_batches_of_at_most_100(crowd, ledger):
     mturk = crowd.client()
-    settings = HitSettings(**{**SETTINGS.__dict__, "assignments": 105})
-    (p,) = create_hits(mturk, [plan("q.jpg")], ledger, settings, render)
+    settings = TaskSpec(**{**SETTINGS.__dict__, "assignments": 105})
+    (p,) = create_hits(mturk_platform(mturk), [plan("q.jpg")], ledger, settings, render)
     workers = [f"AWORKER{i:03d}" for i in range(105)]
     for worker in workers:
         crowd.work(p.hit_id, worker, answers_for(p, gold=1, model=1))
     counting = CountingClient(mturk)
-    outcome = review_batch(counting, [p], ledger, REVIEW)
+    outcome = review_batch(mturk_platform(counting), [p], ledger, REVIEW)
     assert counting.calls["notify_workers"] == 2
     assert outcome.emails_sent == 105 and outcome.bonuses_paid == 0
-    again = review_batch(counting, [p], ledger, REVIEW)
+    again = review_batch(mturk_platform(counting), [p], ledger, REVIEW)
     assert again.emails_sent == 0 and counting.calls["notify_workers"] == 2
 
 
 # --- reading answers ------------------------------------------------------------------------
+
+
+def submitted(assignment: dict):
+    """An assignment as ListAssignmentsForHIT returns it, read by the MTurk adapter."""
+    return submission({"AssignmentStatus": "Submitted", **assignment})
 
 
 def answer_xml(fields: dict[str, str]) -> str:
@@ -296,7 +307,9 @@ def answer_xml(fields: dict[str, str]) -> str:
 def test_unreadable_answers_are_recorded_not_counted(answer, problem):
     p = plan("q.jpg")
     p.hit_id = "HIT1"
-    review = decide(p, {"AssignmentId": "A1", "HITId": "HIT1", "WorkerId": "AW", "Answer": answer})
+    review = decide(
+        p, submitted({"AssignmentId": "A1", "HITId": "HIT1", "WorkerId": "AW", "Answer": answer})
+    )
     assert not review.valid and not review.counted and review.vote is None
     assert problem in review.problems[0]
 
@@ -305,7 +318,10 @@ def test_extra_fields_are_noted_and_none_of_these_is_a_vote():
     p = plan("q.jpg")
     fields = {**answers_for(p, gold=2, model=4), "injected": "1"}
     review = decide(
-        p, {"AssignmentId": "A1", "HITId": "H", "WorkerId": "AW", "Answer": answer_xml(fields)}
+        p,
+        submitted(
+            {"AssignmentId": "A1", "HITId": "H", "WorkerId": "AW", "Answer": answer_xml(fields)}
+        ),
     )
     assert review.valid and review.counted and review.vote == NONE_OF_THESE
     assert "extra fields ignored: injected" in review.problems
@@ -320,16 +336,20 @@ def test_cleanup_touches_only_its_own_batch_and_settles_first(crowd, ledger, s3_
     from include.crowd.cleanup import cleanup_batch
 
     mturk = crowd.client()
-    mine = create_hits(mturk, [plan("a.jpg"), plan("b.jpg")], ledger, SETTINGS, render)
+    mine = create_hits(
+        mturk_platform(mturk), [plan("a.jpg"), plan("b.jpg")], ledger, SETTINGS, render
+    )
     other_ledger = S3Ledger(ledger.s3, ledger.bucket, "image-similarity", "batch-2")
     other = plan("c.jpg")
     other.batch_id = "batch-2"
-    (theirs,) = create_hits(mturk, [other], other_ledger, SETTINGS, render)
+    (theirs,) = create_hits(mturk_platform(mturk), [other], other_ledger, SETTINGS, render)
     crowd.work(mine[0].hit_id, "AGOOD", answers_for(mine[0], gold=2, model=1))
     busy = crowd.accept(mine[1].hit_id, "ABUSY")  # still working: MTurk keeps that HIT
 
     outcome = cleanup_batch(
-        mturk, "batch-1", settle=lambda: review_batch(mturk, mine, ledger, REVIEW)
+        mturk_platform(mturk),
+        "batch-1",
+        settle=lambda: review_batch(mturk_platform(mturk), mine, ledger, REVIEW),
     )
     assert sorted(outcome.expired) == sorted(p.hit_id for p in mine)
     assert outcome.deleted == [mine[0].hit_id]
@@ -340,7 +360,9 @@ def test_cleanup_touches_only_its_own_batch_and_settles_first(crowd, ledger, s3_
 
     crowd.submit(busy, answers_for(mine[1], gold=2, model=2))
     again = cleanup_batch(
-        mturk, "batch-1", settle=lambda: review_batch(mturk, mine, ledger, REVIEW)
+        mturk_platform(mturk),
+        "batch-1",
+        settle=lambda: review_batch(mturk_platform(mturk), mine, ledger, REVIEW),
     )
     assert again.deleted == [mine[1].hit_id] and not again.kept
     assert mturk.get_hit(HITId=theirs.hit_id)["HIT"]["HITStatus"] == "Assignable"

@@ -36,16 +36,18 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from imagekit import textured
-from motokit import moto_s3, s3_client
 from PIL import Image
-from sandbox_process import start_sandbox
 
+from include.common.files import write_json
 from include.crowd import stage
-from include.crowd.create import TOKEN_MARK
-from include.crowd.layout import HTML_QUESTION_XMLNS, _field_names, request_token
+from include.crowd.layout import _field_names, request_token
+from include.crowd.mturk.question import HTML_QUESTION_XMLNS, TOKEN_MARK
 from include.crowd.records import HitPlan
-from include.image_similarity.pipeline import write_json
+from testsupport.crowd_plans import crowd_settings
+from testsupport.imagekit import textured
+from testsupport.motokit import moto_s3, s3_client
+from testsupport.platforms import mturk_platform
+from testsupport.sandbox_process import start_sandbox
 
 BATCH = "gold-signals"
 BUCKET = "gold-signals"
@@ -167,22 +169,21 @@ def write_batch(batch_dir: Path, sources: dict[str, list[dict]], queries: int) -
 
 
 def settings() -> stage.CrowdSettings:
-    return stage.CrowdSettings(
-        batch_id=BATCH,
-        bucket=BUCKET,
-        prefix=PREFIX,
-        environment="sandbox",
-        title="Which picture is the most similar?",
-        description="Compare pictures: for each question, pick the most similar option.",
-        keywords="images, similarity",
-        assignments=1,
-        lifetime_s=3600,
-        assignment_duration_s=600,
-        auto_approval_delay_s=3600,
-        review_window_s=3600,
-        reward="0.05",
-        bonus="0.05",
-        budget=None,
+    return crowd_settings(
+        BATCH,
+        s3_bucket=BUCKET,
+        s3_prefix=PREFIX,
+        hit_title="Which picture is the most similar?",
+        hit_description="Compare pictures: for each question, pick the most similar option.",
+        hit_keywords="images, similarity",
+        assignments_per_hit=1,
+        hit_lifetime_hours=1,
+        assignment_duration_minutes=10,
+        auto_approval_delay_hours=1,
+        review_window_hours=1,
+        reward_usd="0.05",
+        bonus_usd="0.05",
+        budget_usd=None,
         bonus_message="Right check answer: here is a bonus.",
         no_bonus_message="The check question was answered wrongly, so no bonus this time.",
     )
@@ -356,7 +357,7 @@ def pages(tmp_path_factory) -> list[Page]:
                 with patch.context() as fast:
                     fast.setattr("botocore.auth.get_current_datetime", clock)
                     plans = stage.create(
-                        batch_dir, s3, mturk, settings(), qualification_type_id=None
+                        batch_dir, s3, mturk_platform(mturk), settings(), exclusion_id=None
                     )
                 runs.append(plans)
             first = {p.token for p in runs[0]}

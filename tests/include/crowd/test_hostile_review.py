@@ -8,13 +8,16 @@ from collections import Counter
 
 import pytest
 from botocore.exceptions import ClientError
-from crowd_plans import REVIEW, SETTINGS, render
-from test_create_review import plan
+from test_create_review import plan, submitted
 
 from include.crowd import costs
 from include.crowd.create import create_hits
+from include.crowd.mturk import FEES
+from include.crowd.platform import PlatformError
 from include.crowd.records import HitPlan
 from include.crowd.review import ReviewSettings, decide, review_batch, spent
+from testsupport.crowd_plans import REVIEW, SETTINGS, render
+from testsupport.platforms import mturk_platform
 
 # What a hostile or broken worker page can post for an option position.
 FORGED_VALUES = [
@@ -39,12 +42,14 @@ def test_every_forged_position_is_invalid_and_never_raises():
             )
             review = decide(
                 p,
-                {
-                    "AssignmentId": "A",
-                    "HITId": "H1",
-                    "WorkerId": "AW",
-                    "Answer": f"<QuestionFormAnswers>{xml}</QuestionFormAnswers>",
-                },
+                submitted(
+                    {
+                        "AssignmentId": "A",
+                        "HITId": "H1",
+                        "WorkerId": "AW",
+                        "Answer": f"<QuestionFormAnswers>{xml}</QuestionFormAnswers>",
+                    }
+                ),
             )
             # " 1" and "1 " are stripped by the XML reader as whitespace, like MTurk's own form
             if value.strip() in ("1", "2", "3", "4"):
@@ -53,14 +58,17 @@ def test_every_forged_position_is_invalid_and_never_raises():
             assert not review.valid and not review.counted and review.vote is None, value
     for broken in ("<a><b></a>", "<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'b'>]><x>&a;</x>",
                    "\x00", "<QuestionFormAnswers><Answer>" * 2000):  # fmt: skip
-        review = decide(p, {"AssignmentId": "A", "HITId": "H1", "WorkerId": "AW", "Answer": broken})
+        assignment = {"AssignmentId": "A", "HITId": "H1", "WorkerId": "AW", "Answer": broken}
+        review = decide(p, submitted(assignment))
         assert not review.valid
 
 
 def test_a_batch_with_forged_answers_on_its_first_hit_is_reviewed_to_the_end(crowd, ledger, caplog):
     mturk = crowd.client()
     settings = SETTINGS.__class__(**{**SETTINGS.__dict__, "assignments": 9})
-    created = create_hits(mturk, [plan(f"q{i}.jpg") for i in range(3)], ledger, settings, render)
+    created = create_hits(
+        mturk_platform(mturk), [plan(f"q{i}.jpg") for i in range(3)], ledger, settings, render
+    )
     first = created[0]
     forged = [
         answers(first, "²", "1"),
@@ -78,7 +86,7 @@ def test_a_batch_with_forged_answers_on_its_first_hit_is_reviewed_to_the_end(cro
         crowd.work(p.hit_id, f"AFAIL{p.query.name[1]}", answers(p, "3", "1"))
 
     caplog.set_level(logging.INFO)
-    outcome = review_batch(mturk, created, ledger, REVIEW)
+    outcome = review_batch(mturk_platform(mturk), created, ledger, REVIEW)
 
     assert not outcome.failed_hits
     statuses = Counter(
@@ -131,20 +139,22 @@ class FailingFor:
 
 def test_an_error_on_one_hit_fails_loudly_after_the_others_and_the_retry_resumes(crowd, ledger):
     mturk = crowd.client()
-    created = create_hits(mturk, [plan(f"q{i}.jpg") for i in range(3)], ledger, SETTINGS, render)
+    created = create_hits(
+        mturk_platform(mturk), [plan(f"q{i}.jpg") for i in range(3)], ledger, SETTINGS, render
+    )
     for p in created:
         crowd.work(p.hit_id, "APASS", answers(p, "2", "1"))
     broken = FailingFor(mturk, created[1].hit_id)
 
-    with pytest.raises(ClientError) as raised:
-        review_batch(broken, created, ledger, REVIEW)
+    with pytest.raises(PlatformError) as raised:  # MTurk's ClientError, as the seam says it
+        review_batch(mturk_platform(broken), created, ledger, REVIEW)
     note = " ".join(getattr(raised.value, "__notes__", []))
     assert created[1].hit_id in note and "1 of 3 HITs" in note
     paid = {p.hit_id for p in created if mturk.list_bonus_payments(HITId=p.hit_id)["BonusPayments"]}
     assert paid == {created[0].hit_id, created[2].hit_id}
 
     broken.failing = False
-    outcome = review_batch(broken, created, ledger, REVIEW)
+    outcome = review_batch(mturk_platform(broken), created, ledger, REVIEW)
     assert (outcome.approved, outcome.bonuses_paid, outcome.failed_hits) == (1, 1, {})
     with sqlite3.connect(f"file:{crowd.state}?mode=ro", uri=True) as db:
         assert db.execute("SELECT COUNT(*) FROM bonuses").fetchone() == (3,)
@@ -152,7 +162,9 @@ def test_an_error_on_one_hit_fails_loudly_after_the_others_and_the_retry_resumes
 
 def test_no_bonus_pushes_the_batch_past_its_budget(crowd, ledger):
     mturk = crowd.client()
-    created = create_hits(mturk, [plan(f"q{i}.jpg") for i in range(2)], ledger, SETTINGS, render)
+    created = create_hits(
+        mturk_platform(mturk), [plan(f"q{i}.jpg") for i in range(2)], ledger, SETTINGS, render
+    )
     for p in created:
         for worker in ("APASS1", "APASS2"):
             crowd.work(p.hit_id, worker, answers(p, "2", "1"))
@@ -160,10 +172,10 @@ def test_no_bonus_pushes_the_batch_past_its_budget(crowd, ledger):
     tight = ReviewSettings(**{**REVIEW.__dict__, "budget": "0.60"})  # room for two bonuses
     before = mturk.get_account_balance()["AvailableBalance"]
     with pytest.raises(costs.BudgetError, match="over its budget of \\$0.60"):
-        review_batch(mturk, created, ledger, tight)
+        review_batch(mturk_platform(mturk), created, ledger, tight)
     with sqlite3.connect(f"file:{crowd.state}?mode=ro", uri=True) as db:
         assert db.execute("SELECT COUNT(*) FROM bonuses").fetchone() == (2,)
-    money = spent(ledger, tight, created)
+    money = spent(ledger, tight, FEES, created)
     assert money["total_cents"] == 4 * 6 + 2 * 12
     charged = costs.cents(before) - costs.cents(mturk.get_account_balance()["AvailableBalance"])
     assert charged == money["total_cents"]  # the ledger's figure is what MTurk charged
@@ -171,7 +183,7 @@ def test_no_bonus_pushes_the_batch_past_its_budget(crowd, ledger):
 
 def test_a_refused_call_for_one_assignment_leaves_the_hits_others_paid(crowd, ledger):
     mturk = crowd.client()
-    (p,) = create_hits(mturk, [plan("q.jpg")], ledger, SETTINGS, render)
+    (p,) = create_hits(mturk_platform(mturk), [plan("q.jpg")], ledger, SETTINGS, render)
     for worker in ("ACLOSED", "APASS", "AFAIL"):
         crowd.work(p.hit_id, worker, answers(p, "2" if worker != "AFAIL" else "3", "1"))
 
@@ -184,8 +196,8 @@ def test_a_refused_call_for_one_assignment_leaves_the_hits_others_paid(crowd, le
                 raise ClientError({"Error": {"Code": "RequestError"}}, "SendBonus")
             return mturk.send_bonus(**kwargs)
 
-    with pytest.raises(ClientError):
-        review_batch(RefusesOneBonus(), [p], ledger, REVIEW)
+    with pytest.raises(PlatformError):  # MTurk's ClientError, as the seam says it
+        review_batch(mturk_platform(RefusesOneBonus()), [p], ledger, REVIEW)
     statuses = {
         a["WorkerId"]: a["AssignmentStatus"]
         for a in mturk.list_assignments_for_hit(HITId=p.hit_id)["Assignments"]

@@ -19,23 +19,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import botocore.session
 import numpy as np
 import pytest
-from botocore.validate import validate_parameters
-from imagekit import textured
 from PIL import Image, ImageEnhance
-from sandbox_process import PROJECT_ROOT, RunningSandbox, start_sandbox
 
-from include.crowd.layout import (
-    HTML_QUESTION_XMLNS,
-    plan_hits,
-    qualification_requirements,
-    render_hit,
-    render_question,
-    request_token,
-)
+from include.crowd.layout import plan_hits, render_hit, render_question, request_token
+from include.crowd.mturk.question import HTML_QUESTION_XMLNS, html_question
+from include.crowd.mturk.requirements import qualification_requirements
 from include.crowd.records import HitPlan, ImageRef
+from testsupport.imagekit import textured
+from testsupport.sandbox_process import PROJECT_ROOT, RunningSandbox, start_sandbox
 
 ARTIFACTS = PROJECT_ROOT / ".artifacts" / "crowd"
 ANSWERS_NS = (
@@ -80,6 +73,11 @@ def presigned(image: ImageRef) -> str:
         f"https://crowd-bucket.s3.amazonaws.com/{image.key}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
         f"&X-Amz-Expires=86400&X-Amz-Signature={image.sha256[:16]}"
     )
+
+
+def question_xml(plan: HitPlan, image_url, *, frame_height: int = 0, **options) -> str:
+    """The HIT as MTurk takes it: the rendered page in its ``HTMLQuestion`` envelope."""
+    return html_question(render_question(plan, image_url, **options), frame_height=frame_height)
 
 
 def html_of(xml: str) -> str:
@@ -294,7 +292,7 @@ class _Page(HTMLParser):
 
 def test_the_html_question_parses_and_follows_the_workers_conventions():
     plan = plan_hits("batch-1", QUERIES[:1], GOLD_SETS)[0]
-    xml = render_question(plan, presigned, title=TITLE)
+    xml = question_xml(plan, presigned, title=TITLE)
     root = ET.fromstring(xml)
     assert root.find(f"{{{HTML_QUESTION_XMLNS}}}FrameHeight").text == "0"
     html = html_of(xml)
@@ -336,7 +334,7 @@ def test_the_html_question_parses_and_follows_the_workers_conventions():
 
 def test_the_html_does_not_tell_which_question_is_gold_or_which_option_is_right():
     for plan in plan_hits("batch-1", QUERIES[:8], GOLD_SETS):
-        html = html_of(render_question(plan, presigned, title=TITLE))
+        html = html_of(question_xml(plan, presigned, title=TITLE))
         lowered = html.lower()
         assert "gold" not in lowered and "known" not in lowered and "model" not in lowered
         for question in plan.questions:
@@ -371,7 +369,7 @@ def test_the_html_does_not_tell_which_question_is_gold_or_which_option_is_right(
             swapped,
         ):
             other = dataclasses.replace(plan, questions=variant)
-            assert html_of(render_question(other, presigned, title=TITLE)) == html
+            assert html_of(question_xml(other, presigned, title=TITLE)) == html
 
 
 def test_everything_is_escaped():
@@ -381,7 +379,7 @@ def test_everything_is_escaped():
     def url(image: ImageRef) -> str:
         return presigned(image) + '&x="><script>alert(1)</script>]]>'
 
-    xml = render_question(
+    xml = question_xml(
         plan,
         url,
         title='Pick <b>one</b> & "win" ]]> <script>alert(2)</script>',
@@ -400,16 +398,16 @@ def test_render_refuses_urls_that_would_reveal_images_or_are_not_web_urls():
     plan = plan_hits("batch-1", QUERIES[:1], GOLD_SETS)[0]
     by_name = lambda image: f"https://bucket.example/{image.name}?sig=1"  # noqa: E731
     with pytest.raises(ValueError, match="contains 'query_00.jpg'|contains 'known"):
-        render_question(plan, by_name, title=TITLE)
+        question_xml(plan, by_name, title=TITLE)
     by_set = lambda image: f"https://bucket.example/known/{plan.gold.gold_set}/{image.sha256}"  # noqa: E731
     with pytest.raises(ValueError, match=f"contains '{plan.gold.gold_set}'"):
-        render_question(plan, by_set, title=TITLE)
+        question_xml(plan, by_set, title=TITLE)
     with pytest.raises(ValueError, match="http"):
-        render_question(plan, lambda image: "javascript:alert(1)", title=TITLE)
+        question_xml(plan, lambda image: "javascript:alert(1)", title=TITLE)
     huge = lambda image: presigned(image) + "&X-Amz-Security-Token=" + "t" * 9000  # noqa: E731
     with pytest.raises(ValueError, match="over MTurk's 65535"):
-        render_question(plan, huge, title=TITLE)
-    assert "<FrameHeight>640</FrameHeight>" in render_question(
+        question_xml(plan, huge, title=TITLE)
+    assert "<FrameHeight>640</FrameHeight>" in question_xml(
         plan, presigned, title=TITLE, frame_height=640
     )
 
@@ -423,91 +421,11 @@ def test_render_hit_asks_for_the_urls_of_this_hit_only():
         return lambda image: presigned(image) + f"&hit={plan.token[-6:]}"
 
     for plan in plans:
-        xml = render_hit(plan, hit_urls, title=TITLE, frame_height=640)
-        assert xml == render_question(plan, hit_urls(plan), title=TITLE, frame_height=640)
+        xml = html_question(render_hit(plan, hit_urls, title=TITLE), frame_height=640)
+        assert xml == question_xml(plan, hit_urls(plan), title=TITLE, frame_height=640)
         srcs = {img["src"] for img in _Page(html_of(xml)).images}
         assert srcs and all(src.endswith(f"&hit={plan.token[-6:]}") for src in srcs)
     assert asked == [plans[0].token] * 2 + [plans[1].token] * 2
-
-
-# --- qualification requirements -------------------------------------------------------------
-
-
-def test_qualification_requirements_in_boto3_shape():
-    requirements = qualification_requirements(
-        min_approval_rate=95,
-        min_approved_hits=500,
-        locales=["US", "ca", "US-NY"],
-        exclude_qualification_id="3EXCLUDEDWORKERS",
-        masters=True,
-        environment="production",
-    )
-    assert requirements == [
-        {
-            "QualificationTypeId": "000000000000000000L0",
-            "Comparator": "GreaterThanOrEqualTo",
-            "IntegerValues": [95],
-            "ActionsGuarded": "Accept",
-        },
-        {
-            "QualificationTypeId": "00000000000000000040",
-            "Comparator": "GreaterThanOrEqualTo",
-            "IntegerValues": [500],
-            "ActionsGuarded": "Accept",
-        },
-        {
-            "QualificationTypeId": "00000000000000000071",
-            "Comparator": "In",
-            "LocaleValues": [
-                {"Country": "US"},
-                {"Country": "CA"},
-                {"Country": "US", "Subdivision": "NY"},
-            ],
-            "ActionsGuarded": "Accept",
-        },
-        {
-            "QualificationTypeId": "2F1QJWKUDD8XADTFD2Q0G6UTO95ALH",
-            "Comparator": "Exists",
-            "ActionsGuarded": "Accept",
-        },
-        {
-            "QualificationTypeId": "3EXCLUDEDWORKERS",
-            "Comparator": "DoesNotExist",
-            "ActionsGuarded": "DiscoverPreviewAndAccept",
-        },
-    ]
-    shape = botocore.session.get_session().get_service_model("mturk").operation_model("CreateHIT")
-    validate_parameters(
-        {
-            "Title": "t",
-            "Description": "d",
-            "Reward": "0.05",
-            "LifetimeInSeconds": 60,
-            "AssignmentDurationInSeconds": 60,
-            "QualificationRequirements": requirements,
-        },
-        shape.input_shape,
-    )
-
-    sandbox_masters = qualification_requirements(
-        min_approval_rate=None,
-        min_approved_hits=None,
-        locales=None,
-        exclude_qualification_id=None,
-        masters=True,
-        environment="sandbox",
-    )
-    assert sandbox_masters[0]["QualificationTypeId"] == "2ARFPLSP75KLA8M8DH1HTEQVJT3SY6"
-    nothing = dict(
-        min_approval_rate=None, min_approved_hits=None, locales=[], exclude_qualification_id=None
-    )
-    assert qualification_requirements(**nothing, environment="production") == []
-    with pytest.raises(ValueError, match="'USA'"):
-        qualification_requirements(**(nothing | {"locales": ["USA"]}), environment="sandbox")
-    with pytest.raises(ValueError, match="0-100"):
-        qualification_requirements(**(nothing | {"min_approval_rate": 101}), environment="sandbox")
-    with pytest.raises(ValueError, match="'sandbox' or 'production'"):
-        qualification_requirements(**nothing, environment="live")
 
 
 # --- real HITs in the crowd sandbox ---------------------------------------------------------
@@ -656,7 +574,7 @@ def create_hit(mturk, plan: HitPlan, images: ImageServer, requirements=None) -> 
         MaxAssignments=3,
         LifetimeInSeconds=3600,
         AssignmentDurationInSeconds=600,
-        Question=render_question(plan, images.url, title=TITLE),
+        Question=question_xml(plan, images.url, title=TITLE),
         RequesterAnnotation=plan.batch_id,
         UniqueRequestToken=plan.token,
         QualificationRequirements=requirements or [],

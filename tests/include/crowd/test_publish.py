@@ -16,8 +16,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
-from imagekit import textured
-from motokit import moto_s3, s3_client
 from PIL import Image, JpegImagePlugin
 
 from include.crowd.layout import plan_hits
@@ -36,6 +34,8 @@ from include.crowd.publish import (
     pad_jpeg,
     publish_images,
 )
+from testsupport.imagekit import textured
+from testsupport.motokit import moto_s3, s3_client
 
 
 @pytest.fixture(scope="module")

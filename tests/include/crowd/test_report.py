@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from imagekit import jpeg_bytes, textured
 from PIL import Image
-from test_aggregate import make_plan, make_review
 
 from include.crowd import report
-from include.crowd.aggregate import aggregate
+from include.crowd.aggregation.registry import aggregate
 from include.crowd.records import NONE_OF_THESE, HitPlan, ImageRef, Review
 from include.crowd.report import results_to_csv, thumbnail_data_uri, write_results
+from testsupport.crowd_answers import make_plan, make_review
+from testsupport.imagekit import jpeg_bytes, textured
 
 ARTIFACTS = Path(__file__).resolve().parents[3] / ".artifacts" / "report"
 EVIL = '<script>alert("x")</script>&.jpg'
@@ -203,7 +203,10 @@ def test_csv_has_one_row_per_query_with_rank_columns(sample):
     assert list(rows[0]) == [
         "query", "hit_id", "status", "winner", "tie", "confidence",
         "votes_rank1", "votes_rank2", "votes_rank3", "votes_none", "counted_votes",
-        "ds_winner", "ds_probability", "agrees_with_model",
+        "agrees_with_model", "primary_method",
+        "majority_winner", "majority_tie", "majority_confidence",
+        "dawid_skene_winner", "dawid_skene_tie", "dawid_skene_confidence",
+        "wawa_winner", "wawa_tie", "wawa_confidence",
     ]  # fmt: skip
     by_query = {row["query"]: row for row in rows}
     assert len(rows) == 5
@@ -220,7 +223,13 @@ def test_csv_has_one_row_per_query_with_rank_columns(sample):
     assert cat["agrees_with_model"] == ""
     waiting = by_query["waiting_q.jpg"]
     assert (waiting["status"], waiting["hit_id"], waiting["votes_rank1"]) == ("no votes", "", "0")
-    assert float(coffee["ds_probability"]) > 0.5 and coffee["ds_winner"] == "frame_0012.jpg"
+    assert float(coffee["dawid_skene_confidence"]) > 0.5
+    assert coffee["dawid_skene_winner"] == "frame_0012.jpg"
+    assert {row["primary_method"] for row in rows} == {"majority"}
+    for row in rows:  # the top-level verdict is the primary method's
+        assert [row[k] for k in ("winner", "tie", "confidence")] == [
+            row[f"majority_{k}"] for k in ("winner", "tie", "confidence")
+        ]
 
 
 def test_report_escapes_names_and_runs_no_script(written):
@@ -266,6 +275,54 @@ def test_report_shows_status_of_each_query(written):
     assert "differs from model" in text and "agrees with model" in text
     assert "$4.44" in text and "rewards $2.60" in text
     assert "missing answer for <b>q2</b> (×1)" in text
+
+
+def page_text(html: str) -> str:
+    return " ".join(" ".join(Page(html).text).split())
+
+
+def test_a_third_method_appears_in_json_csv_and_report(written):
+    results = json.loads(written["json"].read_text(encoding="utf-8"))
+    rows = {r["query"]: r for r in csv.DictReader(io.StringIO(written["csv"].read_text()))}
+    html = written["html"].read_text(encoding="utf-8")
+    text = page_text(html)
+
+    assert results["methods"]["wawa"]["title"] == "Wawa"
+    coffee = next(q for q in results["queries"] if q["query"] == "coffee_q.jpg")
+    assert coffee["methods"]["wawa"]["winner"] == "frame_0012.jpg"
+    assert rows["coffee_q.jpg"]["wawa_winner"] == "frame_0012.jpg"
+    assert rows["coffee_q.jpg"]["wawa_confidence"] == "1.0"  # the dissenter never agrees
+    assert rows[EVIL]["wawa_tie"] == f"frame_0400.jpg|{NONE_OF_THESE}"
+    assert "Wawa: frame_0012.jpg (100 %)" in text
+    assert "Wawa: tie frame_0400.jpg / None of these" in text
+    assert text.count("Wawa pick · 100 %") == 2  # coffee and rocket
+    assert text.count("Wawa: no counted votes") == 2
+    assert "agrees with Wawa" in text
+    assert "<td>Wawa</td>" in html  # a row of the methods table, not the primary
+    assert "<strong>Wawa</strong>: The counted votes again, each weighted" in html
+
+
+def test_the_report_marks_the_primary_method_and_follows_it(sample):
+    results, plans, images = sample
+    by_ds = aggregate(*sample_batch()[:2], computed_at=NOW, primary="dawid_skene")
+
+    default = page_text(report.render_report(results, plans, thumbnails=thumbnails_from(images)))
+    html = report.render_report(by_ds, plans, thumbnails=thumbnails_from(images))
+    text = page_text(html)
+    rows = {r["query"]: r for r in csv.DictReader(io.StringIO(results_to_csv(by_ds)))}
+
+    assert "Majority vote (primary):" in default and "Dawid-Skene (primary)" not in default
+    assert "Majority vote: rank 1 chosen in 1 of 2 decided · Dawid-Skene 1 of 3" in default
+    assert '<td>Dawid-Skene<span class="pill primary">primary</span></td>' in html
+    assert "Dawid-Skene (primary): None of these (100 %)" in text
+    assert "crowd: None of these · 100 %" in text  # Dawid-Skene decides the tied query
+    assert "tie: frame_0400.jpg / None of these" not in text
+    assert "Majority vote: tie frame_0400.jpg / None of these" in text
+    assert "Majority vote pick · 80 %" in text  # the majority's pick, marked on its tile
+    assert "Dawid-Skene: rank 1 chosen in 1 of 3 decided · Majority vote 1 of 2" in text
+    assert {r["primary_method"] for r in rows.values()} == {"dawid_skene"}
+    assert (rows[EVIL]["winner"], rows[EVIL]["tie"]) == (NONE_OF_THESE, "")
+    assert rows[EVIL]["majority_tie"] == f"frame_0400.jpg|{NONE_OF_THESE}"
 
 
 def test_report_is_well_formed_html(written):
@@ -325,6 +382,7 @@ def test_report_in_chromium(written, browser):
             "document.documentElement.scrollWidth - document.documentElement.clientWidth"
         )
         winners = page.locator(".tile.winner .name").all_inner_texts()
+        picks = page.locator(".tile .pick").all_inner_texts()
         tied = page.locator(".tile.tied .name").all_inner_texts()
         page.set_viewport_size({"width": 420, "height": 900})
         narrow_overflow = page.evaluate(
@@ -338,6 +396,9 @@ def test_report_in_chromium(written, browser):
     assert overflow <= 0 and narrow_overflow <= 0  # nothing sticks out, on a phone either
     assert winners == ["frame_0012.jpg", "frame_0302.jpg"]
     assert tied == ["frame_0400.jpg", "None of these"]
+    assert sorted(picks) == sorted(
+        ["Dawid-Skene pick · 100 %"] * 3 + ["Wawa pick · 100 %"] * 2
+    )  # coffee and rocket: both; the tied query: Dawid-Skene's "None of these"
     assert all(url.startswith(("file://", "data:")) for url in requests), requests
 
 

@@ -10,13 +10,15 @@ import sqlite3
 from collections import Counter
 
 import pytest
-import sandbox_process as sandbox_fixtures
-from crowd_plans import REVIEW, SETTINGS, answer_two_pass_one_fail, plans_for, render
-from motokit import s3_client
 
 from include.crowd.create import create_hits, load_manifest
 from include.crowd.ledger import LedgerUnavailable, S3Ledger
+from include.crowd.mturk import FEES
 from include.crowd.review import review_batch, spent
+from testsupport import sandbox_process as sandbox_fixtures
+from testsupport.crowd_plans import REVIEW, SETTINGS, answer_two_pass_one_fail, plans_for, render
+from testsupport.motokit import s3_client
+from testsupport.platforms import mturk_platform
 
 BUCKET = "outage"
 QUERIES = 3
@@ -69,7 +71,9 @@ def test_s3_down_mid_review_fails_clearly_and_the_retry_finishes_exactly_once(
     s3.create_bucket(Bucket=BUCKET)
     mturk = crowd.client()
     ledger = S3Ledger(s3, BUCKET, "image-similarity", "outage")
-    created = create_hits(mturk, plans_for("outage", QUERIES), ledger, SETTINGS, render)
+    created = create_hits(
+        mturk_platform(mturk), plans_for("outage", QUERIES), ledger, SETTINGS, render
+    )
     answer_two_pass_one_fail(crowd, created)
     before = float(mturk.get_account_balance()["AvailableBalance"])
 
@@ -85,13 +89,13 @@ def test_s3_down_mid_review_fails_clearly_and_the_retry_finishes_exactly_once(
     monkeypatch.setattr(ledger, "put", put_then_fail)
     plans = load_manifest(ledger)
     with pytest.raises(LedgerUnavailable, match=r"S3 is unavailable: could not write s3://outage/"):
-        review_batch(mturk, plans, ledger, REVIEW)
+        review_batch(mturk_platform(mturk), plans, ledger, REVIEW)
     with pytest.raises(LedgerUnavailable, match="Nothing is lost"):  # still down: same message
-        review_batch(mturk, plans, ledger, REVIEW)
+        review_batch(mturk_platform(mturk), plans, ledger, REVIEW)
 
     s3_server.start()
     monkeypatch.setattr(ledger, "put", real_put)
-    review_batch(mturk, plans, ledger, REVIEW)
+    review_batch(mturk_platform(mturk), plans, ledger, REVIEW)
 
     with sqlite3.connect(f"file:{crowd.state}?mode=ro", uri=True) as db:
         bonuses = Counter(db.execute("SELECT hit_id, worker_id FROM bonuses").fetchall())
@@ -108,4 +112,4 @@ def test_s3_down_mid_review_fails_clearly_and_the_retry_finishes_exactly_once(
     assert mails == Counter({f"AFAIL{n}": 1 for n in range(QUERIES)})
     assert len(ledger.entries("reviews")) == 3 * QUERIES
     charged = round(before - float(mturk.get_account_balance()["AvailableBalance"]), 2)
-    assert charged == spent(ledger, REVIEW)["total_cents"] / 100
+    assert charged == spent(ledger, REVIEW, FEES)["total_cents"] / 100

@@ -9,13 +9,16 @@ import time
 from dataclasses import replace
 
 import pytest
-import sandbox_process as sandbox_fixtures
-from crowd_plans import REVIEW, SETTINGS, render
 from test_hostile_review import answers, plan
 
-from include.crowd import costs, layout, stage
+from include.crowd import costs, stage
 from include.crowd.create import create_hits
+from include.crowd.mturk import FEES
+from include.crowd.platform import WorkerRequirements
 from include.crowd.review import ReviewSettings, review_batch, spent
+from testsupport import sandbox_process as sandbox_fixtures
+from testsupport.crowd_plans import REVIEW, SETTINGS, crowd_settings, render
+from testsupport.platforms import mturk_platform
 
 
 @pytest.fixture(scope="module")
@@ -57,21 +60,15 @@ def test_spent_equals_what_the_sandbox_charged(
     crowd = sandbox_fixtures.start_sandbox(state)
     try:
         mturk = crowd.client()
-        requirements = layout.qualification_requirements(
-            min_approval_rate=None,
-            min_approved_hits=None,
-            locales=None,
-            exclude_qualification_id=None,
-            masters=masters,
-            environment="sandbox",
-        )
         hit_settings = replace(
             SETTINGS,
             reward=reward,
             assignments=assignments,
-            qualification_requirements=requirements,
+            requirements=WorkerRequirements(masters=masters),
         )
-        created = create_hits(mturk, [plan("q0.jpg"), plan("q1.jpg")], ledger, hit_settings, render)
+        created = create_hits(
+            mturk_platform(mturk), [plan("q0.jpg"), plan("q1.jpg")], ledger, hit_settings, render
+        )
         assert {(p.reward, p.max_assignments, p.masters) for p in created} == {
             (reward, assignments, masters)
         }
@@ -81,11 +78,11 @@ def test_spent_equals_what_the_sandbox_charged(
             crowd.work(p.hit_id, "ADILIGENT02", answers(p, "3", "1"))  # an e-mail
         # The Params changed since the HITs were created: the figures still follow each HIT.
         later = ReviewSettings(**{**REVIEW.__dict__, "bonus": bonus, "reward": "0.50"})
-        outcome = review_batch(mturk, created, ledger, later)
+        outcome = review_batch(mturk_platform(mturk), created, ledger, later)
 
         charged = before - costs.cents(mturk.get_account_balance()["AvailableBalance"])
         assert outcome.spent["total_cents"] == charged
-        assert spent(ledger, later)["total_cents"] == charged  # from the ledger's HITs alone
+        assert spent(ledger, later, FEES)["total_cents"] == charged  # from the ledger's HITs alone
         with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:
             charges = [json.loads(doc) for (doc,) in db.execute("SELECT doc FROM ledger")]
         rewards = sum(c["Charged"] for c in charges if c.get("Charged") and "WorkerId" in c)
@@ -93,9 +90,9 @@ def test_spent_equals_what_the_sandbox_charged(
         reward_c, bonus_c = costs.cents(reward), costs.cents(bonus)
         assert outcome.spent["rewards_cents"] == 4 * reward_c
         assert outcome.spent["bonuses_cents"] == 2 * bonus_c
-        assert outcome.spent["fees_cents"] == 4 * costs.reward_fee(
+        assert outcome.spent["fees_cents"] == 4 * FEES.reward_fee(
             reward_c, assignments, masters
-        ) + 2 * costs.bonus_fee(bonus_c)
+        ) + 2 * FEES.bonus_fee(bonus_c)
     finally:
         crowd.stop()
 
@@ -103,50 +100,29 @@ def test_spent_equals_what_the_sandbox_charged(
 # --- money settings are fixed when a batch is created ----------------------------------------
 
 
-def crowd_settings(**overrides) -> stage.CrowdSettings:
-    base = stage.CrowdSettings(
-        batch_id="batch-1",
-        bucket="",
-        prefix="image-similarity",
-        environment="sandbox",
-        title="t",
-        description="d",
-        keywords="k",
-        assignments=3,
-        lifetime_s=3600,
-        assignment_duration_s=600,
-        auto_approval_delay_s=3600,
-        review_window_s=3600,
-        reward="0.05",
-        bonus="0.10",
-        budget="20.00",
-        bonus_message="bonus",
-        no_bonus_message="no bonus",
-    )
-    return replace(base, **overrides)
-
-
 @pytest.mark.parametrize(
     "change",
     [
-        {"reward": "0.06"},
-        {"bonus": "1.00"},
-        {"max_bonus": "9.00"},
-        {"budget": "500.00"},
-        {"budget": None},
-        {"assignments": 5},
-        {"masters": True},
-        {"environment": "production"},
+        {"reward_usd": "0.06"},
+        {"bonus_usd": "1.00"},
+        {"max_bonus_usd": "9.00"},
+        {"budget_usd": "500.00"},
+        {"budget_usd": None},
+        {"assignments_per_hit": 5},
+        {"require_masters": True},
+        {"mturk_environment": "production"},
     ],
 )
 def test_a_rerun_with_other_money_settings_is_refused_before_any_call(ledger, change):
-    first = crowd_settings(bucket=ledger.bucket)
+    first = crowd_settings(s3_bucket=ledger.bucket)
     stage.pin_settings(ledger.s3, first)
-    stage.check_money_settings(ledger.s3, replace(first, title="another title"))  # not money
+    not_money = crowd_settings(s3_bucket=ledger.bucket, hit_title="another title")
+    stage.check_money_settings(ledger.s3, not_money)
+    changed = crowd_settings(s3_bucket=ledger.bucket, **change)
     with pytest.raises(stage.SettingsChanged, match="new batch id"):
-        stage.check_money_settings(ledger.s3, replace(first, **change))
+        stage.check_money_settings(ledger.s3, changed)
     with pytest.raises(stage.SettingsChanged):
-        stage.pin_settings(ledger.s3, replace(first, **change))
+        stage.pin_settings(ledger.s3, changed)
 
     class NoCalls:
         def __getattr__(self, name):
@@ -156,17 +132,18 @@ def test_a_rerun_with_other_money_settings_is_refused_before_any_call(ledger, ch
         stage.review(
             ledger.s3,
             NoCalls(),
-            replace(first, **change),
+            changed,
             caps=stage.PaymentCaps("100.00", "1000.00"),
         )
-    assert json.loads(ledger.get_bytes("settings.json"))["bonus"] == "0.10"  # written once
+    stored = json.loads(ledger.get_bytes("settings.json"))
+    assert stored["payment"]["bonus"] == "0.10"  # written once
 
 
 def test_the_same_settings_written_twice_keep_the_first_file(ledger):
-    first = crowd_settings(bucket=ledger.bucket)
+    first = crowd_settings(s3_bucket=ledger.bucket)
     stage.pin_settings(ledger.s3, first)
-    stage.pin_settings(ledger.s3, replace(first, description="changed"))
-    assert json.loads(ledger.get_bytes("settings.json"))["description"] == "d"
+    stage.pin_settings(ledger.s3, crowd_settings(s3_bucket=ledger.bucket, hit_description="new"))
+    assert json.loads(ledger.get_bytes("settings.json"))["posting"]["description"] == "d"
 
 
 @pytest.mark.parametrize(
@@ -180,14 +157,43 @@ def test_the_same_settings_written_twice_keep_the_first_file(ledger):
 def test_a_crafted_settings_file_cannot_raise_what_collect_pays(ledger, stored, message):
     """The collect and cleanup DAGs read the batch's settings back from S3; their caps come
     from their own Params (``PaymentCaps``), so a crafted file is refused before any payment."""
-    crafted = {**json.loads(json.dumps(crowd_settings().__dict__)), **stored}
+    crafted = crowd_settings().to_stored()
+    crafted["payment"] = {**crafted["payment"], **stored}
     ledger.put_json("settings.json", crafted)
-    settings = stage.CrowdSettings.from_batch(
-        ledger.s3, ledger.bucket, "image-similarity", "batch-1"
-    )
+    settings = stage.batch_settings(ledger.s3, ledger.bucket, "image-similarity", "batch-1")
     caps = stage.PaymentCaps(costs.DEFAULT_MAX_BONUS, costs.DEFAULT_BUDGET)
     with pytest.raises(costs.BudgetError, match=message):
         caps.check(settings)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda doc: doc.update(colour="blue"), "unknown field colour"),
+        (lambda doc: doc["posting"].update(extra=1), "unknown field posting.extra"),
+        (lambda doc: doc["review"].pop("bonus_message"), "missing field review.bonus_message"),
+        (lambda doc: doc.pop("storage"), "missing field storage"),
+        (lambda doc: doc["posting"].update(assignments="3"), "posting.assignments has the wrong"),
+        (lambda doc: doc["workers"].update(masters=1), "workers.masters has the wrong type"),
+        (lambda doc: doc.update(format=1), "format is 1"),
+    ],
+)
+def test_stored_settings_are_read_back_strictly(ledger, damage, message):
+    """A field the settings do not have, or lack, or of another type, is an error naming it
+    (never silently dropped or defaulted)."""
+    doc = crowd_settings().to_stored()
+    damage(doc)
+    ledger.put_json("settings.json", doc)
+    with pytest.raises(ValueError, match=message):
+        stage.batch_settings(ledger.s3, ledger.bucket, "image-similarity", "batch-1")
+
+
+def test_stored_settings_read_back_are_the_settings_written(ledger):
+    written = crowd_settings(
+        s3_bucket=ledger.bucket, worker_locales="US, CA", min_approval_rate=95, budget_usd=None
+    )
+    stage.pin_settings(ledger.s3, written)
+    assert stage.batch_settings(ledger.s3, ledger.bucket, "image-similarity", "batch-1") == written
 
 
 @pytest.mark.parametrize("amount", ["1e3", "NaN", "Infinity", "-1.00", "0.001", " 1", 5, None])
@@ -198,12 +204,13 @@ def test_amounts_that_are_not_plain_dollars_are_refused(amount):
 
 
 def test_a_batch_with_hits_but_no_or_a_stripped_settings_file_is_refused(ledger):
-    first = crowd_settings(bucket=ledger.bucket)
+    first = crowd_settings(s3_bucket=ledger.bucket)
     stage.pin_settings(ledger.s3, first)
     stored = json.loads(ledger.get_bytes("settings.json"))
     ledger.put("hits", "tok-1", {"hit_id": "H1"})
-    changed = replace(first, bonus="1.00")
-    ledger.put_json("settings.json", {k: v for k, v in stored.items() if k != "bonus"})
+    changed = crowd_settings(s3_bucket=ledger.bucket, bonus_usd="1.00")
+    stored["payment"] = {k: v for k, v in stored["payment"].items() if k != "bonus"}
+    ledger.put_json("settings.json", stored)
     with pytest.raises(stage.SettingsChanged, match="lacks bonus"):
         stage.check_money_settings(ledger.s3, changed)
     ledger.s3.delete_object(Bucket=ledger.bucket, Key=ledger.key("settings.json"))
@@ -231,7 +238,7 @@ def test_an_exclusion_refused_for_one_worker_does_not_stop_the_others(ledger):
                 raise ClientError({"Error": {"Code": "RequestError"}}, "AssociateQualification")
             self.granted.append(WorkerId)
 
-    stage.exclude_failed_workers(Mturk(), ledger, "QUAL")
-    stage.exclude_failed_workers(Mturk(), ledger, "QUAL")
+    stage.exclude_failed_workers(mturk_platform(Mturk()), ledger, "QUAL")
+    stage.exclude_failed_workers(mturk_platform(Mturk()), ledger, "QUAL")
     assert Mturk.granted == ["AWRONG1", "AWRONG2"]  # once each; the refused one is retried
     assert set(ledger.entries("exclusions")) == {"AWRONG1", "AWRONG2"}

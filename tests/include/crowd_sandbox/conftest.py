@@ -6,7 +6,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sandbox_process import (  # noqa: F401  (re-exported for the tests of this folder)
+
+from testsupport.sandbox_process import (  # noqa: F401  (re-exported for the tests of this folder)
     HTML_QUESTION,
     PROJECT_ROOT,
     RunningSandbox,

@@ -10,7 +10,8 @@ from urllib.request import Request, urlopen
 
 import pytest
 from botocore.exceptions import ClientError
-from sandbox_process import html_question
+
+from testsupport.sandbox_process import html_question
 
 ANSWERS_NS = (
     "{http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2005-10-01/"

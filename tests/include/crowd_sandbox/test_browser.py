@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
-from sandbox_process import PROJECT_ROOT
+
+from testsupport.sandbox_process import PROJECT_ROOT
 
 ARTIFACTS = PROJECT_ROOT / ".artifacts" / "browser"
 WORKER = "A3BROWSERWORKER"

@@ -19,9 +19,9 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from sandbox_process import html_question, http
 
 from include.crowd_sandbox.requester import MAX_ANSWER_BYTES
+from testsupport.sandbox_process import html_question, http
 
 ANSWERS_NS = (
     "{http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2005-10-01/"

@@ -8,7 +8,8 @@ import xml.etree.ElementTree as ET
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
-from sandbox_process import html_question, http
+
+from testsupport.sandbox_process import html_question, http
 
 ANSWERS_NS = (
     "{http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2005-10-01/"

@@ -15,7 +15,6 @@ from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 import numpy as np
 import pytest
-from imagekit import textured
 from PIL import Image, ImageEnhance
 
 from include.crowd_sandbox import workers
@@ -31,6 +30,7 @@ from include.crowd_sandbox.workers import (
     understand,
     worker_ids,
 )
+from testsupport.imagekit import textured
 
 # --- pictures and a tiny local web server ---------------------------------------------------
 

@@ -4,7 +4,6 @@ import io
 
 import numpy as np
 import pytest
-from imagekit import save, textured, write_bad_files
 from PIL import Image
 
 from include.image_similarity.decode import (
@@ -15,6 +14,7 @@ from include.image_similarity.decode import (
     open_image,
 )
 from include.image_similarity.sources import MAX_FILE_BYTES
+from testsupport.imagekit import save, textured, write_bad_files
 
 
 def test_input_size_keeps_aspect_ratio_of_a_video_frame():

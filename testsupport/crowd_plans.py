@@ -13,14 +13,15 @@ from collections.abc import Generator
 from contextlib import contextmanager
 from pathlib import Path
 
-from include.crowd.create import HitSettings
+from include.crowd.platform import TaskSpec
 from include.crowd.records import HitPlan, ImageRef, Option, Question
 from include.crowd.review import ReviewSettings
+from include.crowd.settings import CrowdSettings
 
 GOLD_CORRECT = "2"
 RELIABILITY_ARTIFACTS = Path(__file__).resolve().parents[1] / ".artifacts" / "reliability"
 
-SETTINGS = HitSettings(
+SETTINGS = TaskSpec(
     title="Which picture is most similar?",
     description="Pick the most similar picture",
     keywords="image",
@@ -37,6 +38,45 @@ REVIEW = ReviewSettings(
     no_bonus_message="The check question was answered wrongly, so no bonus this time.",
     assignments_per_hit=3,
 )
+
+# Every Param ``CrowdSettings.from_params`` reads, with test values (the DAG's trigger form
+# gives them all; a test overrides what it is about).
+PARAMS = {
+    "mturk_environment": "sandbox",
+    "hit_title": "t",
+    "hit_description": "d",
+    "hit_keywords": "k",
+    "assignments_per_hit": 3,
+    "hit_lifetime_hours": 1,
+    "assignment_duration_minutes": 10,
+    "auto_approval_delay_hours": 1,
+    "create_concurrency": 4,
+    "reward_usd": "0.05",
+    "bonus_usd": "0.10",
+    "max_bonus_usd": "5.00",
+    "budget_usd": "20.00",
+    "bonus_message": "bonus",
+    "no_bonus_message": "no bonus",
+    "review_window_hours": 1,
+    "exclude_failed_workers": False,
+    "show_worker_ids": False,
+    "aggregation_method": "majority",
+    "min_approval_rate": None,
+    "min_approved_hits": None,
+    "worker_locales": None,
+    "require_masters": False,
+    "s3_bucket": "",
+    "s3_prefix": "image-similarity",
+    "public_image_base_url": None,
+}
+
+
+def crowd_settings(batch_id: str = "batch-1", **params) -> CrowdSettings:
+    """``CrowdSettings.from_params`` of ``PARAMS`` with ``params`` changed (Param names)."""
+    unknown = set(params) - set(PARAMS)
+    if unknown:
+        raise KeyError(f"not a Param the crowd settings read: {sorted(unknown)}")
+    return CrowdSettings.from_params({**PARAMS, **params}, batch_id)
 
 
 def _image(name: str) -> ImageRef:
@@ -71,9 +111,10 @@ def plans_for(batch_id: str, queries: int) -> list[HitPlan]:
 
 
 def render(plan: HitPlan) -> str:
-    from sandbox_process import html_question
+    """The page of a plan's HIT (a small real form; the platform wraps it)."""
+    from testsupport.sandbox_process import html_page
 
-    return html_question(plan.query.name)
+    return html_page(plan.query.name)
 
 
 def answer_two_pass_one_fail(crowd, plans: list[HitPlan]) -> None:

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 from conftest import PROJECT_ROOT
-from imagekit import save, textured, write_bad_files
 from PIL import ImageEnhance
+
+from testsupport.imagekit import save, textured, write_bad_files
 
 pytestmark = pytest.mark.slow
 

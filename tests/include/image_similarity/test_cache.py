@@ -1,9 +1,7 @@
 from __future__ import annotations
 
-import motokit
 import numpy as np
 import pytest
-from motokit import moto_s3
 
 from include.image_similarity.cache import (
     COMPACT_AFTER_CHUNKS,
@@ -12,6 +10,8 @@ from include.image_similarity.cache import (
     S3ChunkStore,
     store_for_location,
 )
+from testsupport import motokit
+from testsupport.motokit import moto_s3
 
 
 def vectors(n, seed=0):

@@ -1,101 +1,24 @@
-"""Aggregation of reviewed assignments: majority vote over counted votes, Dawid-Skene with gold.
-
-``make_plan`` and ``make_review`` build the records the way the crowd stage does (shuffled option
-positions, "none of these" last); test_report.py uses them too.
-"""
+"""Aggregation of reviewed assignments: majority vote over counted votes, Dawid-Skene with gold,
+Wawa, and the registry that runs them with one primary method on top."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import random
+from pathlib import Path
 
 import pytest
 
-from include.crowd.aggregate import aggregate, money, usd
-from include.crowd.records import NONE_OF_THESE, HitPlan, ImageRef, Option, Question, Review
+from include.crowd import aggregation
+from include.crowd.aggregation import DEFAULT_PRIMARY, Method, registry
+from include.crowd.aggregation.registry import aggregate
+from include.crowd.aggregation.results import money
+from include.crowd.costs import usd
+from include.crowd.records import NONE_OF_THESE, HitPlan, Review
+from testsupport.crowd_answers import make_plan, make_review
 
 NOW = "2026-01-02T03:04:05Z"
-
-
-def make_plan(
-    query: str,
-    candidates: list[str],
-    *,
-    hit_id: str | None,
-    order: tuple[int, ...] | None = None,
-    gold_correct: int = 1,
-    batch_id: str = "batch-1",
-) -> HitPlan:
-    """A HIT for ``query`` whose model matches are ``candidates`` (rank order); ``order`` gives
-    each rank's position on the page (default 1, 2, 3); "none of these" is the last position."""
-    order = order or tuple(range(1, len(candidates) + 1))
-    scores = [0.95 - 0.07 * i for i in range(len(candidates))]
-    model_options = tuple(
-        sorted(
-            (
-                Option(pos, ImageRef(name, f"sha-{name}", f"img/{name}"), rank, scores[rank - 1])
-                for rank, (name, pos) in enumerate(zip(candidates, order, strict=True), start=1)
-            ),
-            key=lambda o: o.position,
-        )
-    ) + (Option(len(candidates) + 1, None),)
-    gold_options = tuple(
-        Option(pos, ImageRef(f"gold-{pos}.jpg", f"sha-gold-{pos}")) for pos in (1, 2, 3)
-    )
-    return HitPlan(
-        batch_id=batch_id,
-        query=ImageRef(query, f"sha-{query}", f"img/{query}"),
-        token=f"token-{query}",
-        questions=(
-            Question(
-                "q1",
-                "gold",
-                ImageRef("known.jpg", "sha-known"),
-                gold_options,
-                "known1",
-                gold_correct,
-            ),
-            Question("q2", "model", ImageRef(query, f"sha-{query}"), model_options),
-        ),
-        hit_id=hit_id,
-    )
-
-
-def make_review(
-    plan: HitPlan,
-    worker: str,
-    pick: str,
-    *,
-    gold_ok: bool = True,
-    valid: bool = True,
-    gold_pick: int | None = None,
-    assignment: str | None = None,
-    problems: tuple[str, ...] = (),
-) -> Review:
-    """``worker``'s answer to ``plan``: ``pick`` is an image name or NONE_OF_THESE; the gold
-    answer is right when ``gold_ok`` (or the explicit position ``gold_pick``)."""
-    model = plan.model
-    position = next(
-        o.position for o in model.options if (o.image.name if o.image else NONE_OF_THESE) == pick
-    )
-    correct = plan.gold.correct_position
-    if gold_pick is None:
-        gold_pick = correct if gold_ok else (correct % 3) + 1
-    gold_ok = gold_pick == correct
-    return Review(
-        assignment_id=assignment or f"A-{plan.hit_id}-{worker}",
-        hit_id=plan.hit_id,
-        worker_id=worker,
-        query=plan.query.name,
-        valid=valid,
-        gold_correct=gold_ok if valid else None,
-        gold_position=gold_pick if valid else None,
-        model_position=position if valid else None,
-        vote=pick if valid else None,
-        counted=valid and gold_ok,
-        problems=list(problems),
-    )
 
 
 def by_query(results: dict) -> dict[str, dict]:
@@ -124,7 +47,7 @@ def test_majority_winner_shares_and_agreement(plan):
     ]
     assert query["none"] == {"votes": 0, "share": 0.0}
     assert query["agrees_with_model"] is True
-    assert query["ds"]["winner"] == "a.jpg"
+    assert query["methods"]["dawid_skene"]["winner"] == "a.jpg"
 
 
 def test_crowd_picking_another_candidate_disagrees_with_model(plan):
@@ -240,7 +163,7 @@ def test_queries_without_answers_are_present(plan):
         query = by_query(results)[name]
         assert query["status"] == "no votes"
         assert query["winner"] is None and query["confidence"] is None
-        assert query["ds"]["winner"] is None
+        assert query["methods"]["dawid_skene"]["winner"] is None
         assert [c["share"] for c in query["candidates"]] == [None, None, None]
         assert query["assignments"]["submitted"] == 0
     assert by_query(results)["n.jpg"]["hit_id"] is None
@@ -342,8 +265,9 @@ def test_dawid_skene_sees_through_lucky_spammers_that_fool_majority_vote():
 
     lucky = {"q0.jpg", "q3.jpg", "q6.jpg"}
     for name, query in queries.items():
-        assert query["ds"]["winner"] == truth[name], name
-        assert query["ds"]["probability"] > 0.9
+        ds = query["methods"]["dawid_skene"]
+        assert ds["winner"] == truth[name], name
+        assert ds["confidence"] > 0.9
         if name in lucky:
             # 4 spammers passed gold by luck: the counted majority follows them.
             assert query["counted_votes"] == 7
@@ -355,8 +279,12 @@ def test_dawid_skene_sees_through_lucky_spammers_that_fool_majority_vote():
             assert query["winner"] == truth[name]
             assert query["confidence"] == 1.0
     assert results["summary"]["gold_pass_rate"] == round((27 + 12) / 63, 4)
-    assert results["summary"]["ds_agreement"] == {"agree": 7, "decided": 9, "share": 0.7778}
-    agreement = sorted(w["ds_agreement"] for w in results["workers"])
+    assert results["summary"]["methods"]["dawid_skene"]["agreement"] == {
+        "agree": 7,
+        "decided": 9,
+        "share": 0.7778,
+    }
+    agreement = sorted(w["agreement"]["dawid_skene"] for w in results["workers"])
     assert agreement[:4] == [agreement[0]] * 4 and agreement[0] < 0.5  # the spammers
     assert agreement[4:] == [1.0, 1.0, 1.0]  # the diligent workers
 
@@ -392,10 +320,12 @@ def test_dawid_skene_uses_gold_to_trust_a_careful_minority():
 
     for i, query in enumerate(results["queries"]):
         assert query["winner"] == f"a{i}.jpg"  # only the careful workers passed gold
-        assert query["ds"]["winner"] == f"a{i}.jpg"  # 2 against 3, but gold says who is right
-        assert query["ds"]["probability"] > 0.9
-    assert results["summary"]["ds_agreement"]["share"] == 1.0
-    assert sorted(w["ds_agreement"] for w in results["workers"]) == [0.0, 0.0, 0.0, 1.0, 1.0]
+        ds = query["methods"]["dawid_skene"]
+        assert ds["winner"] == f"a{i}.jpg"  # 2 against 3, but gold says who is right
+        assert ds["confidence"] > 0.9
+    assert results["summary"]["methods"]["dawid_skene"]["agreement"]["share"] == 1.0
+    agreement = sorted(w["agreement"]["dawid_skene"] for w in results["workers"])
+    assert agreement == [0.0, 0.0, 0.0, 1.0, 1.0]
 
 
 def test_without_gold_dawid_skene_follows_the_consistent_herd():
@@ -403,4 +333,120 @@ def test_without_gold_dawid_skene_follows_the_consistent_herd():
 
     queries = aggregate(plans, reviews, computed_at=NOW)["queries"]
 
-    assert all(query["ds"]["winner"] != f"a{i}.jpg" for i, query in enumerate(queries))
+    assert all(
+        query["methods"]["dawid_skene"]["winner"] != f"a{i}.jpg" for i, query in enumerate(queries)
+    )
+
+
+def test_every_method_is_one_module_named_by_one_enum_value():
+    package = Path(aggregation.__file__).parent
+    modules = {p.stem for p in package.glob("*.py")} - {"__init__", "registry", "table", "results"}
+
+    assert modules == {method.value for method in Method}  # no module without a name, no name
+    assert list(registry.methods) == list(Method)  # without a module; in report order
+    for method, module in registry.methods.items():
+        assert module.__name__ == f"include.crowd.aggregation.{method.value}"
+        assert callable(module.fit) and module.TITLE and module.READS and module.ABOUT
+    assert DEFAULT_PRIMARY == Method.MAJORITY
+
+
+def test_every_method_appears_in_results_summary_and_workers(plan):
+    reviews = [make_review(plan, f"W{i}", "a.jpg") for i in range(3)]
+    reviews.append(make_review(plan, "W9", "b.jpg"))
+
+    results = aggregate([plan], reviews, computed_at=NOW)
+    names = [method.value for method in Method]
+
+    assert names == ["majority", "dawid_skene", "wawa"]
+    assert results["primary"] == "majority"
+    assert list(results["methods"]) == names
+    assert results["methods"]["wawa"]["title"] == "Wawa"
+    query = results["queries"][0]
+    assert list(query["methods"]) == names
+    assert list(results["summary"]["methods"]) == names
+    assert all(list(w["agreement"]) == names for w in results["workers"])
+    wawa = query["methods"]["wawa"]
+    assert (wawa["status"], wawa["winner"], wawa["agrees_with_model"]) == ("decided", "a.jpg", True)
+    assert list(wawa["probabilities"]) == ["a.jpg", "b.jpg", "c.jpg", NONE_OF_THESE]
+    # W9 disagrees with the majority on its one decided query: skill 0, so it weighs nothing.
+    assert wawa["confidence"] == 1.0 and wawa["probabilities"]["b.jpg"] == 0.0
+    majority = query["methods"]["majority"]
+    assert majority["probabilities"] == {"a.jpg": 0.75, "b.jpg": 0.25, "c.jpg": 0.0, "none": 0.0}
+    assert {k: query[k] for k in ("status", "winner", "tie", "confidence")} == {
+        k: majority[k] for k in ("status", "winner", "tie", "confidence")
+    }
+
+
+def test_primary_selects_whose_verdict_is_on_top():
+    plans, reviews, truth = spammer_scenario()
+
+    default = aggregate(plans, reviews, computed_at=NOW)
+    results = aggregate(plans, reviews, computed_at=NOW, primary="dawid_skene")
+
+    assert results["primary"] == "dawid_skene"
+    for name, query in by_query(results).items():
+        ds = query["methods"]["dawid_skene"]
+        assert query["winner"] == ds["winner"] == truth[name]
+        assert query["confidence"] == ds["confidence"] > 0.9
+        assert (query["status"], query["tie"]) == ("decided", [])
+        assert query["agrees_with_model"] == ds["agrees_with_model"]
+        # The other methods' verdicts stay where they are, the same as with the default.
+        assert query["methods"] == by_query(default)[name]["methods"]
+    lucky = by_query(default)["q0.jpg"]
+    assert (
+        lucky["winner"] != truth["q0.jpg"]
+        and lucky["winner"] == lucky["methods"]["majority"]["winner"]
+    )
+    summary = results["summary"]
+    assert summary["agreement"] == summary["methods"]["dawid_skene"]["agreement"]
+    assert summary["agreement"] == {"agree": 7, "decided": 9, "share": 0.7778}
+    assert default["summary"]["agreement"] == default["summary"]["methods"]["majority"]["agreement"]
+    assert aggregate(plans, reviews, computed_at=NOW, primary=Method.WAWA)["primary"] == "wawa"
+
+
+def test_an_unknown_primary_names_the_known_methods(plan):
+    with pytest.raises(ValueError, match="'borda'") as raised:
+        aggregate([plan], [], computed_at=NOW, primary="borda")
+
+    assert "'majority', 'dawid_skene', 'wawa'" in str(raised.value)
+
+
+def wawa_scenario() -> tuple[list[HitPlan], list[Review]]:
+    """Three HITs that A, B and E decide against C and D (skills 1 and 0), then three ties of
+    one counted vote each: A against C, A against B, C against D."""
+    plans = [
+        make_plan(f"q{i}.jpg", [f"r1-{i}.jpg", f"r2-{i}.jpg"], hit_id=f"H{i}") for i in range(6)
+    ]
+    reviews = []
+    for plan in plans[:3]:
+        reviews += [make_review(plan, w, plan.model.options[0].image.name) for w in "ABE"]
+        reviews += [make_review(plan, w, plan.model.options[1].image.name) for w in "CD"]
+    for plan, (first, second) in zip(plans[3:], ("AC", "AB", "CD"), strict=True):
+        reviews.append(make_review(plan, first, plan.model.options[0].image.name))
+        reviews.append(make_review(plan, second, plan.model.options[1].image.name))
+    return plans, reviews
+
+
+def test_wawa_weighs_workers_by_agreement_and_keeps_honest_ties():
+    plans, reviews = wawa_scenario()
+
+    queries = aggregate(plans, reviews, computed_at=NOW)["queries"]
+    wawa = [q["methods"]["wawa"] for q in queries]
+
+    assert [q["status"] for q in queries] == ["decided"] * 3 + ["tie"] * 3  # majority
+    assert [w["winner"] for w in wawa[:4]] == ["r1-0.jpg", "r1-1.jpg", "r1-2.jpg", "r1-3.jpg"]
+    assert wawa[3]["confidence"] == 1.0  # A agrees with every decided majority, C with none
+    # A and B weigh the same: crowd-kit's own Wawa would break this tie by label order.
+    assert (wawa[4]["status"], wawa[4]["tie"]) == ("tie", ["r1-4.jpg", "r2-4.jpg"])
+    # C and D both weigh 0: the plain shares stand.
+    assert (wawa[5]["status"], wawa[5]["tie"]) == ("tie", ["r1-5.jpg", "r2-5.jpg"])
+    assert wawa[5]["probabilities"] == {"r1-5.jpg": 0.5, "r2-5.jpg": 0.5, NONE_OF_THESE: 0.0}
+
+
+def test_wawa_without_any_decided_query_is_the_plain_majority(plan):
+    reviews = [make_review(plan, "W1", "a.jpg"), make_review(plan, "W2", "b.jpg")]
+
+    query = aggregate([plan], reviews, computed_at=NOW)["queries"][0]
+
+    assert query["methods"]["wawa"] == query["methods"]["majority"]
+    assert query["methods"]["wawa"]["tie"] == ["a.jpg", "b.jpg"]

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from imagekit import save, textured, write_bad_files
 
 from include.image_similarity.cache import EmbeddingCache, LocalChunkStore
 from include.image_similarity.embedding import Embedder, ModelSpec
 from include.image_similarity.sources import list_local_images
+from testsupport.imagekit import save, textured, write_bad_files
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
 """Peak memory of decoding one huge PNG through the real decode paths, each in a fresh process.
 
-    PYTHONPATH=. .venv/bin/python tests/include/decode_peak_rss.py [--side 9400] [--mode RGBA]
-        [--max-pixels 100000000] [--paths model thumbnail sheet known]
+    PYTHONPATH=. .venv/bin/python tests/include/image_similarity/decode_peak_rss.py [--side 9400]
+        [--mode RGBA] [--max-pixels 100000000] [--paths model thumbnail sheet known]
 
 writes a PNG of ``side`` x ``side`` pixels that is a few hundred KB on disk (rows of one grey
 level compress about 1000:1), then, for each path, decodes it in a new Python process and prints
@@ -13,8 +13,9 @@ the peak resident memory (``VmHWM``, else ``ru_maxrss``) and what the decode add
 - ``known``: ``pipeline.check_known_answers`` on a set of four copies (the known-answer check).
 
 ``--max-pixels`` raises the pixel limit so an image above the default limit is decoded rather
-than refused; without it each path uses its default. ``tests/include/test_decode_memory.py``
-runs the same child (``run_child``) to hold the decode to a memory bound.
+than refused; without it each path uses its default.
+``tests/include/image_similarity/test_decode_memory.py`` runs the same child (``run_child``) to
+hold the decode to a memory bound.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import tempfile
 import zlib
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 PATHS = ("model", "thumbnail", "sheet", "known")
 # PNG colour type, bit depth and samples per pixel of each mode the script can write.
 PNG_MODES = {

@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from imagekit import save, textured
 
 from include.image_similarity import pipeline
 from include.image_similarity.__main__ import _parser
@@ -23,6 +22,7 @@ from include.image_similarity.sources import (
     open_regular_file,
     sha256_of_file,
 )
+from testsupport.imagekit import save, textured
 
 # Long enough for a listing of a few files on a busy machine; the old code never returned.
 PATIENCE_SECONDS = 20

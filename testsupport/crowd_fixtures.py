@@ -6,10 +6,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
-import sandbox_process as sandbox_fixtures
-from motokit import moto_s3, s3_client
 
 from include.crowd.ledger import S3Ledger
+from testsupport import sandbox_process as sandbox_fixtures
+from testsupport.motokit import moto_s3, s3_client
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """moto's S3 server on 127.0.0.1 (no AWS traffic) and boto3 clients for it, for every test that
-needs a real S3 API: ``from motokit import moto_s3, s3_client``."""
+needs a real S3 API: ``from testsupport.motokit import moto_s3, s3_client``."""
 
 from __future__ import annotations
 

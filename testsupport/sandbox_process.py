@@ -1,6 +1,6 @@
 """Run the crowd sandbox as users do (``python -m include.crowd_sandbox``) and talk to it.
 
-Shared by every test that needs a crowd: ``from sandbox_process import start_sandbox``.
+Shared by every test that needs a crowd: ``from testsupport.sandbox_process import start_sandbox``.
 """
 
 from __future__ import annotations
@@ -112,8 +112,7 @@ def http(url: str, form: dict[str, str] | None = None) -> tuple[int, dict[str, s
         return error.code, dict(error.headers), error.read().decode("utf-8", "replace")
 
 
-HTML_QUESTION = """<HTMLQuestion xmlns="http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2011-11-11/HTMLQuestion.xsd">
-<HTMLContent><![CDATA[<!DOCTYPE html>
+HTML_PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{title}</title></head><body>
 <form name="mturk_form" method="post" id="mturk_form"
       action="https://www.mturk.com/mturk/externalSubmit">
@@ -128,9 +127,19 @@ HTML_QUESTION = """<HTMLQuestion xmlns="http://mechanicalturk.amazonaws.com/AWSM
 document.getElementById("assignmentId").value =
   new URLSearchParams(location.search).get("assignmentId");
 </script>
-</body></html>]]></HTMLContent>
-<FrameHeight>600</FrameHeight>
-</HTMLQuestion>"""
+</body></html>"""
+HTML_QUESTION = (
+    '<HTMLQuestion xmlns="http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/'
+    '2011-11-11/HTMLQuestion.xsd">\n'
+    f"<HTMLContent><![CDATA[{HTML_PAGE}]]></HTMLContent>\n"
+    "<FrameHeight>600</FrameHeight>\n"
+    "</HTMLQuestion>"
+)
+
+
+def html_page(title: str = "Pick one") -> str:
+    """The page of ``html_question``: what the crowd logic renders (the platform wraps it)."""
+    return HTML_PAGE.replace("{title}", title)
 
 
 def html_question(title: str = "Pick one") -> str:
