@@ -13,8 +13,8 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from include.crowd_sandbox.core import DEFAULT_BALANCE
 from include.crowd_sandbox.faults import FaultConfig
-from include.crowd_sandbox.requester import DEFAULT_BALANCE
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from include.crowd_sandbox.core import DEFAULT_BALANCE
 from include.crowd_sandbox.faults import FaultConfig, Faults
 from include.crowd_sandbox.messages import Request, Response
 from include.crowd_sandbox.protocol import (
@@ -39,7 +40,7 @@ from include.crowd_sandbox.protocol import (
     parse_request,
     shape_response,
 )
-from include.crowd_sandbox.requester import DEFAULT_BALANCE, Sandbox
+from include.crowd_sandbox.requester import Sandbox
 from include.crowd_sandbox.store import Store
 from include.crowd_sandbox.worker_site import WorkerSite
 
@@ -80,7 +81,7 @@ class CrowdSandbox:
     ) -> None:
 
         if workers:
-            from include.crowd_sandbox.workers import parse_spec
+            from include.crowd_sandbox.simulated_worker.profiles import parse_spec
 
             parse_spec(workers)  # a bad --workers fails here, before the URL is printed
         self.store = Store(state)

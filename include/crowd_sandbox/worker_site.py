@@ -35,7 +35,7 @@ assignment id):
     submitted). A preview's ``ASSIGNMENT_ID_NOT_AVAILABLE``, or an unknown assignment, is a 400
     page that says why. Nothing is stored when the assignment is not the submitting worker's
     (a ``workerId`` field or parameter, or the question page's ``workerId``: 403), no longer
-    accepted (400), or when the answers come to more than ``requester.MAX_ANSWER_BYTES`` of XML
+    accepted (400), or when the answers come to more than ``question_xml.MAX_ANSWER_BYTES`` of XML
     (413).
 ``POST /hit/H/return`` (``assignmentId``, ``workerId``)
     Returns the assignment and answers ``303`` to ``/?workerId=W``.
@@ -60,16 +60,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from include.crowd_sandbox import money
+from include.crowd_sandbox.core import new_id
 from include.crowd_sandbox.messages import Request, Response
+from include.crowd_sandbox.operations.worker_actions import NotTheWorkersAssignment
 from include.crowd_sandbox.protocol import RequestError
-from include.crowd_sandbox.requester import (
-    AnswerTooLarge,
-    NotTheWorkersAssignment,
-    Sandbox,
-    external_url,
-    html_content,
-    new_id,
-)
+from include.crowd_sandbox.question_xml import AnswerTooLarge, external_url, html_content
+from include.crowd_sandbox.requester import Sandbox
 
 PREVIEW_ASSIGNMENT_ID = "ASSIGNMENT_ID_NOT_AVAILABLE"
 TEMPLATES = Path(__file__).resolve().parent / "templates"

@@ -81,8 +81,10 @@ with create_session() as session:
 
 
 def test_a_dag_run_defers_on_the_hits_and_serves_the_links(tmp_path):
+    # Workers slower than create_hits -> first poke, even on a loaded machine: the first read
+    # must see work still to come (at 0.2 s both HITs were sometimes done already).
     crowd = start_sandbox(
-        tmp_path / "sandbox.sqlite", "--workers", "diligent:2", "--seconds-per-assignment", "0.2"
+        tmp_path / "sandbox.sqlite", "--workers", "diligent:2", "--seconds-per-assignment", "4"
     )
     try:
         dags = tmp_path / "dags"

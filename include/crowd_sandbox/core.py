@@ -1,0 +1,221 @@
+"""The sandbox's core, which every group of operations shares: the state file (``Store``),
+the clock, the account balance, ``UniqueRequestToken`` bookkeeping, the HIT and assignment
+lookups, what time does to assignments (abandonment, auto-approval), paging, and the parameter
+checks MTurk answers ``InvalidParameterValue`` to.
+
+The operations are in ``include.crowd_sandbox.operations``, one module per group of MTurk's API
+reference; ``requester.Sandbox`` composes them over this core.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import string
+import time
+from collections.abc import Callable
+from typing import Any
+
+from include.crowd_sandbox import money
+from include.crowd_sandbox.protocol import RequestError
+from include.crowd_sandbox.qualification_requirements import requires_masters
+from include.crowd_sandbox.store import Store
+
+TOKEN_LIFETIME_S = 24 * 3600
+DEFAULT_PAGE_SIZE = 10
+DEFAULT_BALANCE = "10000.00"
+# Ten years: past MTurk's longest timer (a HIT's year of lifetime), short of datetime's end.
+MAX_CLOCK_ADVANCE_S = 10 * 365 * 24 * 3600
+
+_ID_ALPHABET = string.ascii_uppercase + string.digits
+
+
+def new_id(prefix: str = "", length: int = 30) -> str:
+    """An MTurk-looking id: upper-case letters and digits (worker ids start with ``A``)."""
+    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(length - len(prefix)))
+
+
+class SandboxCore:
+    """The shared state of the sandbox's operations, over a ``Store``."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        initial_balance: str = DEFAULT_BALANCE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        with store.transaction():
+            if store.meta("balance_cents") is None:
+                store.set_meta("balance_cents", str(money.parse_amount(initial_balance)))
+            self._offset = float(store.meta("clock_offset") or 0.0)
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def call(self, operation: str, params: dict[str, Any], request_id: str) -> dict[str, Any]:
+        """Run one API operation atomically; raise ``MTurkError`` subclasses on failure."""
+        handler = getattr(self, "op_" + operation, None)
+        if handler is None:
+            raise RequestError(
+                f"The crowd sandbox does not implement {operation}.",
+                "AWS.MechanicalTurk.UnsupportedOperation",
+            )
+        with self.store.transaction():
+            self._refresh()
+            return handler(params, request_id) or {}
+
+    def _now(self) -> float:
+        return float(self.clock()) + self._offset
+
+    def now(self) -> float:
+        """The sandbox's current time (epoch seconds, including any advance)."""
+        return self._now()
+
+    def advance_clock(self, seconds: float) -> float:
+        """Move the sandbox's clock forward (tests: expiry, abandonment, auto-approval, token
+        lifetime). The offset is part of the state, so a restart keeps the same time line."""
+        if not 0 <= seconds <= MAX_CLOCK_ADVANCE_S:  # also refuses NaN
+            raise ValueError(
+                f"the clock moves forward by 0 to {MAX_CLOCK_ADVANCE_S} seconds at a time, "
+                f"not {seconds}"
+            )
+        with self.store.transaction():
+            self._offset += seconds
+            self.store.set_meta("clock_offset", repr(self._offset))
+            self._refresh()
+            return self._now()
+
+    def _balance(self) -> int:
+        return int(self.store.meta("balance_cents") or 0)
+
+    def _require_funds(self, cents: int) -> None:
+        balance = self._balance()
+        if cents > balance:
+            raise RequestError(
+                "This Requester has insufficient funds in their account to complete this "
+                f"transaction (needs ${money.format_amount(cents)}, available "
+                f"${money.format_amount(balance)}).",
+                "AWS.MechanicalTurk.InsufficientFunds",
+            )
+
+    def _charge(self, cents: int, kind: str, detail: dict[str, Any]) -> None:
+        self._require_funds(cents)
+        self.store.set_meta("balance_cents", str(self._balance() - cents))
+        self.store.add_ledger(kind, {**detail, "Charged": cents, "Time": self._now()})
+
+    def _seen_token(self, operation: str, token: str | None) -> dict[str, Any] | None:
+        if not token:
+            return None
+        return self.store.token(operation, token, self._now() - TOKEN_LIFETIME_S)
+
+    def _remember_token(self, operation: str, token: str | None, doc: dict[str, Any]) -> None:
+        if token:
+            self.store.put_token(operation, token, self._now(), doc)
+
+    def _hit(self, hit_id: str) -> dict[str, Any]:
+        hit = self.store.hit(hit_id)
+        if hit is None:
+            raise RequestError(
+                f"Hit {hit_id} does not exist.", "AWS.MechanicalTurk.HITDoesNotExist"
+            )
+        return hit
+
+    def _assignment(self, assignment_id: str) -> dict[str, Any]:
+        assignment = self.store.assignment(assignment_id)
+        if assignment is None or assignment["AssignmentStatus"] == "Accepted":
+            raise RequestError(
+                f"Assignment {assignment_id} does not exist.",
+                "AWS.MechanicalTurk.AssignmentDoesNotExist",
+            )
+        return assignment
+
+    def _refresh(self) -> None:
+        """Apply what time did: abandoned assignments free their slot, auto-approvals happen."""
+        now = self._now()
+        for assignment in self.store.all_assignments():
+            status = assignment["AssignmentStatus"]
+            if status == "Accepted" and now >= assignment["Deadline"]:
+                self.store.delete_assignment(assignment["AssignmentId"])
+                self.store.add_ledger("abandoned", {"AssignmentId": assignment["AssignmentId"]})
+            elif status == "Submitted" and now >= assignment["AutoApprovalTime"]:
+                hit = self.store.hit(assignment["HITId"])
+                cost = self._approval_cost(hit)
+                assignment.update(AssignmentStatus="Approved", ApprovalTime=now)
+                self.store.put_assignment(assignment)
+                balance = self._balance()
+                self.store.set_meta("balance_cents", str(balance - cost))
+                self.store.add_ledger(
+                    "auto-approval",
+                    {"AssignmentId": assignment["AssignmentId"], "Charged": cost, "Time": now},
+                )
+
+    def _approval_cost(self, hit: dict[str, Any]) -> int:
+        reward = money.parse_amount(hit["Reward"])
+        return reward + money.reward_fee(reward, hit["MaxAssignments"], requires_masters(hit))
+
+    def hit_view(self, hit: dict[str, Any]) -> dict[str, Any]:
+        """The HIT as GetHIT shows it now: status and assignment counts derived from state."""
+        now = self._now()
+        assignments = self.store.assignments_for_hit(hit["HITId"])
+        pending = sum(a["AssignmentStatus"] == "Accepted" for a in assignments)
+        completed = sum(a["AssignmentStatus"] in ("Approved", "Rejected") for a in assignments)
+        remaining = max(0, hit["MaxAssignments"] - len(assignments))
+        expired = now >= hit["Expiration"]
+        if hit.get("Disposed"):
+            status = "Disposed"
+        elif not expired and remaining > 0:
+            status = "Assignable"
+        elif pending > 0:
+            status = "Unassignable"
+        else:
+            status = "Reviewing" if hit.get("Reviewing") else "Reviewable"
+        view = {k: v for k, v in hit.items() if k not in ("Disposed", "Reviewing")}
+        view.update(
+            HITStatus=status,
+            NumberOfAssignmentsPending=pending,
+            NumberOfAssignmentsAvailable=0 if expired or hit.get("Disposed") else remaining,
+            NumberOfAssignmentsCompleted=completed,
+        )
+        return view
+
+    def _page(self, items: list, params: dict[str, Any], scope: str) -> tuple[list, str | None]:
+        size = params.get("MaxResults") or DEFAULT_PAGE_SIZE
+        start = 0
+        if params.get("NextToken"):
+            try:
+                decoded = json.loads(base64.urlsafe_b64decode(params["NextToken"].encode()))
+                if decoded["s"] != scope:
+                    raise ValueError("token from another listing")
+                start = int(decoded["o"])
+            except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+                raise RequestError(
+                    "The NextToken is not valid for this request.",
+                    "AWS.MechanicalTurk.InvalidPaginationToken",
+                ) from None
+        page = items[start : start + size]
+        more = start + size < len(items)
+        token = None
+        if more:
+            token = base64.urlsafe_b64encode(
+                json.dumps({"o": start + size, "s": scope}).encode()
+            ).decode()
+        return page, token
+
+
+def check_range(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise RequestError(
+            f"Value {value} for {name} is invalid: it must be between {low} and {high}.",
+            "AWS.MechanicalTurk.InvalidParameterValue",
+        )
+
+
+def check_length(name: str, value: str, low: int, high: int) -> None:
+    if not low <= len(value) <= high:
+        raise RequestError(
+            f"{name} must be between {low} and {high} characters long (got {len(value)}).",
+            "AWS.MechanicalTurk.InvalidParameterValue",
+        )

@@ -1,0 +1,201 @@
+"""Assignments and what the requester pays and writes: ListAssignmentsForHIT,
+GetAssignment, ApproveAssignment, RejectAssignment, SendBonus, ListBonusPayments, NotifyWorkers
+and GetAccountBalance, charged with MTurk's fees."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from include.crowd_sandbox import money
+from include.crowd_sandbox.core import SandboxCore, check_length
+from include.crowd_sandbox.protocol import RequestError
+
+OVERRIDE_REJECTION_WINDOW_S = 30 * 24 * 3600
+MAX_NOTIFY_WORKERS = 100
+MAX_SUBJECT = 200
+MAX_MESSAGE = 4096
+
+
+class AssignmentOperations(SandboxCore):
+    """Review assignments, pay bonuses, message workers, show the balance."""
+
+    def op_ListAssignmentsForHIT(self, params: dict[str, Any], request_id: str):
+        hit = self._hit(params["HITId"])
+        statuses = params.get("AssignmentStatuses") or ["Submitted", "Approved", "Rejected"]
+        found = [
+            a
+            for a in self.store.assignments_for_hit(hit["HITId"])
+            if a["AssignmentStatus"] in statuses
+        ]
+        scope = "ListAssignmentsForHIT:" + hit["HITId"] + ":" + ",".join(sorted(statuses))
+        page, token = self._page(found, params, scope)
+        return {"Assignments": page, "NextToken": token, "NumResults": len(page)}
+
+    def op_GetAssignment(self, params: dict[str, Any], request_id: str) -> dict[str, Any]:
+        assignment = self._assignment(params["AssignmentId"])
+        return {"Assignment": assignment, "HIT": self.hit_view(self._hit(assignment["HITId"]))}
+
+    def op_ApproveAssignment(self, params: dict[str, Any], request_id: str):
+        assignment = self._assignment(params["AssignmentId"])
+        status = assignment["AssignmentStatus"]
+        now = self._now()
+        if status == "Rejected" and params.get("OverrideRejection"):
+            if now - assignment["RejectionTime"] > OVERRIDE_REJECTION_WINDOW_S:
+                raise RequestError(
+                    "A rejection can only be overridden within 30 days.",
+                    "AWS.MechanicalTurk.InvalidAssignmentState",
+                )
+        elif status != "Submitted":
+            allowed = (
+                "Submitted"
+                if status == "Approved"
+                else "Submitted (or Rejected with OverrideRejection)"
+            )
+            raise RequestError(
+                f"This operation can be called with a status of: {allowed}. Assignment "
+                f"{assignment['AssignmentId']} is {status}.",
+                "AWS.MechanicalTurk.InvalidAssignmentState",
+            )
+        if params.get("RequesterFeedback") is not None:
+            check_length("RequesterFeedback", params["RequesterFeedback"], 0, 1024)
+        hit = self._hit(assignment["HITId"])
+        self._charge(
+            self._approval_cost(hit),
+            "approval",
+            {"AssignmentId": assignment["AssignmentId"], "WorkerId": assignment["WorkerId"]},
+        )
+        assignment.update(AssignmentStatus="Approved", ApprovalTime=now)
+        assignment.pop("RejectionTime", None)
+        if params.get("RequesterFeedback") is not None:
+            assignment["RequesterFeedback"] = params["RequesterFeedback"]
+        self.store.put_assignment(assignment)
+        return {}
+
+    def op_RejectAssignment(self, params: dict[str, Any], request_id: str):
+        assignment = self._assignment(params["AssignmentId"])
+        if params.get("RequesterFeedback") is None:
+            raise RequestError("RejectAssignment needs RequesterFeedback.")
+        check_length("RequesterFeedback", params["RequesterFeedback"], 1, 1024)
+        if assignment["AssignmentStatus"] != "Submitted":
+            raise RequestError(
+                "This operation can be called with a status of: Submitted. Assignment "
+                f"{assignment['AssignmentId']} is {assignment['AssignmentStatus']}.",
+                "AWS.MechanicalTurk.InvalidAssignmentState",
+            )
+        assignment.update(
+            AssignmentStatus="Rejected",
+            RejectionTime=self._now(),
+            RequesterFeedback=params["RequesterFeedback"],
+        )
+        self.store.put_assignment(assignment)
+        return {}
+
+    # --- money and messages -----------------------------------------------------------------
+
+    def op_SendBonus(self, params: dict[str, Any], request_id: str) -> dict[str, Any]:
+        token = params.get("UniqueRequestToken")
+        seen = self._seen_token("SendBonus", token)
+        if seen:
+            raise RequestError(
+                "The bonus for this UniqueRequestToken was already granted "
+                f"(original request {seen['RequestId']}).",
+                "AWS.MechanicalTurk.DuplicateRequest",
+            )
+        assignment = self._assignment(params["AssignmentId"])
+        if assignment["WorkerId"] != params["WorkerId"]:
+            raise RequestError(
+                f"Assignment {assignment['AssignmentId']} was not done by worker "
+                f"{params['WorkerId']}.",
+                "AWS.MechanicalTurk.InvalidParameterValue",
+            )
+        if assignment["AssignmentStatus"] not in ("Approved", "Rejected"):
+            raise RequestError(
+                "A bonus can be paid for an assignment with a status of: Approved, Rejected. "
+                f"Assignment {assignment['AssignmentId']} is {assignment['AssignmentStatus']}.",
+                "AWS.MechanicalTurk.InvalidAssignmentState",
+            )
+        try:
+            cents = money.parse_amount(params["BonusAmount"])
+        except ValueError:
+            raise RequestError(f"Invalid BonusAmount {params['BonusAmount']!r}.") from None
+        if cents < 1:
+            raise RequestError(
+                "The bonus must be at least $0.01.", "AWS.MechanicalTurk.InvalidBonus"
+            )
+        check_length("Reason", params["Reason"], 1, 4096)
+        self._charge(
+            cents + money.bonus_fee(cents),
+            "bonus",
+            {"AssignmentId": assignment["AssignmentId"], "WorkerId": assignment["WorkerId"]},
+        )
+        self.store.add_bonus(
+            {
+                "WorkerId": assignment["WorkerId"],
+                "BonusAmount": money.format_amount(cents),
+                "AssignmentId": assignment["AssignmentId"],
+                "HITId": assignment["HITId"],
+                "Reason": params["Reason"],
+                "GrantTime": self._now(),
+            }
+        )
+        self._remember_token(
+            "SendBonus",
+            token,
+            {"AssignmentId": assignment["AssignmentId"], "RequestId": request_id},
+        )
+        return {}
+
+    def op_ListBonusPayments(self, params: dict[str, Any], request_id: str):
+        hit_id, assignment_id = params.get("HITId"), params.get("AssignmentId")
+        if bool(hit_id) == bool(assignment_id):
+            raise RequestError("Specify exactly one of HITId and AssignmentId.")
+        if hit_id:
+            self._hit(hit_id)
+            found = self.store.bonuses(hit_id=hit_id)
+        else:
+            self._assignment(assignment_id)
+            found = self.store.bonuses(assignment_id=assignment_id)
+        page, token = self._page(found, params, f"ListBonusPayments:{hit_id}:{assignment_id}")
+        return {"BonusPayments": page, "NextToken": token, "NumResults": len(page)}
+
+    def op_NotifyWorkers(self, params: dict[str, Any], request_id: str) -> dict[str, Any]:
+        worker_ids = params["WorkerIds"]
+        if not 1 <= len(worker_ids) <= MAX_NOTIFY_WORKERS:
+            raise RequestError(
+                f"WorkerIds must hold between 1 and {MAX_NOTIFY_WORKERS} worker ids, "
+                f"got {len(worker_ids)}.",
+                "AWS.MechanicalTurk.InvalidParameterValue",
+            )
+        check_length("Subject", params["Subject"], 1, MAX_SUBJECT)
+        check_length("MessageText", params["MessageText"], 1, MAX_MESSAGE)
+        failures = []
+        for worker_id in dict.fromkeys(worker_ids):
+            worked = any(
+                a["AssignmentStatus"] in ("Approved", "Rejected")
+                for a in self.store.assignments_for_worker(worker_id)
+            )
+            if not worked:
+                failures.append(
+                    {
+                        "NotifyWorkersFailureCode": "HardFailure",
+                        "NotifyWorkersFailureMessage": (
+                            f"Cannot send notification to {worker_id}: the worker has no "
+                            "approved or rejected work for this requester."
+                        ),
+                        "WorkerId": worker_id,
+                    }
+                )
+                continue
+            self.store.add_message(
+                {
+                    "WorkerId": worker_id,
+                    "Subject": params["Subject"],
+                    "MessageText": params["MessageText"],
+                    "SentTime": self._now(),
+                    "RequestId": request_id,
+                }
+            )
+        return {"NotifyWorkersFailureStatuses": failures}
+
+    def op_GetAccountBalance(self, params: dict[str, Any], request_id: str) -> dict[str, Any]:
+        return {"AvailableBalance": money.format_amount(self._balance()), "OnHoldBalance": "0.00"}
