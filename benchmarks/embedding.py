@@ -293,7 +293,7 @@ def _warm_embedder():
 
 
 def _decode_only_rate(embedder, images: Sequence, threads: int) -> float:
-    from include.image_similarity.decode import load_for_model
+    from include.common.images import load_for_model
 
     def decode(image) -> None:
         load_for_model(image.path, embedder.input_size, image.name)
@@ -306,7 +306,7 @@ def _decode_only_rate(embedder, images: Sequence, threads: int) -> float:
 
 
 def _model_only_rate(embedder, images: Sequence) -> float:
-    from include.image_similarity.decode import load_for_model
+    from include.common.images import load_for_model
 
     batch = np.stack(
         [load_for_model(i.path, embedder.input_size, i.name) for i in images[: embedder.batch_size]]

@@ -13,9 +13,10 @@ For every **query image**, find the 3 most similar images of a **dataset** with 
    Celery workers above *Fan out above*) → `merge_embeddings`: embed dataset and queries
    (cached by content hash: a rerun on the same images embeds nothing); corrupt, truncated
    and empty files are reported and left out;
-4. `match_queries`: the k nearest dataset images per query → `matches.json`: the 20 nearest by
-   cosine similarity, re-ordered by spatial verification (the query lined up against each
-   candidate on thumbnails, which tells neighbouring video frames apart); scores stay cosines;
+4. `match_queries`: the k nearest dataset images per query → `matches.json`: the nearest by
+   cosine similarity (as many as *Images re-ranked per query*), re-ordered by spatial
+   verification (the query lined up against each candidate on thumbnails, which tells
+   neighbouring video frames apart); scores stay cosines;
 5. `write_contact_sheets`: one picture per query beside its matches with their scores;
 6. `publish_images`: the originals of the images workers see → S3, content-addressed, private
    (`create_hits` then makes each HIT's own JPEG copies under keys no worker can link);
@@ -47,6 +48,12 @@ from airflow.sdk import Asset, Param, dag, get_current_context, task
 from include.common.batch import BATCH_ID_PATTERN, batch_dir_for_run
 from include.crowd.aggregation import DEFAULT_PRIMARY, Method
 from include.crowd.costs import DEFAULT_BUDGET, DEFAULT_MAX_BONUS
+from include.image_similarity.settings import (
+    DEFAULTS,
+    Embedding,
+    SettingsError,
+    SimilaritySettings,
+)
 from mturk_provider.links import HITPreviewLink, MTurkReportLink
 from mturk_provider.operators.mturk import mturk_task
 from mturk_provider.sensors.mturk import MTurkHITsSensor
@@ -73,60 +80,66 @@ MAX_WAIT_HOURS = 8760  # the longest wait_timeout_hours; the sensor's own deadli
 PARAMS = {
     # Sources
     "dataset_source": Param(
-        ".demo/data/dataset", type="string", minLength=1, section=SOURCES,
+        DEFAULTS.sources.dataset, type="string", minLength=1, section=SOURCES,
         title="Dataset images",
         description="Local folder (relative to the project) or gdrive://FOLDER_ID.",
     ),
     "queries_source": Param(
-        ".demo/data/queries", type="string", minLength=1, section=SOURCES,
+        DEFAULTS.sources.queries, type="string", minLength=1, section=SOURCES,
         title="Query images", description="Local folder or gdrive://FOLDER_ID.",
     ),
     "known_answers_source": Param(
-        ".demo/data/known_answers", type="string", minLength=1, section=SOURCES,
+        DEFAULTS.sources.known_answers, type="string", minLength=1, section=SOURCES,
         title="Known-answer (gold) sets",
         description="knownN.jpg, knownN_1st_match.jpg (correct), knownN_2nd_match.jpg, "
         "knownN_3rd_match.jpg. Local folder or gdrive://FOLDER_ID.",
     ),
     "follow_external_symlinks": Param(
-        False, type="boolean", section=SOURCES, title="Follow links out of the folders",
+        DEFAULTS.sources.follow_external_symlinks, type="boolean", section=SOURCES,
+        title="Follow links out of the folders",
         description="Off: a symbolic link in a local folder whose target lies outside that "
         "folder is reported and skipped (it could show workers any file on the machine).",
     ),
     "gcp_conn_id": Param(
-        "google_cloud_default", type="string", section=SOURCES,
+        DEFAULTS.sources.gcp_conn_id, type="string", section=SOURCES,
         title="Google connection", description="Used for gdrive:// sources.",
     ),
     # Model
     "model": Param(
-        "efficientnet_lite0", type="string", section=MODEL, title="Model",
+        DEFAULTS.embedding.model, type="string", section=MODEL, title="Model",
         description="efficientnet_lite0 (offline), keras:<Application> (downloads ImageNet "
         "weights), keras:<Application>:<weights file>, or a .keras file.",
     ),
-    "k": Param(3, type="integer", minimum=1, maximum=10, section=MODEL,
+    "k": Param(DEFAULTS.matching.k, type="integer", minimum=1, maximum=10, section=MODEL,
                title="Matches per query"),
     "image_area": Param(
-        50176, type="integer", minimum=4096, maximum=1048576, section=MODEL,
+        DEFAULTS.embedding.image_area, type="integer", minimum=4096, maximum=1048576,
+        section=MODEL,
         title="Pixels per image fed to the model",
         description="About this many pixels, aspect ratio kept (50176 = 224x224; a 16:9 frame "
         "becomes 288x160).",
     ),
-    "batch_size": Param(32, type="integer", minimum=1, maximum=512, section=MODEL,
-                        title="Inference batch size"),
+    "batch_size": Param(DEFAULTS.embedding.batch_size, type="integer", minimum=1, maximum=512,
+                        section=MODEL, title="Inference batch size"),
     "fan_out_above_images": Param(
-        5000, type="integer", minimum=0, section=MODEL, title="Fan out above (images)",
+        DEFAULTS.embedding.fan_out_above_images, type="integer", minimum=0, section=MODEL,
+        title="Fan out above (images)",
         description="Up to this many images are embedded by one task; above, the images are "
         "cut into shards embedded in parallel by the Celery workers.",
     ),
     "shard_size": Param(
-        2500, type="integer", minimum=1, section=MODEL, title="Images per shard",
+        DEFAULTS.embedding.shard_size, type="integer", minimum=1, section=MODEL,
+        title="Images per shard",
     ),
     "rerank": Param(
-        True, type="boolean", section=MODEL, title="Re-rank by spatial verification",
+        DEFAULTS.matching.rerank, type="boolean", section=MODEL,
+        title="Re-rank by spatial verification",
         description="Re-order the nearest images by how well the query lines up with each "
         "(tells neighbouring video frames apart; about 0.25 s per query). Off: cosine order.",
     ),
     "rerank_shortlist": Param(
-        20, type="integer", minimum=1, maximum=200, section=MODEL,
+        DEFAULTS.matching.rerank_shortlist, type="integer", minimum=1, maximum=200,
+        section=MODEL,
         title="Images re-ranked per query",
         description="How many nearest images by cosine the re-ranker verifies (at least k).",
     ),
@@ -261,7 +274,7 @@ PARAMS = {
         "output", type="string", minLength=1, section=STORAGE, title="Local output folder",
     ),
     "embedding_cache": Param(
-        os.environ.get("IMAGE_SIMILARITY_EMBEDDING_CACHE", ".cache/embeddings"),
+        os.environ.get("IMAGE_SIMILARITY_EMBEDDING_CACHE", DEFAULTS.embedding.cache),
         type=["null", "string"], section=STORAGE, title="Embedding cache",
         description="Local folder or s3://bucket/prefix (an S3 prefix is shared by all workers; "
         "use one when workers run on several machines). Empty: no cache.",
@@ -284,16 +297,26 @@ def _batch_dir(params: dict, run_id: str) -> Path:
     return batch_dir_for_run(params["output_dir"], params["batch_id"], run_id, PROJECT_ROOT)
 
 
-def _embedder(params: dict):
-    from include.image_similarity.decode import InputSize
+def _similarity_settings(params: dict) -> SimilaritySettings:
+    """The similarity stage's settings of this run; a missing Param fails the task (no retry)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        return SimilaritySettings.from_params(params)
+    except SettingsError as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
+def _embedder(embedding: Embedding):
+    from include.common.images import InputSize
     from include.image_similarity.embedding import Embedder
 
     model_dir = os.environ.get("IMAGE_SIMILARITY_MODEL_DIR", str(PROJECT_ROOT / ".cache/models"))
     return Embedder(
-        params["model"],
+        embedding.model,
         model_dir=model_dir,
-        input_size=InputSize(area=params["image_area"]),
-        batch_size=params["batch_size"],
+        input_size=InputSize(area=embedding.image_area),
+        batch_size=embedding.batch_size,
     )
 
 
@@ -346,6 +369,8 @@ def image_similarity_mturk():
 
         context = get_current_context()
         params = context["params"]
+        settings = _similarity_settings(params)
+        sources = settings.sources
         try:
             batch_dir = _batch_dir(params, context["run_id"])
         except ValueError as exc:
@@ -355,25 +380,21 @@ def image_similarity_mturk():
             spec = SourceSpec.parse(text, base_dir=PROJECT_ROOT)
             if spec.kind == "local":
                 return list_local_images(
-                    spec.location, follow_external_symlinks=params["follow_external_symlinks"]
+                    spec.location, follow_external_symlinks=sources.follow_external_symlinks
                 )
             from airflow.providers.google.suite.hooks.drive import GoogleDriveHook
 
             from include.image_similarity.drive import stage_drive_folder
 
-            hook = GoogleDriveHook(gcp_conn_id=params["gcp_conn_id"])
+            hook = GoogleDriveHook(gcp_conn_id=sources.gcp_conn_id)
             staging = PROJECT_ROOT / ".cache" / "drive" / spec.location
             return stage_drive_folder(hook, spec.location, staging)
 
-        sources = {
-            "dataset": params["dataset_source"],
-            "queries": params["queries_source"],
-            "known_answers": params["known_answers_source"],
-        }
         try:
-            pipeline.list_sources(batch_dir, sources, resolve)
+            pipeline.list_sources(batch_dir, sources.locations(), resolve)
         except (FileNotFoundError, ValueError) as exc:  # wrong settings: retrying cannot help
             raise AirflowFailException(str(exc)) from exc
+        settings.store(batch_dir)
         return str(batch_dir)
 
     @task
@@ -394,9 +415,9 @@ def image_similarity_mturk():
         """Cut the images to embed into shards: one, or above the threshold, several in parallel."""
         from include.image_similarity import pipeline
 
-        params = get_current_context()["params"]
+        embedding = _similarity_settings(get_current_context()["params"]).embedding
         shards = pipeline.plan_shards(
-            Path(batch_dir), params["shard_size"], params["fan_out_above_images"]
+            Path(batch_dir), embedding.shard_size, embedding.fan_out_above_images
         )
         return [{"batch_dir": batch_dir, **shard} for shard in shards]
 
@@ -409,10 +430,11 @@ def image_similarity_mturk():
         context = get_current_context()
         context["shard_label"] = f"{shard['shard'] + 1} of {shard['shards']}"
         params = context["params"]
-        embedder = _embedder(params)
+        embedding = _similarity_settings(params).embedding
+        embedder = _embedder(embedding)
         cache = None
-        if params["embedding_cache"]:
-            location = params["embedding_cache"]
+        if embedding.cache:
+            location = embedding.cache
             if not location.startswith("s3://") and not Path(location).is_absolute():
                 location = str(PROJECT_ROOT / location)
 
@@ -452,12 +474,10 @@ def image_similarity_mturk():
         from include.image_similarity import pipeline
         from include.image_similarity.rerank import RerankConfig
 
-        params = get_current_context()["params"]
-        config = None
-        if params.get("rerank", True):
-            config = RerankConfig(shortlist=params.get("rerank_shortlist", 20))
+        matching = _similarity_settings(get_current_context()["params"]).matching
+        config = RerankConfig(shortlist=matching.rerank_shortlist) if matching.rerank else None
         try:
-            pipeline.match_queries(Path(batch_dir), params["k"], rerank_config=config)
+            pipeline.match_queries(Path(batch_dir), matching.k, rerank_config=config)
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from exc
         return batch_dir

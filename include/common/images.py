@@ -5,8 +5,8 @@ greyscale, 16-bit, alpha) converted to RGB; alpha is composited on white so tran
 as a person sees them. Any file may be hostile, so a decode is bounded:
 
 - only a regular file is opened (a FIFO or a device would block or never end), and a file above
-  ``sources.MAX_FILE_BYTES`` is refused unread;
-- only the formats of ``sources.IMAGE_EXTENSIONS`` are tried (whatever the extension says), so a
+  ``image_files.MAX_FILE_BYTES`` is refused unread;
+- only the formats of ``image_files.IMAGE_EXTENSIONS`` are tried (whatever the extension says), so a
   ".jpg" that is really PostScript never reaches Ghostscript;
 - a picture above ``max_pixels`` is refused from its header, before any pixel is decoded;
 - with ``fit`` (the model input, re-ranking thumbnails, contact sheets, the known-answer check),
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, JpegImagePlugin, UnidentifiedImageError
 
-from include.image_similarity.sources import (
+from include.common.image_files import (
     IMAGE_EXTENSIONS,
     MAX_FILE_BYTES,
     NotARegularFile,
@@ -87,10 +87,11 @@ class InputSize:
     """How images are sized for the network: about ``area`` pixels, sides multiples of 32.
 
     The aspect ratio is kept (clamped to 1:3 .. 3:1) because the network is fully convolutional;
-    a 16:9 video frame at the default area 224*224 becomes 288x160, not a 224x224 centre crop.
+    a 16:9 video frame at an area of 224*224 becomes 288x160, not a 224x224 centre crop. The area
+    has no default here: the similarity stage's settings hold it (``image_area``).
     """
 
-    area: int = 224 * 224
+    area: int
 
     def for_image(self, width: int, height: int) -> tuple[int, int]:
         """Return ``(width, height)`` for an image of the given size."""

@@ -24,9 +24,9 @@ option count (k < 3; ``layout`` evens that out). Every copy therefore hides wher
 - *Bytes*: a copy is the original re-encoded as a baseline JPEG without its metadata (EXIF, ICC,
   comments), so every picture of a HIT has one format and one ``Content-Type``. All copies of a
   HIT have the same longest side: the HIT's smallest original's, within 320..1024 px, less a
-  per-HIT draw of up to 1/8. Decoding is ``decode.open_image``'s, bounded as everywhere: a
-  JPEG decodes in draft mode at the smallest of 1/1..1/8 scale still covering that side, any
-  other picture is shrunk with ``reduce`` by a whole factor right after decoding.
+  per-HIT draw of up to 1/8. Decoding is ``include.common.images.open_image``'s, bounded as
+  everywhere: a JPEG decodes in draft mode at the smallest of 1/1..1/8 scale still covering that
+  side, any other picture is shrunk with ``reduce`` by a whole factor right after decoding.
   Each copy gets its own quality (82..90) and a +-1 dither seeded from its own MAC, so no two
   copies of an image have the same bytes or ETag; then the HIT's copies are padded (JPEG comment
   segments of zeros) to one common length, a multiple of 4 KiB, so ``Content-Length`` is the
@@ -81,8 +81,8 @@ import numpy as np
 from botocore.exceptions import ClientError
 from PIL import Image
 
+from include.common.images import DecodeError, FitInside, open_image
 from include.crowd.records import HitPlan, ImageRef
-from include.image_similarity.decode import DecodeError, FitInside, open_image
 
 log = logging.getLogger(__name__)
 
@@ -344,9 +344,9 @@ def display_jpeg(path: Path, side: int, mac: bytes, *, name: str | None = None) 
     """The picture as workers see it: RGB, upright, longest side ``side``, a +-1 dither and a
     quality drawn from ``mac``, baseline JPEG without metadata.
 
-    It is decoded by ``decode.open_image``, bounded as every decode is: a JPEG in draft mode at
-    the smallest scale still covering ``side``, any other picture shrunk by a whole factor
-    right after decoding, strip by strip.
+    It is decoded by ``include.common.images.open_image``, bounded as every decode is: a JPEG
+    in draft mode at the smallest scale still covering ``side``, any other picture shrunk by a
+    whole factor right after decoding, strip by strip.
     """
     try:
         image = open_image(path, name, fit=FitInside(side, side))

@@ -13,11 +13,10 @@ which), so a damaged or crafted file is refused rather than half-read.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
+from include.common.strict import read_fields
 from include.crowd import costs
 from include.crowd.aggregation import check_primary
 from include.crowd.platform import TaskSpec, WorkerRequirements
@@ -195,7 +194,7 @@ class CrowdSettings:
         if stored.get("format") != FORMAT:
             problems.append(f"format is {stored.get('format')!r}, not {FORMAT}")
         top = {k: v for k, v in stored.items() if k != "format"}
-        values = _read_fields(cls, top, "", problems)
+        values = read_fields(cls, top, "", problems)
         if problems:
             raise SettingsError("settings.json: " + "; ".join(problems))
         return cls(**values)
@@ -259,53 +258,3 @@ def stored_money_fields(stored: Any) -> list[str]:
         if not isinstance(holder, dict) or field not in holder:
             missing.append(name)
     return missing
-
-
-def _read_fields(cls: type, data: dict, where: str, problems: list[str]) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls)]
-    for unknown in sorted(set(data) - set(names)):
-        problems.append(f"unknown field {where}{unknown}")
-    values: dict[str, Any] = {}
-    for name in names:
-        path = f"{where}{name}"
-        if name not in data:
-            problems.append(f"missing field {path}")
-            continue
-        kind, value = hints[name], data[name]
-        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
-            if not isinstance(value, dict):
-                problems.append(f"{path} is not an object")
-                continue
-            before = len(problems)
-            inner = _read_fields(kind, value, f"{path}.", problems)
-            if len(problems) == before:
-                values[name] = kind(**inner)
-            continue
-        checked = _typed(kind, value)
-        if checked is _WRONG:
-            problems.append(f"{path} has the wrong type ({type(value).__name__})")
-        else:
-            values[name] = checked
-    return values
-
-
-_WRONG = object()
-
-
-def _typed(kind: Any, value: Any) -> Any:
-    """``value`` as ``kind`` (str, int, bool, tuple[str, ...], or X | None), else ``_WRONG``."""
-    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
-    for option in options:
-        if option is type(None) and value is None:
-            return None
-        if option is bool and isinstance(value, bool):
-            return value
-        if option is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if option is str and isinstance(value, str):
-            return value
-        if typing.get_origin(option) is tuple and isinstance(value, list | tuple):
-            if all(isinstance(item, str) for item in value):
-                return tuple(value)
-    return _WRONG

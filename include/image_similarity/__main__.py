@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from include.image_similarity.embedding import DEFAULT_MODEL
+from include.image_similarity.settings import DEFAULTS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,29 +26,38 @@ def _parser() -> argparse.ArgumentParser:
     match.add_argument("--dataset", required=True, type=Path, help="folder of dataset images")
     match.add_argument("--queries", required=True, type=Path, help="folder of query images")
     match.add_argument("--out", required=True, type=Path, help="where to write matches.json")
-    match.add_argument("--k", type=int, default=3, help="matches per query (default 3)")
-    match.add_argument("--model", default=DEFAULT_MODEL, help="model spec (default %(default)s)")
+    embedding, matching = DEFAULTS.embedding, DEFAULTS.matching
+    match.add_argument(
+        "--k", type=int, default=matching.k, help="matches per query (default %(default)s)"
+    )
+    match.add_argument("--model", default=embedding.model, help="model spec (default %(default)s)")
     match.add_argument(
         "--cache",
-        default=".cache/embeddings",
+        default=embedding.cache,
         help="embedding cache folder or s3://bucket/prefix ('' to disable; default %(default)s)",
     )
     match.add_argument("--model-dir", default=".cache/models", help="converted model cache")
-    match.add_argument("--batch-size", type=int, default=32)
+    match.add_argument("--batch-size", type=int, default=embedding.batch_size)
     match.add_argument(
-        "--no-rerank",
-        action="store_true",
-        help="rank by cosine alone (default: re-order the 20 nearest by spatial verification)",
+        "--rerank",
+        action=argparse.BooleanOptionalAction,
+        default=matching.rerank,
+        help="re-order the --shortlist nearest by spatial verification (--no-rerank: rank by "
+        "cosine alone)",
     )
     match.add_argument(
-        "--shortlist", type=int, default=20, help="images re-ranked per query (default 20)"
+        "--shortlist",
+        type=int,
+        default=matching.rerank_shortlist,
+        help="images re-ranked per query (default %(default)s)",
     )
     match.add_argument("--sheets", type=Path, help="also write contact sheets to this folder")
     match.add_argument(
         "--follow-external-symlinks",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULTS.sources.follow_external_symlinks,
         help="also read symbolic links to images outside the --dataset and --queries folders "
-        "(default: report and skip them)",
+        "(--no-follow-external-symlinks: report and skip them)",
     )
     return parser
 
@@ -76,7 +85,7 @@ def _match(args: argparse.Namespace) -> int:
             follow_external_symlinks=args.follow_external_symlinks,
         )
         stats = pipeline.embed_collections(work, embedder, cache)
-        config = None if args.no_rerank else RerankConfig(shortlist=args.shortlist)
+        config = RerankConfig(shortlist=args.shortlist) if args.rerank else None
         matches = pipeline.match_queries(work, args.k, rerank_config=config)
         if args.sheets:
             from include.image_similarity.contact_sheet import write_contact_sheets

@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from include.common.files import atomic_file
-from include.image_similarity.decode import DecodeError, FitInside, open_image
+from include.common.images import DecodeError, FitInside, open_image
 
 log = logging.getLogger(__name__)
 

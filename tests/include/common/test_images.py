@@ -6,25 +6,28 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from include.image_similarity.decode import (
+from include.common.image_files import MAX_FILE_BYTES
+from include.common.images import (
     DecodeError,
     FitInside,
     InputSize,
     load_for_model,
     open_image,
 )
-from include.image_similarity.sources import MAX_FILE_BYTES
 from testsupport.imagekit import save, textured, write_bad_files
+
+# A network input of 224x224 pixels (InputSize has no default area: the stage's settings hold it).
+MODEL_INPUT = InputSize(area=224 * 224)
 
 
 def test_input_size_keeps_aspect_ratio_of_a_video_frame():
-    assert InputSize().for_image(1280, 720) == (288, 160)
-    assert InputSize().for_image(720, 1280) == (160, 288)
-    assert InputSize().for_image(500, 500) == (224, 224)
+    assert MODEL_INPUT.for_image(1280, 720) == (288, 160)
+    assert MODEL_INPUT.for_image(720, 1280) == (160, 288)
+    assert MODEL_INPUT.for_image(500, 500) == (224, 224)
 
 
 def test_extreme_panorama_is_clamped_to_three_to_one():
-    width, height = InputSize().for_image(10000, 500)
+    width, height = MODEL_INPUT.for_image(10000, 500)
     assert width / height == pytest.approx(3.0, rel=0.15)
 
 
@@ -34,7 +37,7 @@ def test_video_frame_is_not_centre_cropped(tmp_path):
     frame[:, :100] = (255, 0, 0)
     frame[:, -100:] = (0, 0, 255)
     path = save(Image.fromarray(frame), tmp_path / "frame.png")
-    array = load_for_model(path, InputSize())
+    array = load_for_model(path, MODEL_INPUT)
     assert array.shape == (160, 288, 3)
     assert array[80, 2, 0] > 200 and array[80, -3, 2] > 200
 
@@ -45,7 +48,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     path = save(image, tmp_path / "rotated.jpg", exif=exif, quality=95)
     assert open_image(path).size == (100, 200)
-    assert load_for_model(path, InputSize()).shape[:2] == (320, 160)
+    assert load_for_model(path, MODEL_INPUT).shape[:2] == (320, 160)
 
 
 @pytest.mark.parametrize("mode", ["CMYK", "P", "L", "LA", "RGBA", "I;16"])
@@ -70,7 +73,7 @@ def test_transparent_pixels_are_composited_on_white(tmp_path):
 def test_large_jpeg_uses_draft_mode(tmp_path):
     path = save(textured(1280, 720), tmp_path / "big.jpg", quality=90)
     # Draft decodes at a libjpeg scale that still covers the model input (288x160).
-    assert open_image(path, fit=InputSize()).size == (320, 180)
+    assert open_image(path, fit=MODEL_INPUT).size == (320, 180)
     assert open_image(path).size == (1280, 720)
 
 
@@ -146,8 +149,8 @@ def test_exif_rotation_is_applied_to_a_shrunk_png(tmp_path):
     decoded = open_image(path, fit=FitInside(100, 250))
     assert decoded.size == (200, 500)  # portrait, shrunk by 2
     assert decoded.getpixel((100, 5))[0] > 200 and decoded.getpixel((100, 400))[0] < 50
-    width, height = InputSize().for_image(400, 1000)
-    assert load_for_model(path, InputSize()).shape[:2] == (height, width)
+    width, height = MODEL_INPUT.for_image(400, 1000)
+    assert load_for_model(path, MODEL_INPUT).shape[:2] == (height, width)
 
 
 def test_an_animated_gif_with_thousands_of_frames_decodes_its_first_frame(tmp_path):
@@ -159,9 +162,9 @@ def test_an_animated_gif_with_thousands_of_frames_decodes_its_first_frame(tmp_pa
         frames.append(frame)
     path = tmp_path / "animation.gif"
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=10)
-    decoded = open_image(path, fit=InputSize())
+    decoded = open_image(path, fit=MODEL_INPUT)
     assert decoded.mode == "RGB" and decoded.getpixel((3, 3)) == (0, 255, 0)
-    assert load_for_model(path, InputSize()).shape == (224, 224, 3)
+    assert load_for_model(path, MODEL_INPUT).shape == (224, 224, 3)
 
 
 def test_content_in_a_format_outside_the_image_extensions_is_refused(tmp_path):
@@ -170,7 +173,7 @@ def test_content_in_a_format_outside_the_image_extensions_is_refused(tmp_path):
     for name, fmt in (("portable.png", "PPM"), ("icon.jpg", "ICO")):
         path = save(textured(32, 32), tmp_path / name, format=fmt)
         with pytest.raises(DecodeError) as caught:
-            open_image(path, fit=InputSize())
+            open_image(path, fit=MODEL_INPUT)
         assert "not an image this tool reads" in caught.value.reason
 
 
@@ -189,7 +192,7 @@ def test_a_file_too_large_for_any_image_is_refused_unread(tmp_path):
     with open(path, "wb") as handle:
         handle.truncate(MAX_FILE_BYTES + 1)
     with pytest.raises(DecodeError) as caught:
-        open_image(path, fit=InputSize())
+        open_image(path, fit=MODEL_INPUT)
     assert "limit for an image file" in caught.value.reason
 
 
@@ -221,7 +224,7 @@ def test_broken_files_of_every_format_decode_or_are_named_never_crash(tmp_path, 
     for data in _mutations(buffer.getvalue(), rng, 60):
         path.write_bytes(data)
         try:
-            decoded = open_image(path, fit=InputSize())
+            decoded = open_image(path, fit=MODEL_INPUT)
         except DecodeError as exc:
             assert exc.name == path.name and exc.reason
             outcomes.add("named")

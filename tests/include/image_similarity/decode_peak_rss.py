@@ -91,17 +91,21 @@ def _peak_mb() -> float:
 
 def _child(image: Path, paths: list[str], max_pixels: int | None, batch: Path | None) -> None:
     """Decode ``image`` through ``paths`` in this process; print one JSON line per path."""
-    from include.image_similarity import decode, pipeline
+    from include.common import images
+    from include.common.images import DecodeError, InputSize, load_for_model
+    from include.image_similarity import pipeline
     from include.image_similarity.contact_sheet import render_contact_sheet
-    from include.image_similarity.decode import DecodeError, InputSize, load_for_model
     from include.image_similarity.rerank import open_thumbnail_source, thumbnail
+    from include.image_similarity.settings import DEFAULTS
 
     if max_pixels:
         # Contact sheets take no limit argument: raise the default, for this process only.
-        decode.open_image.__kwdefaults__["max_pixels"] = max_pixels
+        images.open_image.__kwdefaults__["max_pixels"] = max_pixels
     limit = {"max_pixels": max_pixels} if max_pixels else {}
     run = {
-        "model": lambda: load_for_model(image, InputSize(), **limit).shape,
+        "model": lambda: (
+            load_for_model(image, InputSize(DEFAULTS.embedding.image_area), **limit).shape
+        ),
         "thumbnail": lambda: thumbnail(open_thumbnail_source(image, **limit)).shape,
         "sheet": lambda: render_contact_sheet({"name": image.name, "path": str(image)}, []).size,
         "known": lambda: len(pipeline.check_known_answers(batch, **limit)),

@@ -9,9 +9,12 @@ import zlib
 import pytest
 from decode_peak_rss import run_child, write_png
 
+from include.common.images import DecodeError, InputSize, load_for_model, open_image
 from include.image_similarity.contact_sheet import render_contact_sheet
-from include.image_similarity.decode import DecodeError, InputSize, load_for_model, open_image
 from include.image_similarity.rerank import open_thumbnail_source
+from include.image_similarity.settings import DEFAULTS
+
+MODEL_INPUT = InputSize(DEFAULTS.embedding.image_area)  # what the embedder decodes to
 
 SIDE = 9400  # 88 MP: under Pillow's own limit, above ours
 # One 4-byte copy of the picture is 337 MB and the interpreter with Pillow and NumPy about 40 MB;
@@ -43,9 +46,9 @@ def test_a_picture_above_the_default_limit_is_refused_by_name_before_decoding(tm
     path = _header_only_png(tmp_path / "bomb.png", SIDE, SIDE)
     # Decoding would fail as truncated; the refusal comes first, from the header alone.
     for open_it in (
-        lambda: load_for_model(path, InputSize()),
+        lambda: load_for_model(path, MODEL_INPUT),
         lambda: open_thumbnail_source(path),
-        lambda: open_image(path, fit=InputSize()),
+        lambda: open_image(path, fit=MODEL_INPUT),
     ):
         with pytest.raises(DecodeError) as caught:
             open_it()

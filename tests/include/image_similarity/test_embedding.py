@@ -99,7 +99,7 @@ def test_model_spec_errors_are_clear(tmp_path):
 
 
 def test_model_id_changes_with_preprocessing(model_dir):
-    from include.image_similarity.decode import InputSize
+    from include.common.images import InputSize
 
     default = Embedder(model_dir=model_dir).model_id
     assert default.startswith("efficientnet_lite0-")

@@ -12,16 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from include.common.image_files import MAX_FILE_BYTES, NotARegularFile, open_regular_file
+from include.common.images import DecodeError, InputSize, open_image
 from include.image_similarity import pipeline
 from include.image_similarity.__main__ import _parser
-from include.image_similarity.decode import DecodeError, InputSize, open_image
-from include.image_similarity.sources import (
-    MAX_FILE_BYTES,
-    NotARegularFile,
-    list_local_images,
-    open_regular_file,
-    sha256_of_file,
-)
+from include.image_similarity.settings import DEFAULTS
+from include.image_similarity.sources import list_local_images, sha256_of_file
 from testsupport.imagekit import save, textured
 
 # Long enough for a listing of a few files on a busy machine; the old code never returned.
@@ -223,5 +219,7 @@ def test_the_decoder_refuses_a_fifo_and_a_device_without_opening_them(tmp_path):
     (tmp_path / "zero.png").symlink_to("/dev/zero")
     for name, kind in (("stream.png", "a named pipe (FIFO)"), ("zero.png", "a character device")):
         with pytest.raises(DecodeError) as caught:
-            _within_patience(open_image, tmp_path / name, fit=InputSize())
+            _within_patience(
+                open_image, tmp_path / name, fit=InputSize(DEFAULTS.embedding.image_area)
+            )
         assert caught.value.reason == f"is {kind}, not a regular file; it was not opened"

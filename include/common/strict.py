@@ -1,0 +1,71 @@
+"""Read a stored JSON document back into frozen dataclasses, strictly.
+
+A settings file written by one run and read by another may be damaged or crafted: it must hold
+exactly the fields of its dataclasses, each of its type, or it is refused with every problem
+named by its path ("unknown field payment.oops", "missing field posting.title",
+"matching.k has the wrong type (str)"), never half-read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import fields
+from typing import Any
+
+
+def read_fields(cls: type, data: dict, where: str, problems: list[str]) -> dict[str, Any]:
+    """The constructor arguments of dataclass ``cls`` read from ``data``.
+
+    Nested dataclasses are read from nested objects and built; ``where`` prefixes each field's
+    path in the messages (``""`` at the top, ``"posting."`` inside a part). Every unknown,
+    missing or mistyped field is appended to ``problems``; the caller raises if there are any.
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for unknown in sorted(set(data) - set(names)):
+        problems.append(f"unknown field {where}{unknown}")
+    values: dict[str, Any] = {}
+    for name in names:
+        path = f"{where}{name}"
+        if name not in data:
+            problems.append(f"missing field {path}")
+            continue
+        kind, value = hints[name], data[name]
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            if not isinstance(value, dict):
+                problems.append(f"{path} is not an object")
+                continue
+            before = len(problems)
+            inner = read_fields(kind, value, f"{path}.", problems)
+            if len(problems) == before:
+                values[name] = kind(**inner)
+            continue
+        checked = _typed(kind, value)
+        if checked is _WRONG:
+            problems.append(f"{path} has the wrong type ({type(value).__name__})")
+        else:
+            values[name] = checked
+    return values
+
+
+_WRONG = object()
+
+
+def _typed(kind: Any, value: Any) -> Any:
+    """``value`` as ``kind`` (str, int, bool, tuple[str, ...], or X | None), else ``_WRONG``."""
+    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    for option in options:
+        if option is type(None) and value is None:
+            return None
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is str and isinstance(value, str):
+            return value
+        if typing.get_origin(option) is tuple and isinstance(value, list | tuple):
+            if all(isinstance(item, str) for item in value):
+                return tuple(value)
+    return _WRONG
