@@ -12,7 +12,35 @@ import dataclasses
 import types
 import typing
 from dataclasses import fields
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used: a missing Param, or a stored file that is not exactly the
+    settings it should hold."""
+
+
+def to_document(settings: Any, version: int) -> dict[str, Any]:
+    """The JSON document of a settings dataclass: its fields and ``format`` = ``version``."""
+    return {"format": version, **dataclasses.asdict(settings)}
+
+
+def read_document(cls: type[T], stored: Any, *, name: str, version: int) -> T:
+    """An instance of ``cls`` from the JSON document ``name`` (``to_document``'s output).
+
+    :raises SettingsError: naming every unknown, missing or mistyped field, or another format.
+    """
+    if not isinstance(stored, dict):
+        raise SettingsError(f"{name} is not a JSON object")
+    problems: list[str] = []
+    if stored.get("format") != version:
+        problems.append(f"format is {stored.get('format')!r}, not {version}")
+    values = read_fields(cls, {k: v for k, v in stored.items() if k != "format"}, "", problems)
+    if problems:
+        raise SettingsError(f"{name}: " + "; ".join(problems))
+    return cls(**values)
 
 
 def read_fields(cls: type, data: dict, where: str, problems: list[str]) -> dict[str, Any]:

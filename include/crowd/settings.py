@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from include.common.strict import read_fields
+from include.common.strict import SettingsError, read_document, to_document
 from include.crowd import costs
 from include.crowd.aggregation import check_primary
 from include.crowd.platform import TaskSpec, WorkerRequirements
@@ -36,11 +36,6 @@ MONEY_FIELDS = {
     "environment": (None, "environment"),
 }
 AMOUNTS = ("reward", "bonus", "max_bonus", "budget")
-
-
-class SettingsError(ValueError):
-    """Settings that cannot be used: a missing Param, or a stored file that is not exactly
-    the batch's settings."""
 
 
 @dataclass(frozen=True)
@@ -180,7 +175,7 @@ class CrowdSettings:
 
     def to_stored(self) -> dict[str, Any]:
         """The JSON document ``settings.json`` holds."""
-        return {"format": FORMAT, **dataclasses.asdict(self)}
+        return to_document(self, FORMAT)
 
     @classmethod
     def from_stored(cls, stored: Any) -> CrowdSettings:
@@ -188,16 +183,7 @@ class CrowdSettings:
 
         :raises SettingsError: naming every unknown, missing or mistyped field.
         """
-        if not isinstance(stored, dict):
-            raise SettingsError("settings.json is not a JSON object")
-        problems: list[str] = []
-        if stored.get("format") != FORMAT:
-            problems.append(f"format is {stored.get('format')!r}, not {FORMAT}")
-        top = {k: v for k, v in stored.items() if k != "format"}
-        values = read_fields(cls, top, "", problems)
-        if problems:
-            raise SettingsError("settings.json: " + "; ".join(problems))
-        return cls(**values)
+        return read_document(cls, stored, name="settings.json", version=FORMAT)
 
     def money(self) -> dict[str, Any]:
         """The money settings by name, normalised (amounts in cents) for comparison."""

@@ -14,21 +14,15 @@ The DAG file imports this module when it is parsed: it imports nothing heavy.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from include.common.files import write_json
-from include.common.strict import read_fields
+from include.common.strict import SettingsError, read_document, to_document
 
 FORMAT = 1  # similarity_settings.json's layout
 STORED_NAME = "similarity_settings.json"
-
-
-class SettingsError(ValueError):
-    """Settings that cannot be used: a missing Param, or a stored file that is not exactly the
-    batch's settings."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +115,7 @@ class SimilaritySettings:
 
     def to_stored(self) -> dict[str, Any]:
         """The JSON document ``similarity_settings.json`` holds."""
-        return {"format": FORMAT, **dataclasses.asdict(self)}
+        return to_document(self, FORMAT)
 
     @classmethod
     def from_stored(cls, stored: Any) -> SimilaritySettings:
@@ -129,16 +123,7 @@ class SimilaritySettings:
 
         :raises SettingsError: naming every unknown, missing or mistyped field.
         """
-        if not isinstance(stored, dict):
-            raise SettingsError(f"{STORED_NAME} is not a JSON object")
-        problems: list[str] = []
-        if stored.get("format") != FORMAT:
-            problems.append(f"format is {stored.get('format')!r}, not {FORMAT}")
-        top = {k: v for k, v in stored.items() if k != "format"}
-        values = read_fields(cls, top, "", problems)
-        if problems:
-            raise SettingsError(f"{STORED_NAME}: " + "; ".join(problems))
-        return cls(**values)
+        return read_document(cls, stored, name=STORED_NAME, version=FORMAT)
 
     def store(self, batch_dir: Path) -> Path:
         """Write ``similarity_settings.json`` into the batch folder (atomically)."""

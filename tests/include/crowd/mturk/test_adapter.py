@@ -4,6 +4,7 @@ them)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
@@ -26,19 +27,11 @@ from include.crowd.platform import (
     Throttled,
     WorkerRequirements,
 )
+from testsupport.crowd_plans import SETTINGS
 from testsupport.platforms import mturk_platform
 from testsupport.sandbox_process import html_page
 
-SPEC = TaskSpec(
-    title="Which picture is most similar?",
-    description="Pick the most similar picture",
-    keywords="image",
-    reward="0.05",
-    assignments=2,
-    lifetime_s=3600,
-    assignment_duration_s=600,
-    auto_approval_delay_s=86400,
-)
+SPEC = replace(SETTINGS, assignments=2)
 
 
 def test_a_task_is_created_once_per_token_and_found_again_by_it(crowd):
