@@ -45,7 +45,7 @@ from pathlib import Path
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from include.common.batch import BATCH_ID_PATTERN, batch_dir_for_run
+from include.common.batch import BATCH_PARAM_PATTERN, batch_dir_for_run, campaign_id
 from include.crowd.aggregation import DEFAULT_PRIMARY, Method
 from include.crowd.costs import DEFAULT_BUDGET, DEFAULT_MAX_BONUS
 from include.image_similarity.settings import (
@@ -265,10 +265,18 @@ PARAMS = {
     ),
     # Storage
     "batch_id": Param(
-        "", type=["null", "string"], pattern=f"^$|{BATCH_ID_PATTERN}", section=STORAGE,
+        "", type=["null", "string"], pattern=BATCH_PARAM_PATTERN, section=STORAGE,
         title="Batch id",
-        description="Empty: derived from the run id. Letters, digits, . _ - only, not "
-        "starting with a dot. A batch's money settings are fixed when its first HIT exists.",
+        description="Empty: this DAG's campaign over these sources (the same batch for every "
+        "run, scheduled or manual: a rerun asks only about new queries). @run: a new batch "
+        "for every run. Else letters, digits, . _ - only, not starting with a dot. A batch's "
+        "money settings are fixed when its first HIT exists.",
+    ),
+    "reask_changed_matches": Param(
+        False, type="boolean", section=STORAGE, title="New HIT when a query's matches change",
+        description="Off: a query asked about in an earlier run of the batch is not asked "
+        "again. On: a query whose matches changed (the dataset grew) gets a new HIT; the "
+        "results then show the crowd's verdict on its newest matches.",
     ),
     "output_dir": Param(
         "output", type="string", minLength=1, section=STORAGE, title="Local output folder",
@@ -293,8 +301,20 @@ PARAMS = {
 }  # fmt: skip
 
 
-def _batch_dir(params: dict, run_id: str) -> Path:
-    return batch_dir_for_run(params["output_dir"], params["batch_id"], run_id, PROJECT_ROOT)
+def _batch_dir(params: dict, run_id: str, dag_id: str) -> Path:
+    """The run's batch folder: the Param batch_id's, or the campaign of this DAG, its sources
+    (normalised: a relative and an absolute path to one folder are one campaign) and its MTurk
+    environment."""
+    from include.image_similarity.sources import SourceSpec
+
+    sources = {
+        name: str(SourceSpec.parse(text, base_dir=PROJECT_ROOT))
+        for name, text in _similarity_settings(params).sources.locations().items()
+    }
+    campaign = campaign_id(dag_id, params["mturk_environment"], sources)
+    return batch_dir_for_run(
+        params["output_dir"], params["batch_id"], run_id, PROJECT_ROOT, campaign
+    )
 
 
 def _similarity_settings(params: dict) -> SimilaritySettings:
@@ -372,7 +392,7 @@ def image_similarity_mturk():
         settings = _similarity_settings(params)
         sources = settings.sources
         try:
-            batch_dir = _batch_dir(params, context["run_id"])
+            batch_dir = _batch_dir(params, context["run_id"], context["dag"].dag_id)
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from exc
 
@@ -528,6 +548,7 @@ def image_similarity_mturk():
                 platform,
                 _settings(params, batch_dir),
                 exclusion_id=exclusion,
+                reask_changed=bool(params["reask_changed_matches"]),
             )
         except (BudgetError, PublishError, ValueError) as exc:  # settings: retrying cannot help
             raise AirflowFailException(str(exc)) from exc

@@ -74,16 +74,35 @@ def _seed_text(seed: int | str | None) -> str:
     return "" if seed is None else f"{type(seed).__name__}:{seed}"
 
 
-def request_token(batch_id: str, query_sha256: str) -> str:
+def request_token(batch_id: str, query_sha256: str, revision: str = "") -> str:
     """Return the ``UniqueRequestToken`` for a query's HIT: stable, at most 64 characters.
 
-    A readable prefix (the batch id, cut and reduced to ``[A-Za-z0-9_-]``) and a hash of both
+    A readable prefix (the batch id, cut and reduced to ``[A-Za-z0-9_-]``) and a hash of the
     inputs, so tokens of different batches never collide even when their prefixes do.
+    ``revision`` (``match_revision``) tells a later HIT of the same query, asked again about
+    other matches, from its first one (whose token has none, as before revisions existed).
     """
     if not batch_id or not query_sha256:
         raise ValueError("request_token needs a batch id and a query's content hash")
     prefix = _TOKEN_PREFIX_CHARS.sub("-", batch_id).strip("-")[:24] or "batch"
-    return f"{prefix}-{_digest('token', batch_id, query_sha256)[:32]}"
+    parts = ("token", batch_id, query_sha256, *((revision,) if revision else ()))
+    return f"{prefix}-{_digest(*parts)[:32]}"
+
+
+def best_matches(matches: Sequence[Match]) -> list[Match]:
+    """The matches a model question offers: the best ranks, at most ``MAX_MATCHES``."""
+    return sorted(matches, key=lambda match: match[1])[:MAX_MATCHES]
+
+
+def match_revision(matches: Sequence[Match]) -> str:
+    """A digest of the images a model question offers (``best_matches``), in rank order."""
+    return _digest("matches", *(image.sha256 for image, _, _ in best_matches(matches)))[:16]
+
+
+def offered_images(plan: HitPlan) -> list[str]:
+    """The content hashes of the images a plan's model question offers, in rank order."""
+    options = [o for o in plan.model.options if o.image is not None]
+    return [o.image.sha256 for o in sorted(options, key=lambda o: (o.rank or 0, o.position))]
 
 
 # --- planning -------------------------------------------------------------------------------
@@ -96,6 +115,7 @@ def plan_hits(
     *,
     seed: int | str | None = None,
     existing: Mapping[str, HitPlan] | None = None,
+    reask_changed: bool = False,
 ) -> list[HitPlan]:
     """Plan one HIT per query, in the order of ``queries``.
 
@@ -105,8 +125,11 @@ def plan_hits(
     :param gold_sets: ``(set_id, target, correct, (wrong, wrong))`` known-answer sets.
     :param seed: changes every draw (question order, option order, field names, rotation).
     :param existing: plans already made for this batch (e.g. read back from the HIT manifest),
-        by query content hash. A query found here keeps its plan unchanged; all of them count
-        towards the known-answer sets' balance, so new queries continue the rotation.
+        by query content hash (its newest plan). A query found here keeps its plan unchanged;
+        all of them count towards the known-answer sets' balance, so new queries continue the
+        rotation.
+    :param reask_changed: a query found in ``existing`` whose matches are no longer the images
+        its plan offers gets a new plan (a new HIT), told apart by ``match_revision``.
     :raises ValueError: no known-answer set, duplicate set ids or query contents, a query
         without matches, or an existing plan of another batch.
     """
@@ -155,20 +178,30 @@ def plan_hits(
 
     plans = []
     for query, matches in queries:
+        revision = ""
         if query.sha256 in existing:
-            plans.append(existing[query.sha256])
-            continue
+            plan = existing[query.sha256]
+            offered = [image.sha256 for image, _, _ in best_matches(matches)]
+            if not reask_changed or offered_images(plan) == offered:
+                plans.append(plan)
+                continue
+            revision = match_revision(matches)
         set_id = min(rotation, key=lambda s: (uses[s], rotation.index(s)))
         uses[set_id] += 1
-        plans.append(_plan_hit(batch_id, query, matches, by_id[set_id], seed_text))
+        plans.append(_plan_hit(batch_id, query, matches, by_id[set_id], seed_text, revision))
     return plans
 
 
 def _plan_hit(
-    batch_id: str, query: ImageRef, matches: Sequence[Match], gold: GoldSet, seed_text: str
+    batch_id: str,
+    query: ImageRef,
+    matches: Sequence[Match],
+    gold: GoldSet,
+    seed_text: str,
+    revision: str = "",
 ) -> HitPlan:
-    salt = ("hit", batch_id, query.sha256, seed_text)
-    best = sorted(matches, key=lambda match: match[1])[:MAX_MATCHES]
+    salt = ("hit", batch_id, query.sha256, seed_text, *((revision,) if revision else ()))
+    best = best_matches(matches)
     if not best:
         raise ValueError(
             f"query {query.name!r} has no matches: the dataset is empty or the search failed; "
@@ -209,7 +242,7 @@ def _plan_hit(
     return HitPlan(
         batch_id=batch_id,
         query=query,
-        token=request_token(batch_id, query.sha256),
+        token=request_token(batch_id, query.sha256, revision),
         questions=questions,
     )
 

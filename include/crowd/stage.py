@@ -244,7 +244,9 @@ def publish(batch_dir: Path, s3, settings: CrowdSettings) -> str:
 # --- 2. create ------------------------------------------------------------------------------
 
 
-def _plans(batch_dir: Path, existing: dict[str, HitPlan], batch_id: str) -> list[HitPlan]:
+def _plans(
+    batch_dir: Path, existing: dict[str, HitPlan], batch_id: str, reask_changed: bool = False
+) -> list[HitPlan]:
     queries, known, images = _worker_images(batch_dir)
     published = read_json(batch_dir / PUBLISHED)
 
@@ -270,8 +272,17 @@ def _plans(batch_dir: Path, existing: dict[str, HitPlan], batch_id: str) -> list
         )
         for gold in known
     ]
-    by_query = {plan.query.sha256: plan for plan in existing.values()}
-    return layout.plan_hits(batch_id, plan_queries, gold_sets, existing=by_query)
+    by_query = newest_plans(existing.values())
+    return layout.plan_hits(
+        batch_id, plan_queries, gold_sets, existing=by_query, reask_changed=reask_changed
+    )
+
+
+def newest_plans(plans) -> dict[str, HitPlan]:
+    """Each query's newest plan, by query content hash (a query asked again about other
+    matches has several; the newest is the one a campaign's rerun keeps)."""
+    ordered = sorted(plans, key=lambda p: (p.created_at or "", p.hit_id or "", p.token))
+    return {plan.query.sha256: plan for plan in ordered}
 
 
 def create(
@@ -281,15 +292,17 @@ def create(
     settings: CrowdSettings,
     *,
     exclusion_id: str | None,
+    reask_changed: bool = False,
 ) -> list[HitPlan]:
     """Plan, check the budget, and create the batch's HITs (each exactly once).
 
     ``exclusion_id``: the exclusion whose holders may not see the HITs (``failed_gold_exclusion``),
-    used when ``settings.review.exclude_failed_workers``.
+    used when ``settings.review.exclude_failed_workers``. ``reask_changed``: a query whose
+    matches changed since its HIT was made gets a new HIT (``layout.plan_hits``).
     """
     ledger = ledger_for(s3, settings)
     existing = created_plans(ledger)
-    plans = _plans(batch_dir, existing, settings.batch_id)
+    plans = _plans(batch_dir, existing, settings.batch_id, reask_changed)
     new = [plan for plan in plans if plan.token not in existing]
     check_money_settings(s3, settings)
     costs.check_bonus(costs.cents(settings.payment.bonus), costs.cents(settings.payment.max_bonus))

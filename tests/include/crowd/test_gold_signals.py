@@ -32,19 +32,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from PIL import Image
 
-from include.common.files import write_json
 from include.crowd import stage
 from include.crowd.layout import _field_names, request_token
 from include.crowd.mturk.question import HTML_QUESTION_XMLNS, TOKEN_MARK
 from include.crowd.records import HitPlan
+from testsupport.crowd_batch import build_sources, write_batch
 from testsupport.crowd_plans import crowd_settings
-from testsupport.imagekit import textured
 from testsupport.motokit import moto_s3, s3_client
 from testsupport.platforms import mturk_platform
 from testsupport.sandbox_process import start_sandbox
@@ -70,102 +68,7 @@ PER_OBJECT = {
 }
 
 
-# --- the batch ------------------------------------------------------------------------------
-
-
-def save(folder: Path, name: str, image: Image.Image) -> dict:
-    path = folder / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if name.endswith(".png"):
-        image.save(path, "PNG")
-    else:
-        image.save(path, "JPEG", quality=90)
-    data = path.read_bytes()
-    return {
-        "name": name,
-        "path": str(path),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size": len(data),
-    }
-
-
-def build_sources(root: Path) -> dict[str, list[dict]]:
-    """The three collections as files: queries 480x360 .jpg; dataset 800x600 .png and
-    960x720 .jpg; known answers 640x480 .jpg, one wrong match per set a .png."""
-    dataset = [
-        save(root / "dataset", f"frame_{i:02d}.png", textured(800, 600, seed=1000 + i))
-        if i % 2
-        else save(root / "dataset", f"frame_{i:02d}.jpg", textured(960, 720, seed=1000 + i))
-        for i in range(DATASET)
-    ]
-    queries = [
-        save(root / "queries", f"query_{i:02d}.jpg", textured(480, 360, seed=2000 + i))
-        for i in range(FIRST_RUN + SECOND_RUN)
-    ]
-    known = []
-    for n in range(1, GOLD_SETS + 1):
-        for r, (role, ext) in enumerate(
-            (("", ".jpg"), ("_1st_match", ".jpg"), ("_2nd_match", ".png"), ("_3rd_match", ".jpg"))
-        ):
-            picture = textured(640, 480, seed=3000 + 10 * n + r)
-            known.append(save(root / "known", f"known{n}{role}{ext}", picture))
-    return {"dataset": dataset, "queries": queries, "known_answers": known}
-
-
-def write_batch(batch_dir: Path, sources: dict[str, list[dict]], queries: int) -> None:
-    """What the similarity stage leaves for the crowd stage, for the first ``queries``
-    queries: one match for queries 0-5, two for 6-11, three for the others."""
-    listed = dict(sources, queries=sources["queries"][:queries])
-    write_json(
-        batch_dir / "sources.json",
-        {
-            name: {"source": name, "images": images, "problems": []}
-            for name, images in listed.items()
-        },
-    )
-    entries = []
-    for i, query in enumerate(listed["queries"]):
-        k = 1 if i < 6 else 2 if i < 12 else 3
-        picked = [sources["dataset"][(5 * i + 7 * r) % DATASET] for r in range(k)]
-        entries.append(
-            {
-                "query": {key: query[key] for key in ("name", "sha256", "path")},
-                "matches": [
-                    {
-                        "rank": r + 1,
-                        "name": m["name"],
-                        "sha256": m["sha256"],
-                        "path": m["path"],
-                        "score": round(0.9 - r / 10, 3),
-                        "alignment": None,
-                    }
-                    for r, m in enumerate(picked)
-                ],
-            }
-        )
-    write_json(batch_dir / "similarity.json", {"model_id": "test", "k": 3, "queries": entries})
-    by_name = {image["name"]: image["sha256"] for image in sources["known_answers"]}
-    write_json(
-        batch_dir / "known_answers.json",
-        [
-            {
-                "set_id": f"known{n}",
-                "target": f"known{n}.jpg",
-                "correct": f"known{n}_1st_match.jpg",
-                "wrong": [f"known{n}_2nd_match.png", f"known{n}_3rd_match.jpg"],
-                "hashes": {
-                    name: by_name[name]
-                    for name in (
-                        f"known{n}.jpg",
-                        f"known{n}_1st_match.jpg",
-                        f"known{n}_2nd_match.png",
-                        f"known{n}_3rd_match.jpg",
-                    )
-                },
-            }
-            for n in range(1, GOLD_SETS + 1)
-        ],
-    )
+# --- the batch ---------------------------------------------------------------------------
 
 
 def settings() -> stage.CrowdSettings:
@@ -339,7 +242,9 @@ def read_pages(mturk, plans: list[HitPlan], run: int) -> list[Page]:
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory) -> list[Page]:
     root = tmp_path_factory.mktemp("gold-signals")
-    sources = build_sources(root / "sources")
+    sources = build_sources(
+        root / "sources", queries=FIRST_RUN + SECOND_RUN, dataset=DATASET, gold_sets=GOLD_SETS
+    )
     batch_dir = root / "batch"
     sandbox = start_sandbox(root / "sandbox.sqlite")
     try:
