@@ -65,6 +65,13 @@ def write_text(path: Path, text: str) -> Path:
     return Path(path)
 
 
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` atomically and durably, readable by all."""
+    with atomic_file(path, "wb", durable=True, permissions=0o644) as handle:
+        handle.write(data)
+    return Path(path)
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (indented, UTF-8, a final newline)."""
     with atomic_file(path, "w", encoding="utf-8") as handle:

@@ -25,8 +25,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from include.common.files import read_json, write_json
-from include.crowd import costs, layout
+from include.common.files import read_json, write_bytes, write_json
+from include.crowd import costs, history, layout
 from include.crowd.create import create_hits, created_plans, load_manifest
 from include.crowd.ledger import S3Ledger
 from include.crowd.platform import CrowdPlatform, FeeSchedule, PlatformError
@@ -443,9 +443,13 @@ def load_reviews(ledger: S3Ledger) -> list[Review]:
     ]
 
 
-def results(batch_dir: Path, s3, settings: CrowdSettings, fees: FeeSchedule) -> dict[str, str]:
+def results(
+    batch_dir: Path, s3, settings: CrowdSettings, fees: FeeSchedule, *, now=None
+) -> dict[str, str]:
     """Aggregate the batch's reviews; write results.json / results.csv / report.html locally
-    (``<batch_dir>/results/``) and to S3 (``results/``). Returns local paths and S3 URIs."""
+    (``<batch_dir>/results/``) and to S3 (``results/``), each also as a snapshot under
+    ``results/history/<UTC time>/`` (``history``). Returns local paths, S3 URIs and the
+    snapshot's name. ``now``: the snapshot's time (a ``datetime``; default the clock's)."""
     from include.crowd.aggregation.registry import aggregate
     from include.crowd.report import write_results
 
@@ -472,8 +476,13 @@ def results(batch_dir: Path, s3, settings: CrowdSettings, fees: FeeSchedule) -> 
                 log.warning("no image for %s in S3 (%s)", ref.name, ref.key)
         return None
 
+    past = history.history_of(
+        s3, settings.storage.bucket, ledger.root, aggregated, history.stamp(now)
+    )
+    aggregated["history"] = past
     out_dir = batch_dir / "results"
     written = write_results(aggregated, plans, out_dir, thumbnails=thumbnail)
+    snapshot = f"{history.HISTORY}/{past['snapshot']}"
     uris = {}
     for name, path in written.items():
         content_type = {
@@ -481,11 +490,36 @@ def results(batch_dir: Path, s3, settings: CrowdSettings, fees: FeeSchedule) -> 
             ".csv": "text/csv",
             ".html": "text/html; charset=utf-8",
         }.get(Path(path).suffix, "application/octet-stream")
-        ledger.put_bytes(f"results/{Path(path).name}", Path(path).read_bytes(), content_type)
+        data = Path(path).read_bytes()
+        ledger.put_bytes(f"results/{Path(path).name}", data, content_type)
         uris[name] = s3_uri(ledger, f"results/{Path(path).name}")
+        # the snapshot: in S3 (the record the next write compares with), then locally
+        ledger.put_bytes(f"{snapshot}/{Path(path).name}", data, content_type)
+        write_bytes(batch_dir / snapshot / Path(path).name, data)
     summary = aggregated.get("summary", {})
     log.info("results: %s", json.dumps(summary, sort_keys=True, default=str)[:1000])
-    return {**{k: str(v) for k, v in written.items()}, **{f"s3_{k}": v for k, v in uris.items()}}
+    log.info(
+        "results snapshot %d of batch %s: %s (%s)",
+        past["snapshots"],
+        settings.batch_id,
+        s3_uri(ledger, snapshot + "/"),
+        _changes_line(past),
+    )
+    return {
+        **{k: str(v) for k, v in written.items()},
+        **{f"s3_{k}": v for k, v in uris.items()},
+        "snapshot": past["snapshot"],
+    }
+
+
+def _changes_line(past: dict[str, Any]) -> str:
+    since = past["since_previous"]
+    if since is None:
+        return "the first"
+    return (
+        f"since {past['previous']}: {since['changed_count']} winner(s) changed, "
+        f"{len(since['new'])} new quer{'y' if len(since['new']) == 1 else 'ies'}"
+    )
 
 
 def _local_image_paths(batch_dir: Path) -> dict[str, Path]:

@@ -6,13 +6,17 @@ nobody twice; a query whose matches changed is asked again only when the run say
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from include.common.batch import PER_RUN, batch_id_for, campaign_id, check_batch_id
-from include.crowd import stage
+from include.crowd import history, stage
 from include.crowd.create import load_manifest
+from include.crowd.mturk.fees import FEES
 from testsupport.crowd_batch import build_sources, write_batch
 from testsupport.crowd_plans import crowd_settings
 from testsupport.motokit import s3_client
@@ -162,3 +166,107 @@ def test_changed_matches_get_a_new_hit_only_when_the_run_says_so(campaign):
     assert len(manifest) == 6  # the first HITs stay in the batch: reviewed, paid, reported
     paid = campaign.bonuses()
     assert sum(paid.values()) == 6 and set(paid.values()) == {1}
+
+
+# --- the results' history -------------------------------------------------------------------
+
+
+def write_results(campaign, when: str) -> dict:
+    stamp = datetime.strptime(when, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    return stage.results(campaign.batch_dir, campaign.s3, campaign.settings, FEES, now=stamp)
+
+
+def snapshot_keys(campaign) -> set[str]:
+    ledger = stage.ledger_for(campaign.s3, campaign.settings)
+    listed = campaign.s3.list_objects_v2(
+        Bucket=ledger.bucket, Prefix=ledger.key(history.HISTORY + "/")
+    )
+    return {item["Key"][len(ledger.key("")) :] for item in listed.get("Contents", [])}
+
+
+def test_each_results_write_keeps_a_snapshot_and_the_report_says_what_changed(campaign):
+    campaign.run(3)
+    first = write_results(campaign, "20261202T100000Z")
+    assert first["snapshot"] == "20261202T100000Z"
+    doc = json.loads(Path(first["json"]).read_text())
+    assert doc["history"] == {
+        "snapshot": "20261202T100000Z",
+        "snapshots": 1,
+        "previous": None,
+        "since_previous": None,
+    }
+
+    campaign.run(4)
+    second = write_results(campaign, "20261202T110000Z")
+    doc = json.loads(Path(second["json"]).read_text())
+    assert doc["history"]["snapshots"] == 2
+    assert doc["history"]["previous"] == "20261202T100000Z"
+    since = doc["history"]["since_previous"]
+    assert since["new"] == ["query_03.jpg"] and since["changed_count"] == 0
+    assert since["unchanged"] == 3
+    again = write_results(campaign, "20261202T110000Z")  # the same second: its own snapshot
+    assert again["snapshot"] == "20261202T110000Z-2"
+
+    names = ("results.json", "results.csv", "report.html")
+    stamps = ("20261202T100000Z", "20261202T110000Z", "20261202T110000Z-2")
+    assert snapshot_keys(campaign) == {f"results/history/{s}/{n}" for s in stamps for n in names}
+    local = campaign.batch_dir / "results" / "history"
+    assert sorted(p.name for p in local.iterdir()) == sorted(stamps)
+    assert (local / "20261202T100000Z" / "results.json").read_bytes() == (
+        campaign.s3.get_object(
+            Bucket=campaign.settings.storage.bucket,
+            Key=stage.ledger_for(campaign.s3, campaign.settings).key(
+                "results/history/20261202T100000Z/results.json"
+            ),
+        )["Body"].read()
+    )
+    report = Path(again["html"]).read_text()
+    assert "History" in report and "20261202T110000Z-2" in report and "3 snapshots" not in report
+    assert ">3<" in report.replace(" ", "")
+
+
+def test_a_damaged_previous_snapshot_is_named_and_compared_with_nothing(campaign, caplog):
+    campaign.run(3)
+    write_results(campaign, "20261202T100000Z")
+    ledger = stage.ledger_for(campaign.s3, campaign.settings)
+    ledger.put_bytes("results/history/20261202T100000Z/results.json", b"{not json", "text/plain")
+    ledger.put_bytes("results/history/not-a-stamp/results.json", b"{}", "application/json")
+    second = write_results(campaign, "20261202T120000Z")
+    doc = json.loads(Path(second["json"]).read_text())
+    assert doc["history"]["snapshots"] == 2  # the foreign folder is not a snapshot
+    assert doc["history"]["since_previous"]["new"] == [
+        "query_00.jpg",
+        "query_01.jpg",
+        "query_02.jpg",
+    ]
+    assert "cannot be read" in caplog.text
+
+
+def results_doc(*entries) -> dict:
+    return {
+        "queries": [
+            {"query": q, "hit_id": h, "query_sha256": h, "winner": w, "status": "decided"}
+            for q, h, w in entries
+        ]
+    }
+
+
+def test_compare_names_new_queries_and_changed_winners_and_ignores_garbage():
+    before = results_doc(("a.jpg", "H1", "f1.jpg"), ("b.jpg", "H2", None), ("c.jpg", "H3", "f3"))
+    now = results_doc(
+        ("a.jpg", "H1", "none"), ("b.jpg", "H2", "f2.jpg"), ("c.jpg", "H3", "f3"), ("d", "H4", None)
+    )
+    since = history.compare(before, now)
+    assert since["new"] == ["d"] and since["unchanged"] == 1 and since["changed_count"] == 2
+    assert since["changed"] == [
+        {"query": "a.jpg", "hit_id": "H1", "before": "f1.jpg", "after": "none"},
+        {"query": "b.jpg", "hit_id": "H2", "before": None, "after": "f2.jpg"},
+    ]
+    for garbage in (
+        None,
+        [],
+        "x",
+        {"queries": "x"},
+        {"queries": [1, {"hit_id": 5}, {"winner": 3}]},
+    ):
+        assert history.compare(garbage, now)["changed_count"] == 0
