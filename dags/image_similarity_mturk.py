@@ -317,6 +317,36 @@ def _batch_dir(params: dict, run_id: str, dag_id: str) -> Path:
     )
 
 
+def _output_root(params: dict) -> Path:
+    folder = Path(params["output_dir"]).expanduser()
+    return folder if folder.is_absolute() else PROJECT_ROOT / folder
+
+
+def _drive_problems(similarity: SimilaritySettings, params: dict) -> list[str]:
+    """The Drive source folders, each looked up through the Google connection."""
+    from include.image_similarity.checks import drive_folders
+
+    folders = drive_folders(similarity)
+    if not folders:
+        return []
+    from airflow.providers.google.suite.hooks.drive import GoogleDriveHook
+
+    from include.image_similarity.drive import check_folder
+
+    conn_id = similarity.sources.gcp_conn_id
+    found = []
+    try:
+        hook = GoogleDriveHook(gcp_conn_id=conn_id)
+    except Exception as exc:  # noqa: BLE001 - a missing connection
+        return [f"the Google connection {conn_id!r} (Param gcp_conn_id) cannot be used: {exc}"]
+    for param, folder in folders.items():
+        try:
+            check_folder(hook, folder)
+        except Exception as exc:  # noqa: BLE001 - each folder's problem is named
+            found.append(f"Param {param}: {exc} (Google connection {conn_id!r}, Param gcp_conn_id)")
+    return found
+
+
 def _similarity_settings(params: dict) -> SimilaritySettings:
     """The similarity stage's settings of this run; a missing Param fails the task (no retry)."""
     from airflow.sdk.exceptions import AirflowFailException
@@ -379,6 +409,50 @@ def _exclusion(platform, params: dict) -> str | None:
     doc_md=__doc__,
 )
 def image_similarity_mturk():
+    @task
+    def check_settings() -> str:
+        """Check everything the run needs before anything is listed or embedded: the sources
+        (local folders, Drive folders through the Google connection), the model, the output
+        folder, the bucket (set, reachable, private), MTurk (reachable, its balance), the money
+        settings and an existing batch's pinned ones. Every problem is named at once."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.crowd import stage
+        from include.image_similarity import checks
+
+        context = get_current_context()
+        params = context["params"]
+        similarity = _similarity_settings(params)
+        found = checks.problems(similarity, PROJECT_ROOT)
+        found += checks.output_problems(_output_root(params))
+        found += _drive_problems(similarity, params)
+        batch_id = None
+        try:
+            batch_id = _batch_dir(params, context["run_id"], context["dag"].dag_id).name
+            settings = _settings(params, batch_id)
+        except (SettingsError, ValueError) as exc:
+            found.append(str(exc))
+        else:
+            try:
+                s3 = _s3(params)
+            except Exception as exc:  # noqa: BLE001 - a missing or broken connection
+                found.append(
+                    f"the AWS connection {params['aws_conn_id']!r} (Param aws_conn_id) cannot "
+                    f"be used: {exc}"
+                )
+            else:
+                found += stage.preflight(
+                    s3, lambda: _platform(params), settings, params["aws_conn_id"]
+                )
+        if found:
+            raise AirflowFailException(
+                f"this run cannot work; fix {'this' if len(found) == 1 else 'these'} and "
+                "trigger again (nothing was listed, embedded, created or paid):\n- "
+                + "\n- ".join(found)
+            )
+        log.info("settings checked: batch %s; sources, bucket, MTurk and money are fine", batch_id)
+        return batch_id
+
     @task
     def list_sources() -> str:
         """List the three collections (staging Drive folders locally) into sources.json."""
@@ -596,7 +670,9 @@ def image_similarity_mturk():
         MTurkReportLink.persist(context["ti"], stage.report_url(s3, settings))
         return written
 
-    checked = validate_known_answers(list_sources())
+    listed = list_sources()
+    check_settings() >> listed
+    checked = validate_known_answers(listed)
     shard_stats = embed_images.expand(shard=plan_embedding(checked))
     batch_dir = write_contact_sheets(match_queries(merge_embeddings(checked, shard_stats)))
     published = publish_images(batch_dir)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 
 from include.common.files import read_json, write_bytes, write_json
 from include.crowd import costs, history, layout
+from include.crowd import preflight as preflight_checks
 from include.crowd.create import create_hits, created_plans, load_manifest
 from include.crowd.ledger import S3Ledger
 from include.crowd.platform import CrowdPlatform, FeeSchedule, PlatformError
@@ -537,3 +539,26 @@ def report_url(s3, settings: CrowdSettings, expires_in: int = 7 * 24 * 3600) -> 
         Params={"Bucket": settings.storage.bucket, "Key": ledger.key("results/report.html")},
         ExpiresIn=expires_in,
     )
+
+
+# --- 0. before anything ---------------------------------------------------------------------
+
+
+def preflight(
+    s3, connect: Callable[[], CrowdPlatform], settings: CrowdSettings, aws_conn_id: str
+) -> list[str]:
+    """Every problem that would stop the crowd stage, found before the run lists or embeds
+    anything: the bucket, the platform and its balance, the money settings, and an existing
+    batch's pinned ones (``preflight``). Each names the Param or connection to fix."""
+    found = preflight_checks.storage_problems(s3, settings, aws_conn_id)
+    platform, reached = preflight_checks.connect(connect, settings, aws_conn_id)
+    found += reached
+    if platform is not None:
+        balance = preflight_checks.balance(platform, settings, aws_conn_id, found)
+        found += preflight_checks.money_problems(settings, platform.fees, balance)
+    if not found:  # the bucket is there: an existing batch's pinned settings can be read
+        try:
+            check_money_settings(s3, settings)
+        except ValueError as error:
+            found.append(str(error))
+    return found

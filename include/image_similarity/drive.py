@@ -212,8 +212,13 @@ def _execute(request: Any, folder_id: str, num_retries: int) -> dict[str, Any]:
         raise
 
 
-def _check_is_folder(service: Any, folder_id: str, num_retries: int) -> None:
-    """Raise ``DriveFolderError`` unless ``folder_id`` is a folder the caller can see."""
+def check_folder(hook: Any, folder_id: str) -> str:
+    """The name of Drive folder ``folder_id``; ``DriveFolderError`` unless it is a folder the
+    hook's connection can see (a run checks its folders before it lists anything)."""
+    return _folder_name(hook.get_conn(), folder_id, _num_retries(hook))
+
+
+def _folder_name(service: Any, folder_id: str, num_retries: int) -> str:
     request = service.files().get(
         fileId=folder_id, fields="id, name, mimeType", supportsAllDrives=True
     )
@@ -224,7 +229,13 @@ def _check_is_folder(service: Any, folder_id: str, num_retries: int) -> None:
             f"Google Drive id {folder_id!r} is {metadata.get('name')!r} of type {mime_type}, not "
             "a folder; give the id of the folder that holds the images"
         )
-    log.warning("Drive folder %s (%r) has no files", folder_id, metadata.get("name"))
+    return str(metadata.get("name", ""))
+
+
+def _check_is_folder(service: Any, folder_id: str, num_retries: int) -> None:
+    """Raise ``DriveFolderError`` unless ``folder_id`` is a folder the caller can see."""
+    name = _folder_name(service, folder_id, num_retries)
+    log.warning("Drive folder %s (%r) has no files", folder_id, name)
 
 
 def _select_images(entries: Iterable[DriveEntry], problems: list[Problem]) -> list[DriveEntry]:

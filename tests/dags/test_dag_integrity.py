@@ -9,6 +9,7 @@ from conftest import PROJECT_ROOT
 
 DAG_ID = "image_similarity_mturk"
 EXPECTED_GRAPH = {
+    "check_settings": ["list_sources"],
     "list_sources": ["validate_known_answers"],
     "validate_known_answers": ["merge_embeddings", "plan_embedding"],
     "plan_embedding": ["embed_images"],
