@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
@@ -297,6 +297,14 @@ PARAMS = {
         "<base>/<key> instead of presigned URLs.",
     ),
     "s3_prefix": Param("image-similarity", type="string", section=STORAGE, title="S3 prefix"),
+    "results_drive_folder": Param(
+        "", type=["null", "string"], pattern=r"^$|^gdrive://[A-Za-z0-9_-]{1,200}/?$",
+        section=STORAGE, title="Copy results to Google Drive",
+        description="gdrive://FOLDER_ID of a folder in a shared drive: each results write "
+        "copies results, report, queries and winners (<query>_winner_<share>.jpg) into a "
+        "subfolder named after the run. The Google connection then needs the scope "
+        "https://www.googleapis.com/auth/drive. Empty: no copy.",
+    ),
     "aws_conn_id": Param("aws_default", type="string", section=STORAGE, title="AWS connection"),
 }  # fmt: skip
 
@@ -324,9 +332,16 @@ def _output_root(params: dict) -> Path:
 
 def _drive_problems(similarity: SimilaritySettings, params: dict) -> list[str]:
     """The Drive source folders, each looked up through the Google connection."""
+    from include.crowd.drive_results import parse_folder
     from include.image_similarity.checks import drive_folders
 
     folders = drive_folders(similarity)
+    try:
+        results_folder = parse_folder(params["results_drive_folder"])
+    except ValueError as exc:
+        return [str(exc)]
+    if results_folder:
+        folders["results_drive_folder"] = results_folder
     if not folders:
         return []
     from airflow.providers.google.suite.hooks.drive import GoogleDriveHook
@@ -345,6 +360,54 @@ def _drive_problems(similarity: SimilaritySettings, params: dict) -> list[str]:
         except Exception as exc:  # noqa: BLE001 - each folder's problem is named
             found.append(f"Param {param}: {exc} (Google connection {conn_id!r}, Param gcp_conn_id)")
     return found
+
+
+def _copy_to_drive(params: dict, batch_dir: str, s3, settings, context) -> dict:
+    """Copy the results, each query and its winner into a subfolder of the Param
+    results_drive_folder named after the run (the same on a retry: nothing is sent twice)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.crowd import drive_results, stage
+    from include.crowd.create import load_manifest
+
+    try:
+        folder_id = drive_results.parse_folder(params["results_drive_folder"])
+    except ValueError as exc:
+        raise AirflowFailException(str(exc)) from exc
+    if not folder_id:
+        return {}
+    from airflow.providers.google.suite.hooks.drive import GoogleDriveHook
+
+    conn_id = params["gcp_conn_id"]
+    hook = GoogleDriveHook(gcp_conn_id=conn_id)
+    plans = load_manifest(stage.ledger_for(s3, settings))
+    try:
+        files = drive_results.snapshot_files(
+            Path(batch_dir) / "results", plans, stage.image_source(Path(batch_dir), s3, settings)
+        )
+        summary = drive_results.upload_snapshot(
+            hook.get_conn(),
+            folder_id,
+            drive_results.snapshot_name(_run_moment(context)),
+            files,
+            num_retries=hook.num_retries,
+            gcp_conn_id=conn_id,
+        )
+    except (drive_results.ResultsDocumentError, ValueError) as exc:
+        raise AirflowFailException(str(exc)) from exc
+    except drive_results.DriveResultsError as exc:
+        if not exc.retryable:
+            raise AirflowFailException(str(exc)) from exc
+        raise
+    log.info("results copied to Google Drive: %s", summary.url)
+    return {"drive": summary.as_dict()}
+
+
+def _run_moment(context) -> datetime:
+    """When the run was due: the same for every attempt of its tasks."""
+    run = context["dag_run"]
+    moment = getattr(run, "run_after", None) or context.get("logical_date")
+    return moment or getattr(run, "start_date", None) or datetime.now(UTC)
 
 
 def _similarity_settings(params: dict) -> SimilaritySettings:
@@ -549,7 +612,8 @@ def image_similarity_mturk():
         from include.image_similarity import pipeline
 
         merged = pipeline.merge_shards(Path(batch_dir))
-        stats = list(shard_stats)
+        # One slice request: iterating the lazy sequence would ask for the item past its end.
+        stats = shard_stats[:]
         log.info(
             "%d shard(s): %d images embedded, %d from the cache, %d left out; %d vectors",
             merged["shards"],
@@ -602,7 +666,7 @@ def image_similarity_mturk():
             raise AirflowFailException(str(exc)) from exc
         return batch_dir
 
-    @mturk_task
+    @mturk_task(links=[HITPreviewLink])
     def create_hits(batch_dir: str) -> list[str]:
         """Check the cost, then create one HIT per query, each exactly once."""
         from airflow.sdk.exceptions import AirflowFailException
@@ -657,7 +721,7 @@ def image_similarity_mturk():
         )
         return batch_dir
 
-    @mturk_task(outlets=[RESULTS_ASSET])
+    @mturk_task(links=[MTurkReportLink], outlets=[RESULTS_ASSET])
     def write_results(batch_dir: str) -> dict:
         """Aggregate the counted votes (crowd-kit) and write results and the HTML report."""
         from include.crowd import stage
@@ -668,6 +732,7 @@ def image_similarity_mturk():
         settings = _settings(params, batch_dir)
         written = stage.results(Path(batch_dir), s3, settings, _platform(params).fees)
         MTurkReportLink.persist(context["ti"], stage.report_url(s3, settings))
+        written = {**written, **_copy_to_drive(params, batch_dir, s3, settings, context)}
         return written
 
     listed = list_sources()

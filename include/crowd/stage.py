@@ -465,19 +465,7 @@ def results(
         show_worker_ids=settings.review.show_worker_ids,
         primary=settings.review.aggregation,
     )
-    local_paths = _local_image_paths(batch_dir)
-
-    def thumbnail(ref: ImageRef) -> bytes | None:
-        path = local_paths.get(ref.sha256)
-        if path is not None and path.exists():
-            return path.read_bytes()
-        if ref.key:
-            try:
-                return s3.get_object(Bucket=settings.storage.bucket, Key=ref.key)["Body"].read()
-            except Exception:  # a missing image shows a placeholder in the report
-                log.warning("no image for %s in S3 (%s)", ref.name, ref.key)
-        return None
-
+    thumbnail = image_source(batch_dir, s3, settings)
     past = history.history_of(
         s3, settings.storage.bucket, ledger.root, aggregated, history.stamp(now)
     )
@@ -522,6 +510,27 @@ def _changes_line(past: dict[str, Any]) -> str:
         f"since {past['previous']}: {since['changed_count']} winner(s) changed, "
         f"{len(since['new'])} new quer{'y' if len(since['new']) == 1 else 'ies'}"
     )
+
+
+def image_source(
+    batch_dir: Path, s3, settings: CrowdSettings
+) -> Callable[[ImageRef], bytes | None]:
+    """An image's bytes by reference: the local file the similarity stage listed, else its
+    published original in S3; None (logged) when neither is there."""
+    local_paths = _local_image_paths(batch_dir)
+
+    def read(ref: ImageRef) -> bytes | None:
+        path = local_paths.get(ref.sha256)
+        if path is not None and path.exists():
+            return path.read_bytes()
+        if ref.key:
+            try:
+                return s3.get_object(Bucket=settings.storage.bucket, Key=ref.key)["Body"].read()
+            except Exception:  # a missing image shows a placeholder in the report
+                log.warning("no image for %s in S3 (%s)", ref.name, ref.key)
+        return None
+
+    return read
 
 
 def _local_image_paths(batch_dir: Path) -> dict[str, Path]:

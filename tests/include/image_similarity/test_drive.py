@@ -14,11 +14,9 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from airflow.providers.google.suite.hooks.drive import GoogleDriveHook
-from googleapiclient.discovery import build
 from googleapiclient.http import HttpMockSequence
 from PIL import Image
 
@@ -32,9 +30,9 @@ from include.image_similarity.drive import (
     stage_drive_folder,
 )
 from include.image_similarity.sources import list_local_images
+from testsupport.drivekit import Response, drive_service, error, requested
 
 FOLDER = "1AbCfolderId_-x"
-Response = tuple[dict[str, str], bytes | str]
 
 
 def image_bytes(color: tuple[int, int, int], fmt: str = "PNG") -> bytes:
@@ -74,21 +72,6 @@ def media(data: bytes) -> Response:
     return {"status": "200", "content-length": str(len(data))}, data
 
 
-def error(status: int, message: str, reason: str = "notFound") -> Response:
-    body = {
-        "error": {
-            "code": status,
-            "message": message,
-            "errors": [{"domain": "global", "reason": reason, "message": message}],
-        }
-    }
-    return {"status": str(status)}, json.dumps(body)
-
-
-def query_of(uri: str) -> dict[str, str]:
-    return {key: values[0] for key, values in parse_qs(urlsplit(uri).query).items()}
-
-
 @pytest.fixture
 def hook(monkeypatch: pytest.MonkeyPatch) -> GoogleDriveHook:
     # The hook reads its connection in __init__; an environment connection avoids the database.
@@ -103,16 +86,11 @@ def connect(hook: GoogleDriveHook, monkeypatch: pytest.MonkeyPatch):
 
     def _connect(responses: list[Response]) -> HttpMockSequence:
         http = HttpMockSequence(responses)  # records (uri, method, body, headers) per request
-        service = build("drive", "v3", http=http, static_discovery=True)
+        service = drive_service(http)
         monkeypatch.setattr(hook, "get_conn", lambda: service)
         return http
 
     return _connect
-
-
-def requested(http: HttpMockSequence) -> list[tuple[str, dict[str, str]]]:
-    """Return ``(path, query parameters)`` of every request the mock answered."""
-    return [(urlsplit(uri).path, query_of(uri)) for uri, *_ in http.request_sequence]
 
 
 def test_escape_query_value_escapes_backslash_then_quote() -> None:
