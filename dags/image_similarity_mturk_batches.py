@@ -125,7 +125,7 @@ def image_similarity_mturk_collect():
         stage.review(s3, platform, settings, caps=caps, exclusion_id=_exclusion(platform, settings))
         return settings.batch_id
 
-    @mturk_task(outlets=[RESULTS_ASSET])
+    @mturk_task(links=[MTurkReportLink], outlets=[RESULTS_ASSET])
     def write_results(batch_id: str) -> dict:
         """Aggregate the counted votes and write results and the report, as of now."""
         from include.crowd import stage

@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stopping.set()
             logging.getLogger(__name__).info("signal %d: stopping", signum)
             # shutdown() waits for serve_forever to return, so call it from another thread.
-            threading.Thread(target=service.httpd.shutdown, daemon=True).start()
+            threading.Thread(target=service.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

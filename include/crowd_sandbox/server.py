@@ -57,6 +57,44 @@ MAX_MULTIPART_PARTS = 1_000
 LISTEN_BACKLOG = 1024
 
 
+# How long a stop waits for the simulated workers, then for requests being answered: together
+# well under the 2 s a stop may take (a worker's request is answered in milliseconds).
+WORKERS_STOP_SECONDS = 1.0
+REQUESTS_DRAIN_SECONDS = 0.5
+
+
+class RequestGate:
+    """Counts the requests being answered; once closed, lets no new one in.
+
+    The state is closed only when no request is using it, and a request on a kept-alive
+    connection that arrives after the stop is answered 503 instead of reaching a closed database.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._active = 0
+        self._closed = False
+
+    def enter(self) -> bool:
+        """Let a request in (True), unless the sandbox is stopping."""
+        with self._changed:
+            if self._closed:
+                return False
+            self._active += 1
+            return True
+
+    def leave(self) -> None:
+        with self._changed:
+            self._active -= 1
+            self._changed.notify_all()
+
+    def close(self, timeout: float) -> bool:
+        """Let no new request in; wait up to ``timeout`` s for those in; True if none is left."""
+        with self._changed:
+            self._closed = True
+            return self._changed.wait_for(lambda: self._active == 0, timeout)
+
+
 class SandboxHTTPServer(ThreadingHTTPServer):
     """One daemon thread per connection, and a backlog that holds a burst of clients."""
 
@@ -87,6 +125,7 @@ class CrowdSandbox:
         self.store = Store(state)
         self.sandbox = Sandbox(self.store, initial_balance=balance)
         self.faults = Faults(faults or FaultConfig())
+        self.requests = RequestGate()
         self.httpd = SandboxHTTPServer((host, port), _handler_class(self))
         bound_host, bound_port = self.httpd.server_address[:2]
         self.url = f"http://{bound_host}:{bound_port}"
@@ -127,21 +166,29 @@ class CrowdSandbox:
 
     def stop(self) -> None:
         """Stop a sandbox started with ``start``: workers, then the server, then the state."""
-        self._stop_workers()
-        self.httpd.shutdown()
+        self.shutdown()
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.stop_after_serving()
 
-    def stop_after_serving(self) -> None:
-        """Close everything once ``serve_forever`` has returned (after a signal)."""
+    def shutdown(self) -> None:
+        """End ``serve_forever`` (call it from another thread): the simulated workers first,
+        while the server still answers their requests (a worker waiting on a server that no
+        longer answers would hang until its HTTP timeout), then the server."""
         self._stop_workers()
+        self.httpd.shutdown()
+
+    def stop_after_serving(self) -> None:
+        """Close everything once ``serve_forever`` has returned (after ``shutdown``)."""
+        self._stop_workers()
+        if not self.requests.close(REQUESTS_DRAIN_SECONDS):
+            log.warning("closing the state with requests still being answered")
         self.httpd.server_close()
         self.store.close()
 
     def _stop_workers(self) -> None:
         if self._workers is not None:
-            self._workers.stop()
+            self._workers.stop(timeout=WORKERS_STOP_SECONDS)
             self._workers = None
 
     # --- requests -------------------------------------------------------------------------
@@ -312,6 +359,16 @@ def _handler_class(service: CrowdSandbox) -> type[BaseHTTPRequestHandler]:
             return Request(self.command, parts.path, query, form, headers)
 
         def _dispatch(self) -> None:
+            if not service.requests.enter():
+                self.close_connection = True
+                self._send(Response(503, b"the crowd sandbox is stopping", "text/plain"))
+                return
+            try:
+                self._answer()
+            finally:
+                service.requests.leave()
+
+        def _answer(self) -> None:
             try:
                 body = self._body()
                 target = self.headers.get("X-Amz-Target")

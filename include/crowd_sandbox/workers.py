@@ -191,6 +191,8 @@ class SimulatedWorker(threading.Thread):
                 if not worked:
                     self.stopping.wait(IDLE_SECONDS * self.rng.uniform(0.5, 1.5))
             except Exception as error:  # noqa: BLE001 - a worker survives anything, and retries
+                if self.stopping.is_set():
+                    return  # a request cut short by the stop is no failure to report
                 failures += 1
                 delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2**failures)
                 log.warning(

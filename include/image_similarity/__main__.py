@@ -77,11 +77,9 @@ def _match(args: argparse.Namespace) -> int:
         cache = EmbeddingCache(store_for_location(args.cache, embedder.model_id), embedder.model_id)
     work = Path(tempfile.mkdtemp(prefix="image-similarity-"))
     try:
-        empty = work / "no-known-answers"
-        empty.mkdir()
         pipeline.list_sources(
             work,
-            {"dataset": args.dataset, "queries": args.queries, "known_answers": empty},
+            {"dataset": args.dataset, "queries": args.queries},
             follow_external_symlinks=args.follow_external_symlinks,
         )
         stats = pipeline.embed_collections(work, embedder, cache)

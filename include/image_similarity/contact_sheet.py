@@ -1,9 +1,15 @@
-"""Contact sheets: one image per query showing it beside its matches, with rank, score and name."""
+"""Contact sheets: one image per query showing it beside its matches, with rank, score and name.
+
+A query's sheet is ``<query stem>.sheet.jpg`` (``q1.jpg`` → ``q1.sheet.jpg``): never the name of
+the query itself, so a sheet cannot overwrite or pass for an image of the run. See
+:func:`sheet_file_names` for queries that share a stem.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -48,10 +54,46 @@ def _tile(path: Path, name: str) -> Image.Image:
     return tile
 
 
+SHEET_SUFFIX = ".sheet.jpg"
+
+
+def _file_system_safe(text: str) -> str:
+    """Keep letters, digits, ``-``, ``_`` and ``.``; anything else becomes ``_``."""
+    return re.sub(r"[^\w.-]+", "_", text, flags=re.UNICODE).strip("._") or "query"
+
+
 def safe_file_stem(name: str) -> str:
     """Return a file-system-safe stem for a query name (keeps letters, digits, - _ .)."""
-    stem = re.sub(r"[^\w.-]+", "_", Path(name).stem, flags=re.UNICODE).strip("._")
-    return stem or "query"
+    return _file_system_safe(Path(name).stem)
+
+
+def sheet_file_names(query_names: list[str]) -> list[str]:
+    """Return the contact sheet file name of each query, in the order given.
+
+    A sheet is ``<query stem>.sheet.jpg``. Queries whose stems coincide (``q1.jpg`` and
+    ``q1.png``; letter case aside, for case-insensitive file systems) are each named after their
+    whole file name instead (``q1.jpg.sheet.jpg``, ``q1.png.sheet.jpg``). Names that still
+    coincide once made file-system-safe (``a b.jpg`` and ``a_b.jpg``) get ``_2``, ``_3``... in
+    the order of the query names. The names depend on the set of queries, not on their order.
+    """
+    stems = [safe_file_stem(name) for name in query_names]
+    shared = {stem for stem, n in Counter(s.casefold() for s in stems).items() if n > 1}
+    bases = [
+        _file_system_safe(name) if stem.casefold() in shared else stem
+        for name, stem in zip(query_names, stems, strict=True)
+    ]
+    reserved = {base.casefold() for base in bases}
+    names: list[str] = [""] * len(query_names)
+    used: set[str] = set()
+    for i in sorted(range(len(query_names)), key=lambda i: (query_names[i], i)):
+        candidate, n = bases[i], 2
+        while candidate.casefold() in used or (
+            candidate != bases[i] and candidate.casefold() in reserved
+        ):
+            candidate, n = f"{bases[i]}_{n}", n + 1
+        used.add(candidate.casefold())
+        names[i] = candidate + SHEET_SUFFIX
+    return names
 
 
 def render_contact_sheet(query: dict, matches: list[dict]) -> Image.Image:
@@ -85,17 +127,14 @@ def render_contact_sheet(query: dict, matches: list[dict]) -> Image.Image:
 
 
 def write_contact_sheets(similarity: dict, out_dir: Path) -> list[Path]:
-    """Write one JPEG per query of ``similarity.json`` into ``out_dir``; returns the paths."""
+    """Write one JPEG per query of ``similarity.json`` into ``out_dir`` (named by
+    :func:`sheet_file_names`); returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    written, used = [], set()
-    for entry in similarity["queries"]:
-        stem = safe_file_stem(entry["query"]["name"])
-        # Two queries may differ only in characters the stem drops: keep both sheets.
-        candidate, n = stem, 2
-        while candidate in used:
-            candidate, n = f"{stem}_{n}", n + 1
-        used.add(candidate)
-        path = out_dir / f"{candidate}.jpg"
+    entries = similarity["queries"]
+    written = []
+    file_names = sheet_file_names([entry["query"]["name"] for entry in entries])
+    for entry, file_name in zip(entries, file_names, strict=True):
+        path = out_dir / file_name
         with atomic_file(path) as handle:
             render_contact_sheet(entry["query"], entry["matches"]).save(handle, "JPEG", quality=90)
         written.append(path)

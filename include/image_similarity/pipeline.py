@@ -20,7 +20,8 @@ Files in a batch folder:
 - ``similarity.json``: the same matches with hashes, ranks and alignment scores, the model id,
   k and the re-ranker's settings;
 - ``problems.json``: every file left out, with the reason;
-- ``contact_sheets/<query>.jpg``: the query beside its matches and their scores.
+- ``contact_sheets/<query stem>.sheet.jpg``: the query beside its matches and their scores
+  (queries sharing a stem: ``contact_sheet.sheet_file_names``).
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def list_sources(
     ``resolve(collection, source)`` turns a source into a Listing; by default a local folder,
     listed by ``list_local_images`` with ``follow_external_symlinks`` (a custom ``resolve`` must
     pass it to ``list_local_images`` itself). Hidden files, named in ``Listing.hidden``, are
-    recorded in problems.json with the files left out.
+    recorded in problems.json with the files left out. Known answers may be left out of
+    ``sources`` (the command line has none): that collection is then empty, and unnamed in the log.
     """
     batch_dir.mkdir(parents=True, exist_ok=True)
     if resolve is None:
@@ -117,7 +119,10 @@ def list_sources(
         def resolve(_collection: str, source: str | Path) -> Listing:
             return list_local_images(source, follow_external_symlinks=follow_external_symlinks)
 
-    listings = {name: resolve(name, sources[name]) for name in COLLECTIONS}
+    listings = {
+        name: resolve(name, sources[name]) if name in sources else Listing(source="")
+        for name in COLLECTIONS
+    }
     for name in ("dataset", "queries"):
         if not listings[name].images:
             raise ValueError(
@@ -130,11 +135,12 @@ def list_sources(
     for name, listing in listings.items():
         _record_problems(batch_dir, listing.problems + listing.hidden, name)
     counts = {name: len(listing.images) for name, listing in listings.items()}
+    listed = [f"{counts['dataset']} dataset images", f"{counts['queries']} queries"]
+    if "known_answers" in sources:
+        listed.append(f"{counts['known_answers']} known-answer files")
     log.info(
-        "listed %d dataset images, %d queries, %d known-answer files (%d files skipped, %d hidden)",
-        counts["dataset"],
-        counts["queries"],
-        counts["known_answers"],
+        "listed %s (%d files skipped, %d hidden)",
+        ", ".join(listed),
         sum(len(lst.problems) for lst in listings.values()),
         sum(len(lst.hidden) for lst in listings.values()),
     )

@@ -8,8 +8,11 @@ runs::
 
 (or ``ti.xcom_push(key="hit_preview_url", value=url)``). The buttons appear on tasks whose
 operator class lists the links in ``operator_extra_links``: :class:`MTurkHITsSensor`,
-:class:`MTurkPythonOperator` and ``@mturk_task``. A plain ``@task`` cannot carry them, because
-Airflow 3 reads extra links from the operator class (see ``mturk_provider.operators.mturk``).
+:class:`MTurkPythonOperator` and ``@mturk_task(links=[...])``. A plain ``@task`` cannot carry
+them, because Airflow 3 reads extra links from the operator class (see
+``mturk_provider.operators.mturk``). A task should carry only the links it publishes: the worker
+reads every link of a task back when it ends, and reading a key never pushed logs
+``[error] XCom not found``.
 
 How Airflow 3.3 resolves them: the DAG processor stores each link as ``{name: xcom_key}``; the
 API server answers a link by reading that XCom key of the task instance. The key here is the key

@@ -28,6 +28,7 @@ DAG_ID = "image_similarity_mturk"
 
 
 NO_BONUS = "The check question was answered wrongly, so no bonus this time."
+ERROR_LINE = re.compile(r"\[error\s*\]")
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,13 @@ def dags_test(env, conf, dag_id=DAG_ID) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+def assert_no_error_logged(run: subprocess.CompletedProcess) -> None:
+    """A successful run logs no error and no traceback (structlog pads the level: "[error    ]")."""
+    lines = (run.stdout + run.stderr).splitlines()
+    noisy = [line for line in lines if ERROR_LINE.search(line) or "Traceback" in line]
+    assert noisy == [], "a successful run logged:\n" + "\n".join(noisy)
+
+
 def conf_for(sample, tmp_path, known_answers=None, bucket="image-similarity-demo"):
     return {
         "s3_bucket": bucket,
@@ -99,6 +107,7 @@ def test_whole_run_then_a_rerun_embeds_and_creates_nothing(airflow_env, sample, 
     log = first.stdout + first.stderr
     assert first.returncode == 0, log[-4000:]
     assert "state=success" in log or "success" in log.split("DagRun Finished")[-1]
+    assert_no_error_logged(first)
 
     batch = tmp_path / "output" / "e2e"
     matches = json.loads((batch / "matches.json").read_text())
@@ -110,7 +119,8 @@ def test_whole_run_then_a_rerun_embeds_and_creates_nothing(airflow_env, sample, 
     assert "zero-byte" in problems["empty.jpg"]["reason"]
     for name in ("corrupt.jpg", "truncated.jpg", "empty.jpg", "notes.txt"):
         assert name in log  # named in the task logs too
-    assert len(list((batch / "contact_sheets").glob("*.jpg"))) == len(sample.ground_truth)
+    sheets = {path.name for path in (batch / "contact_sheets").iterdir()}
+    assert sheets == {f"{Path(query).stem}.sheet.jpg" for query in sample.ground_truth}
 
     # The crowd stage: one HIT per query, reviewed and reported; the sandbox agrees.
     mturk = stack.mturk_client()
@@ -131,6 +141,7 @@ def test_whole_run_then_a_rerun_embeds_and_creates_nothing(airflow_env, sample, 
     # run's single shard): every vector comes from the cache and the merged matches are the same.
     second = dags_test(airflow_env, {**conf, "fan_out_above_images": 5, "shard_size": 7})
     assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
+    assert_no_error_logged(second)
     rerun_log = second.stdout + second.stderr
     embedded = [int(n) for n in re.findall(r"embedded (\d+) (?:dataset|query) images", rerun_log)]
     assert len(embedded) >= 3 and set(embedded) == {0}  # only the bad files are retried
@@ -162,9 +173,11 @@ def test_whole_run_then_a_rerun_embeds_and_creates_nothing(airflow_env, sample, 
     }
     collect = dags_test(airflow_env, batch_conf, dag_id="image_similarity_mturk_collect")
     assert collect.returncode == 0, (collect.stdout + collect.stderr)[-4000:]
+    assert_no_error_logged(collect)
     assert mturk.get_account_balance()["AvailableBalance"] == balance
     cleanup = dags_test(airflow_env, batch_conf, dag_id="image_similarity_mturk_cleanup")
     assert cleanup.returncode == 0, (cleanup.stdout + cleanup.stderr)[-4000:]
+    assert_no_error_logged(cleanup)
     assert {mturk.get_hit(HITId=p.hit_id)["HIT"]["HITStatus"] for p in plans} == {"Disposed"}
     assert mturk.get_account_balance()["AvailableBalance"] == balance
 
@@ -288,6 +301,7 @@ def test_hostile_names_and_broken_files_run_through_escaped_and_named(
     run = dags_test(airflow_env, conf)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-4000:]
+    assert_no_error_logged(run)  # bad files are warnings, not errors
 
     batch = tmp_path / "output" / "e2e-hostile"
     problems = {p["name"]: p["reason"] for p in json.loads((batch / "problems.json").read_text())}

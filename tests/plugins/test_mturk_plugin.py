@@ -61,9 +61,21 @@ def test_mturk_tasks_carry_their_links_through_dag_serialisation():
 
     with DAG("links_check", schedule=None) as dag:
 
-        @mturk_task
+        @mturk_task(links=[HITPreviewLink])
         def create_hits() -> list[str]:
             return []
+
+        @mturk_task(links=[MTurkReportLink])
+        def write_results() -> None:
+            pass
+
+        @mturk_task
+        def both() -> None:
+            pass
+
+        @mturk_task(links=[HITPreviewLink])
+        def per_shard(shard: int) -> None:
+            pass
 
         @task
         def plain() -> None:
@@ -72,18 +84,55 @@ def test_mturk_tasks_carry_their_links_through_dag_serialisation():
         hit_ids = create_hits()
         MTurkHITsSensor(task_id="wait", hit_ids=hit_ids)
         MTurkPythonOperator(task_id="report", python_callable=lambda: None)
+        write_results()
+        both()
+        per_shard.expand(shard=[0, 1])
         plain()
 
     served = _serialized_round_trip(dag)  # what the API server works from
-    assert served.get_task("create_hits").extra_links == ["HIT preview", "Report"]
+    assert served.get_task("create_hits").extra_links == ["HIT preview"]
+    assert served.get_task("write_results").extra_links == ["Report"]
+    assert served.get_task("both").extra_links == ["HIT preview", "Report"]
+    assert served.get_task("per_shard").extra_links == ["HIT preview"]  # mapped: from the class
     assert served.get_task("report").extra_links == ["HIT preview", "Report"]
     assert served.get_task("wait").extra_links == ["HIT preview"]
     assert served.get_task("plain").extra_links == []
     keys = {
         name: link.xcom_key
-        for name, link in served.get_task("create_hits").operator_extra_link_dict.items()
+        for name, link in served.get_task("both").operator_extra_link_dict.items()
     }
     assert keys == {"HIT preview": "hit_preview_url", "Report": "report_url"}
+    assert {task.custom_operator_name for task in dag.tasks if task.task_id in (
+        "create_hits", "write_results", "both")} == {"@mturk_task"}  # fmt: skip
+
+
+@pytest.mark.parametrize("links", [[], [HITPreviewLink()], [links.MTurkXComLink], ["Report"]])
+def test_mturk_task_refuses_links_it_cannot_show(links):
+    from mturk_provider.operators.mturk import mturk_task
+
+    with pytest.raises(ValueError, match="HITPreviewLink and MTurkReportLink"):
+        mturk_task(links=links)
+
+
+def test_each_task_of_the_dags_carries_only_the_links_it_publishes():
+    """When a task ends, the worker reads each of its links back from XCom: a link the task never
+    publishes is an "[error] XCom not found" line in a successful run's log."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    dagbag = DagBag(dag_folder=str(PLUGINS_FOLDER.parent / "dags"))
+    assert dagbag.import_errors == {}
+    found = {
+        (dag_id, task.task_id): task.extra_links
+        for dag_id, dag in dagbag.dags.items()
+        for task in _serialized_round_trip(dag).tasks
+        if task.extra_links
+    }
+    assert found == {
+        ("image_similarity_mturk", "create_hits"): ["HIT preview"],
+        ("image_similarity_mturk", "wait_for_assignments"): ["HIT preview"],
+        ("image_similarity_mturk", "write_results"): ["Report"],
+        ("image_similarity_mturk_collect", "write_results"): ["Report"],
+    }
 
 
 @pytest.mark.parametrize(

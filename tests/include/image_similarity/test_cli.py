@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -46,7 +47,16 @@ def test_match_writes_best_first_matches_and_names_bad_files(tmp_path, model_dir
     assert "frame4.jpg" not in [m["name"] for m in matches["copy.jpg"]]
     for name in ("corrupt.jpg", "truncated.jpg", "empty.jpg", "notes.txt"):
         assert f"skipped dataset/{name}:" in done.stdout
-    assert len(list((tmp_path / "sheets").glob("*.jpg"))) == 2
+    sheets = sorted(path.name for path in (tmp_path / "sheets").iterdir())
+    assert sheets == ["copy.sheet.jpg", "q_uote_one.sheet.jpg"]
+    # The log says what happened: no folder the user did not give, speeds without the model load.
+    assert "known" not in done.stderr.replace(str(tmp_path), "")
+    listed = re.findall(r"listed \d+ images in (.*) \(", done.stderr)
+    assert listed == [str(dataset), str(queries)]
+    (load,) = re.findall(r"loaded model \S+ in ([\d.]+) s", done.stderr)
+    (embed,) = re.findall(r"embedded \d+ dataset images in ([\d.]+) s \(\d+ img/s\)", done.stderr)
+    assert done.stderr.index("loaded model") < done.stderr.index("embedded 6 dataset images")
+    assert float(embed) < float(load), done.stderr  # 6 images take less than loading the model
 
     again = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
     # 7 distinct contents: 6 frames and one query (copy.jpg is frame4.jpg, embedded once).

@@ -273,3 +273,52 @@ def test_an_empty_dataset_or_query_folder_stops_the_run_naming_it(tmp_path):
     }
     with pytest.raises(ValueError, match=r"the dataset source .*dataset holds no image files"):
         pipeline.list_sources(tmp_path / "batch", sources)
+
+
+# --- contact sheets and the listing's log ------------------------------------------------------
+
+
+def test_each_query_gets_a_contact_sheet_named_after_its_stem(batch):
+    pipeline.match_queries(batch, k=3)
+    written = pipeline.contact_sheets(batch)
+    assert [path.name for path in written] == ["query.sheet.jpg"]
+    assert sorted(p.name for p in (batch / "contact_sheets").iterdir()) == ["query.sheet.jpg"]
+    with Image.open(written[0]) as sheet:
+        assert sheet.format == "JPEG" and sheet.width > sheet.height
+
+
+def test_queries_sharing_a_stem_get_distinct_sheets_whatever_their_order():
+    from include.image_similarity.contact_sheet import sheet_file_names
+
+    names = ["q1.jpg", "q1.png", "a b.jpg", "a_b.jpg", "x.jpg", "Q2.jpg", "q2.png", "<b>.jpg"]
+    expected = {
+        "q1.jpg": "q1.jpg.sheet.jpg",  # q1.jpg and q1.png share a stem: whole names
+        "q1.png": "q1.png.sheet.jpg",
+        "a b.jpg": "a_b.jpg.sheet.jpg",  # the same once file-system-safe: numbered by name
+        "a_b.jpg": "a_b.jpg_2.sheet.jpg",
+        "x.jpg": "x.sheet.jpg",
+        "Q2.jpg": "Q2.jpg.sheet.jpg",  # one file on a case-insensitive file system
+        "q2.png": "q2.png.sheet.jpg",
+        "<b>.jpg": "b.sheet.jpg",
+    }
+    assert dict(zip(names, sheet_file_names(names), strict=True)) == expected
+    backwards = names[::-1]
+    assert dict(zip(backwards, sheet_file_names(backwards), strict=True)) == expected
+
+
+def test_a_listing_without_known_answers_names_no_placeholder(tmp_path, caplog):
+    for folder in ("dataset", "queries"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (64, 36), "red").save(tmp_path / folder / "a.png")
+    sources = {"dataset": tmp_path / "dataset", "queries": tmp_path / "queries"}
+    with caplog.at_level(logging.INFO):
+        counts = pipeline.list_sources(tmp_path / "batch", sources)
+    assert counts == {"dataset": 1, "queries": 1, "known_answers": 0}
+    assert pipeline.load_listings(tmp_path / "batch")["known_answers"].images == []
+    assert "listed 1 dataset images, 1 queries (0 files skipped, 0 hidden)" in caplog.text
+    messages = [record.getMessage() for record in caplog.records]
+    assert not [m for m in messages if "known" in m.replace(str(tmp_path), "")], messages
+    assert [m.split(" images in ")[1].split(" (")[0] for m in messages if " images in " in m] == [
+        str(tmp_path / "dataset"),
+        str(tmp_path / "queries"),
+    ]
