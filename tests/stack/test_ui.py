@@ -114,7 +114,8 @@ def test_trigger_form_run_and_extra_links(
     open_section(dialog, "Storage")
     assert field(dialog, "s3_bucket").input_value() == local_stack.bucket  # the deployment's
     assert field(dialog, "batch_id").input_value() == ""
-    assert dialog.get_by_text("Empty: derived from the run id.").is_visible()
+    # Empty: the DAG's campaign over these sources, one batch for every run.
+    assert dialog.get_by_text("Empty: this DAG's campaign over these sources").is_visible()
     field(dialog, "output_dir").fill(str(tmp_path / "output"))
     field(dialog, "embedding_cache").fill(str(tmp_path / "cache"))
     shot(page, artifacts, "05-storage-filled")
@@ -141,7 +142,11 @@ def test_trigger_form_run_and_extra_links(
     page.reload()
     page.get_by_text("write_results").first.wait_for()
     shot(page, artifacts, "08-run-succeeded")
-    results = tmp_path / "output" / RUN_ID / "results"
+    # The run's batch is the campaign of this DAG over the sample's folders (fresh per test).
+    batches = sorted(path.name for path in (tmp_path / "output").iterdir())
+    assert len(batches) == 1 and batches[0].startswith("campaign-"), batches
+    batch = batches[0]
+    results = tmp_path / "output" / batch / "results"
     assert (results / "report.html").exists()
 
     # The extra links on the task instances, and where they lead.
@@ -169,13 +174,13 @@ def test_trigger_form_run_and_extra_links(
     report.wait_for()
     href = report.get_attribute("href")
     assert href.startswith(f"{local_stack.s3_url}/{local_stack.bucket}/"), href
-    assert f"/batches/{RUN_ID}/results/report.html" in href
+    assert f"/batches/{batch}/results/report.html" in href
     shot(page, artifacts, "11-write-results-extra-links")
     with page.expect_popup() as opened:
         report.click()
     report_page = opened.value
     report_page.wait_for_load_state()
-    assert RUN_ID in report_page.content()
+    assert batch in report_page.content()
     assert loaded_images(report_page) >= 4
     shot(report_page, artifacts, "12-report", full_page=True)
     report_page.close()
