@@ -19,6 +19,12 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 DEMO_DIR := $(CURDIR)/.demo
+# Your own folders instead of the generated sample: DATA=DIR (DIR/dataset, DIR/queries,
+# DIR/known_answers), or DATASET=, QUERIES=, KNOWN_ANSWERS= (each wins over DATA's sub-folder).
+# Empty: the sample. Relative paths are relative to the directory make runs in.
+demo_option = $(if $(strip $(2)),$(1) "$(strip $(2))")
+DEMO_DATA_OPTIONS = $(call demo_option,--data,$(DATA)) $(call demo_option,--dataset,$(DATASET)) \
+  $(call demo_option,--queries,$(QUERIES)) $(call demo_option,--known-answers,$(KNOWN_ANSWERS))
 
 SANDBOX_PORT ?= 8911
 SANDBOX_STATE ?= $(CURDIR)/.crowd/sandbox.sqlite
@@ -28,6 +34,7 @@ SANDBOX_WORKERS ?= diligent:6,careless:3,spammer:1
 
 help:
 	@echo "make demo       generate sample data offline and run the image_similarity_mturk DAG on it"
+	@echo "                (DATA=DIR, or DATASET=DIR QUERIES=DIR KNOWN_ANSWERS=DIR: on your own folders)"
 	@echo "make test       lint and run the whole test suite"
 	@echo "make test-stack the full Airflow stack (Celery, Postgres, Redis, triggerer) and its UI"
 	@echo "make sandbox    start the local crowd sandbox (MTurk API + worker page) on 127.0.0.1:$(SANDBOX_PORT)"
@@ -50,7 +57,7 @@ $(AIRFLOW_HOME)/airflow.db: | $(STAMP)
 	$(BIN)/airflow db migrate >$(AIRFLOW_HOME)/db-migrate.log 2>&1 || { cat $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
 
 demo: $(STAMP) $(AIRFLOW_HOME)/airflow.db
-	$(BIN)/python -m include.demo.runner run --demo-dir $(DEMO_DIR)
+	$(BIN)/python -m include.demo.runner run --demo-dir $(DEMO_DIR) $(DEMO_DATA_OPTIONS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -48,6 +48,13 @@ from airflow.sdk import Asset, Param, dag, get_current_context, task
 from include.common.batch import BATCH_PARAM_PATTERN, batch_dir_for_run, campaign_id
 from include.crowd.aggregation import DEFAULT_PRIMARY, Method
 from include.crowd.costs import DEFAULT_BUDGET, DEFAULT_MAX_BONUS
+from include.crowd.settings import (
+    DEFAULT_EMAIL_SUBJECT,
+    DEFAULT_HIT_DESCRIPTION,
+    DEFAULT_HIT_INSTRUCTIONS,
+    EMAIL_SUBJECT_MAX,
+    INSTRUCTIONS_MAX,
+)
 from include.image_similarity.settings import (
     DEFAULTS,
     Embedding,
@@ -149,8 +156,18 @@ PARAMS = {
         section=HIT, title="HIT title",
     ),
     "hit_description": Param(
-        "Look at a picture and choose the most similar one among three candidates.",
+        DEFAULT_HIT_DESCRIPTION,
         type="string", minLength=1, maxLength=2000, section=HIT, title="HIT description",
+        description="What MTurk lists with the title. {bonus} stands for the bonus amount "
+        "($0.10); write {{ and }} for a literal brace.",
+    ),
+    "hit_instructions": Param(
+        DEFAULT_HIT_INSTRUCTIONS,
+        type="string", minLength=1, maxLength=INSTRUCTIONS_MAX, section=HIT,
+        title="HIT instructions",
+        description="Shown above the questions; a blank line starts a paragraph. {bonus} "
+        "stands for the bonus amount; write {{ and }} for a literal brace. Workers should "
+        "learn here that one question checks their attention and decides their bonus.",
     ),
     "hit_keywords": Param(
         "image, similarity, comparison, photo", type="string", maxLength=1000,
@@ -262,6 +279,14 @@ PARAMS = {
         "Thank you for your work. The check question in this task was answered incorrectly, "
         "so no bonus was paid this time.",
         type="string", minLength=1, maxLength=4096, section=MESSAGES, title="No-bonus e-mail",
+        description="Sent once to a worker who answered a check question wrongly, followed "
+        "by the HITs concerned and the bonus missed (and, when they answered every other "
+        "check question of the batch right, a line saying so).",
+    ),
+    "email_subject": Param(
+        DEFAULT_EMAIL_SUBJECT,
+        type="string", minLength=1, maxLength=EMAIL_SUBJECT_MAX, section=MESSAGES,
+        title="No-bonus e-mail subject", description="One line of plain text.",
     ),
     # Storage
     "batch_id": Param(

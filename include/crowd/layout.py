@@ -40,11 +40,6 @@ GoldSet = tuple[str, ImageRef, ImageRef, tuple[ImageRef, ImageRef]]
 
 MAX_MATCHES = 3
 NONE_LABEL = "None of these"
-DEFAULT_INSTRUCTIONS = (
-    "Each question shows a reference picture and a few options. For each question, pick the "
-    "option whose picture is the most similar to the reference picture: the same scene, object "
-    "or place. If none of the options is similar, pick \u201cNone of these\u201d."
-)
 PROMPT = "Which option is the most similar to the reference picture?"
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -289,6 +284,11 @@ def render_question(
     refused) under generic labels; it says nothing about which question is the gold one or
     which option is right. Text is escaped; blank lines in ``instructions`` start paragraphs.
 
+    :param instructions: what the page says above the questions, as workers read it (the
+        batch's ``CrowdSettings.instructions``: the Param ``hit_instructions`` filled in, which
+        tells them that one question checks their attention and decides their bonus); None:
+        no instructions.
+
     :raises ValueError: a URL that is not http(s)/data or that reveals a file name.
     """
 
@@ -326,7 +326,7 @@ def render_question(
     ]
     paragraphs = [
         " ".join(block.split())
-        for block in re.split(r"\n\s*\n", instructions or DEFAULT_INSTRUCTIONS)
+        for block in re.split(r"\n\s*\n", instructions or "")
         if block.strip()
     ]
     return (

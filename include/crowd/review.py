@@ -13,9 +13,16 @@ Per assignment, in this order, each step recorded in the batch's S3 ledger befor
    worker) and the bonus message as its reason; before paying, the ledger and then the
    platform's record of paid bonuses are checked, so a bonus is paid at most once per worker
    per HIT even after MTurk's 24 h token memory is gone. The vote counts.
-4. **e-mail** when the gold answer is wrong: the no-bonus message, after approval, in batches
-   of at most the platform's limit (100 on MTurk), at most once per worker per batch: the ledger
-   entry is claimed as "sending" *before* the call with a conditional write
+4. **e-mail** when the gold answer is wrong: one e-mail per worker (``no_bonus_email``), the
+   no-bonus message followed by the HITs whose check question they answered wrongly and the
+   bonus each did not pay, and, when they answered the check question of every other HIT of
+   the batch they did right, a sentence saying so; within NotifyWorkers' limits (the list of
+   HITs is cut to "and N more"). Sent after approval, workers with the same text together in
+   calls of at most the platform's limit (100 on MTurk), and each failed HIT named in at most
+   one e-mail: a worker is mailed again only about HITs no earlier e-mail of theirs named (a
+   campaign's later run), under the next of the ledger keys ``<worker>``, ``<worker>.2``, ...
+   (``_email_keys``). The ledger entry is claimed as "sending" *before* the call with a
+   conditional write
    (``If-None-Match: *``), so neither a crash during the call nor a concurrent review (the
    collect DAG) can cause a second e-mail (an interrupted one is logged as possibly unsent
    instead). E-mails carry no request token: when the platform cannot say whether they went
@@ -32,7 +39,8 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Generator, Sequence
+import unicodedata
+from collections.abc import Generator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -55,6 +63,7 @@ from include.crowd.platform import (
     Throttled,
 )
 from include.crowd.records import NONE_OF_THESE, HitPlan, Review
+from include.crowd.settings import DEFAULT_EMAIL_SUBJECT, EMAIL_TEXT_MAX
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +73,8 @@ log = logging.getLogger(__name__)
 _POSITION = re.compile(r"[1-9][0-9]{0,2}")
 MAX_PROBLEMS = 20  # per assignment: 64 KiB of empty answers must not make a 245 KB log line
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,60}")
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # MTurk's ids are 30 upper-case letters and digits
+TITLE_CHARS = 128  # MTurk's longest HIT title
 
 
 @dataclass
@@ -71,13 +82,15 @@ class ReviewSettings:
     """What the review pays and says. ``reward``, ``assignments_per_hit`` and ``masters`` are
     only the fallback for HITs whose ledger entry predates recording them (each HIT's own
     reward and assignment count are used otherwise). ``max_bonus`` caps every bonus and
-    ``budget`` (None: no cap) caps everything the batch commits, checked before each bonus."""
+    ``budget`` (None: no cap) caps everything the batch commits, checked before each bonus.
+    ``hit_title`` names the HITs in the no-bonus e-mail ("": not named)."""
 
     reward: str
     bonus: str
     bonus_message: str
     no_bonus_message: str
-    email_subject: str = "About your answers"
+    email_subject: str = DEFAULT_EMAIL_SUBJECT
+    hit_title: str = ""
     assignments_per_hit: int = 1
     max_bonus: str = DEFAULT_MAX_BONUS
     budget: str | None = None
@@ -238,7 +251,18 @@ def review_batch(
             )
 
     with isolation.part("e-mails", "sending the e-mails"):
-        _send_emails(platform, ledger, run.emails, sorted(run.to_mail), settings, outcome)
+        letters = _no_bonus_letters(run)
+        _send_emails(
+            platform,
+            ledger,
+            run.emails,
+            sorted(letters),
+            settings,
+            outcome,
+            bodies={worker: letter.text for worker, letter in letters.items()},
+            keys={worker: letter.key for worker, letter in letters.items()},
+            hits={worker: letter.hits for worker, letter in letters.items()},
+        )
     outcome.failed_hits = isolation.failed
     outcome.spent = spent(ledger, settings, platform.fees, plans)
     log.info(
@@ -295,8 +319,8 @@ def _review_assignment(run: _Run, plan: HitPlan, submission: Submission) -> None
     _approve(run, submission, plan)
     if review.valid and review.gold_correct:
         _pay_bonus(run, plan, review)
-    elif review.valid and review.worker_id not in run.emails:
-        run.to_mail.setdefault(review.worker_id, review)
+    elif review.valid:
+        run.to_mail.setdefault(review.worker_id, review)  # unless every HIT was named before
 
 
 def _json_line(doc: dict) -> str:
@@ -431,6 +455,121 @@ def _pay_bonus(run: _Run, plan: HitPlan, review: Review) -> None:
     run.bonuses[key] = entry
 
 
+@dataclass(frozen=True)
+class _Letter:
+    """One no-bonus e-mail to send: its ledger key, the HITs it names and its text."""
+
+    key: str
+    hits: tuple[str, ...]
+    text: str
+
+
+def _email_keys(emails: Mapping[str, dict], worker_id: str) -> tuple[list[dict], str]:
+    """A worker's e-mail entries in the ledger and the key of their next e-mail: ``<worker>``
+    first, then ``<worker>.2``, ``<worker>.3``... (two concurrent reviews pick the same next
+    key, so only one of them sends)."""
+    entries = [
+        doc for key, doc in emails.items() if key == worker_id or doc.get("worker") == worker_id
+    ]
+    return entries, worker_id if not entries else f"{worker_id}.{len(entries) + 1}"
+
+
+def _no_bonus_letters(run: _Run) -> dict[str, _Letter]:
+    """The e-mail of each worker to mail now, from every review of the batch in the ledger:
+    the HITs whose check question they answered wrongly that no earlier e-mail named (an entry
+    from before e-mails recorded their HITs names all of them)."""
+    by_worker: dict[str, list[Review]] = {worker: [] for worker in run.to_mail}
+    for review in run.decided.values():
+        if review.worker_id in by_worker:
+            by_worker[review.worker_id].append(review)
+    letters = {}
+    for worker_id, reviews in by_worker.items():
+        failed = {r.hit_id for r in reviews if r.valid and not r.gold_correct}
+        entries, key = _email_keys(run.emails, worker_id)
+        if any("hits" not in entry for entry in entries):
+            continue  # mailed before e-mails named HITs: about all of them
+        named = {hit for entry in entries for hit in entry["hits"]}
+        new = sorted(failed - named)
+        if not new:
+            continue
+        others = [r for r in reviews if r.hit_id not in failed]
+        passed = bool(others) and all(r.valid and r.gold_correct for r in others)
+        others_hits = {r.hit_id for r in others}
+        text = no_bonus_email(
+            run.settings.no_bonus_message,
+            title=run.settings.hit_title,
+            failed_hits=new,
+            bonus=usd(cents(run.settings.bonus)),
+            passed_others=len(others_hits) if passed else 0,
+            others_paid=all(f"{hit}.{worker_id}" in run.bonuses for hit in others_hits),
+        )
+        letters[worker_id] = _Letter(key=key, hits=tuple(new), text=text)
+    return letters
+
+
+def no_bonus_email(
+    message: str,
+    *,
+    title: str,
+    failed_hits: Sequence[str],
+    bonus: str,
+    passed_others: int = 0,
+    others_paid: bool = False,
+    limit: int = EMAIL_TEXT_MAX,
+) -> str:
+    """The no-bonus e-mail to one worker, at most ``limit`` characters (NotifyWorkers' 4096).
+
+    ``message`` (the Param ``no_bonus_message``), then the HITs ``failed_hits`` (ids from the
+    platform, written as they are only when plain, else quoted and escaped) under the HIT title
+    ``title`` (one line), each with the ``bonus`` it did not pay ("$0.05"); then, when
+    ``passed_others`` > 0 (the worker answered the check question of that many other HITs of
+    the batch, every one they did, right), a sentence saying so, and that their bonuses were
+    paid if ``others_paid``. Too long, the list of HITs ends early with "and N more"; only a
+    message that leaves no room for even that is cut, with "...".
+    """
+    ids = [hit if _PLAIN_ID.fullmatch(hit) else shown(hit) for hit in failed_hits]
+    count = len(ids)
+    head = "The HIT concerned" if count == 1 else f"The {count} HITs concerned"
+    title = _one_line(title, TITLE_CHARS)
+    head += f': "{title}"' if title else ":"
+    tail = []
+    if passed_others:
+        yours = "your other HIT" if passed_others == 1 else f"your {passed_others} other HITs"
+        paid = ("its bonus" if passed_others == 1 else "their bonuses") if others_paid else ""
+        tail.append(
+            f"You answered the check question of {yours} in this batch correctly"
+            + (f" and were paid {paid}." if paid else ".")
+        )
+
+    def text(shown_ids: int, body: str = message) -> str:
+        lines = [f"- HIT {hit}: bonus of {bonus} not paid" for hit in ids[:shown_ids]]
+        if shown_ids < count:
+            rest = count - shown_ids
+            lines.append(
+                f"- and {rest} more HIT{'s' if rest > 1 else ''}: bonus of {bonus}"
+                f"{' each' if rest > 1 else ''} not paid"
+            )
+        return "\n\n".join([body, "\n".join([head, *lines]), *tail])
+
+    if len(text(count)) <= limit:
+        return text(count)
+    shown_ids = 0
+    while shown_ids + 1 < count and len(text(shown_ids + 1)) <= limit:
+        shown_ids += 1
+    if len(text(shown_ids)) <= limit:
+        return text(shown_ids)
+    room = limit - (len(text(shown_ids, "")) + len("..."))
+    return text(shown_ids, message[: max(room, 0)].rstrip() + "...")
+
+
+def _one_line(text: str, limit: int) -> str:
+    """``text`` as one line of at most ``limit`` characters: control characters and line
+    breaks become spaces, runs of spaces one."""
+    spaced = "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text)
+    line = " ".join(spaced.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def _send_emails(
     platform: CrowdPlatform,
     ledger: S3Ledger,
@@ -438,19 +577,44 @@ def _send_emails(
     worker_ids: Sequence[str],
     settings: ReviewSettings,
     outcome: ReviewOutcome,
+    *,
+    bodies: Mapping[str, str] | None = None,
+    keys: Mapping[str, str] | None = None,
+    hits: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
+    """E-mail each of ``worker_ids`` once: ``bodies[worker]`` (``no_bonus_email``), else the
+    no-bonus message alone, under the ledger key ``keys[worker]`` (else the worker id), its
+    entry naming ``hits[worker]``. Workers with the same text share calls of at most the
+    platform's limit; each e-mail is claimed in the ledger before its call (see the module
+    docstring)."""
+    bodies, keys, hits = bodies or {}, keys or {}, hits or {}
+
+    def doc(worker_id: str, **fields) -> dict:
+        if worker_id in hits:
+            fields.update(worker=worker_id, hits=list(hits[worker_id]))
+        return fields
+
+    groups: dict[str, list[str]] = {}
+    for worker_id in worker_ids:
+        groups.setdefault(bodies.get(worker_id, settings.no_bonus_message), []).append(worker_id)
     limit = platform.notify_limit
-    for start in range(0, len(worker_ids), limit):
-        chunk = worker_ids[start : start + limit]
+    calls = [
+        (text, workers[start : start + limit])
+        for text, workers in groups.items()
+        for start in range(0, len(workers), limit)
+    ]
+    for index, (text, chunk) in enumerate(calls, 1):
         # At most once, also against a concurrent review (a collect run): each e-mail is
         # claimed with a conditional write before the call; whoever claims it sends it.
-        chunk = [w for w in chunk if ledger.claim("emails", w, {"status": "sending"})]
+        chunk = [
+            w for w in chunk if ledger.claim("emails", keys.get(w, w), doc(w, status="sending"))
+        ]
         if not chunk:
             continue
         for worker_id in chunk:
-            emails[worker_id] = {"status": "sending"}
+            emails[keys.get(worker_id, worker_id)] = doc(worker_id, status="sending")
         try:
-            failed = platform.notify(settings.email_subject, settings.no_bonus_message, chunk)
+            failed = platform.notify(settings.email_subject, text, chunk)
         except OutcomeUnknown as error:
             log.warning("%s; not sent again to %d workers", error, len(chunk))
             continue  # their entries stay "sending": reported below, never mailed twice
@@ -458,8 +622,8 @@ def _send_emails(
             # Throttled even after the platform client's retries: nothing was sent, so the
             # claims are released and a later review (the task's retry) sends these e-mails.
             for worker_id in chunk:
-                ledger.delete("emails", worker_id)
-                emails.pop(worker_id, None)
+                ledger.delete("emails", keys.get(worker_id, worker_id))
+                emails.pop(keys.get(worker_id, worker_id), None)
             log.warning(
                 "e-mails to %d workers throttled, not sent: the retry sends them", len(chunk)
             )
@@ -467,15 +631,22 @@ def _send_emails(
         for worker_id in chunk:
             if worker_id in failed:
                 log.warning("e-mail to %s failed: %s", shown(worker_id), shown(failed[worker_id]))
-                entry = {"status": "failed", "reason": failed[worker_id]}
+                entry = doc(worker_id, status="failed", reason=failed[worker_id])
                 outcome.email_failures.append({"worker": worker_id, "reason": failed[worker_id]})
             else:
-                entry = {"status": "sent"}
+                entry = doc(worker_id, status="sent")
                 outcome.emails_sent += 1
-            ledger.put("emails", worker_id, entry)
-            emails[worker_id] = entry
-        log.info("e-mails sent %d/%d", outcome.emails_sent, len(worker_ids))
-    unsure = [w for w, e in emails.items() if e.get("status") == "sending"]
+            ledger.put("emails", keys.get(worker_id, worker_id), entry)
+            emails[keys.get(worker_id, worker_id)] = entry
+        if index % max(1, len(calls) // 10) == 0 or index == len(calls):
+            log.info(
+                "e-mails sent %d/%d (%d calls of %d)",
+                outcome.emails_sent,
+                len(worker_ids),
+                index,
+                len(calls),
+            )
+    unsure = [e.get("worker", k) for k, e in emails.items() if e.get("status") == "sending"]
     if unsure:
         log.warning(
             "%d e-mails may not have been sent (a previous attempt stopped during the call); "

@@ -7,12 +7,23 @@ how long links last, exclusion of failed workers, worker ids in the report), the
 who may take the HITs, and the ``storage`` in S3. Defaults live in one place only, the DAG's
 Params: ``from_params`` reads every Param it needs and fails naming a missing one, and the
 stored file must hold exactly these fields (an unknown or missing field is an error that says
-which), so a damaged or crafted file is refused rather than half-read.
+which), so a damaged or crafted file is refused rather than half-read. The defaults of the
+fields a format-2 file lacks (``DEFAULT_HIT_INSTRUCTIONS``, ``DEFAULT_EMAIL_SUBJECT``) are
+written here and the DAG's Params take them from here, so an old batch read back gets exactly
+what a new one gets by default.
+
+Texts workers read may hold placeholders the code fills (``fill``): the HIT's instructions and
+description take ``{bonus}``, the bonus amount as workers see it ("$0.05"). Nothing else of
+``str.format`` works in them (no attribute, index, conversion or width), ``{{`` and ``}}`` are
+literal braces and so is a lone brace; an unknown ``{name}`` is refused, naming the Param.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
+import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +32,28 @@ from include.crowd import costs
 from include.crowd.aggregation import check_primary
 from include.crowd.platform import TaskSpec, WorkerRequirements
 
-FORMAT = 2  # settings.json's layout: parts (format 1, before parts, was flat)
+# settings.json's layout: 1 was flat, 2 has parts, 3 adds posting.instructions and
+# review.email_subject, and reads posting.description as a text with placeholders. A format-2
+# file is still read (``from_stored``): a campaign spans upgrades.
+FORMAT = 3
+DEFAULT_HIT_INSTRUCTIONS = (
+    "Each of the two questions below shows a reference picture and a few options. For each "
+    "question, pick the option whose picture is the most similar to the reference picture: the "
+    "same scene, object or place. If none of the options is similar, pick \u201cNone of "
+    "these\u201d.\n\n"
+    "One of the two questions checks your attention: its right answer is known. Answer it "
+    "right and you earn a bonus of {bonus} on top of the reward. Only the answers of workers "
+    "who answer it right are counted."
+)
+DEFAULT_HIT_DESCRIPTION = (
+    "Two short questions: pick the picture most similar to a reference picture. Answer the "
+    "attention check right for a bonus of {bonus}."
+)
+DEFAULT_EMAIL_SUBJECT = "No bonus this time: about the check question of your HIT"
+INSTRUCTIONS_MAX = 4000  # characters, filled in; the page must stay well under MTurk's 64 KiB
+DESCRIPTION_MAX = 2000  # MTurk's longest HIT description
+EMAIL_SUBJECT_MAX = 200  # NotifyWorkers' longest Subject
+EMAIL_TEXT_MAX = 4096  # NotifyWorkers' longest MessageText (the review keeps within it)
 # Fixed when a batch's first HIT is about to be created: a later run of the batch with any of
 # these changed would pay some workers differently from others (or past the caps it was
 # checked against), so it is refused before any call. The environment too: a sandbox batch
@@ -43,13 +75,14 @@ class Posting:
     """What each HIT shows and how long it lives."""
 
     title: str
-    description: str
+    description: str  # with placeholders (``fill``), as ``instructions``
     keywords: str
     assignments: int
     lifetime_s: int
     assignment_duration_s: int
     auto_approval_delay_s: int
     create_concurrency: int
+    instructions: str  # shown above the questions; a blank line starts a paragraph
 
 
 @dataclass(frozen=True)
@@ -72,9 +105,11 @@ class ReviewPolicy:
     exclude_failed_workers: bool
     show_worker_ids: bool
     aggregation: str  # the primary aggregation method (``aggregation.Method``)
+    email_subject: str  # of the no-bonus e-mail; plain text, no placeholders
 
     def __post_init__(self) -> None:
         check_primary(self.aggregation)
+        check_subject(self.email_subject)
 
 
 @dataclass(frozen=True)
@@ -117,6 +152,19 @@ class CrowdSettings:
     workers: Workers
     storage: Storage
 
+    def __post_init__(self) -> None:
+        """Refuse texts that cannot be filled in or are too long once filled, naming the Param
+        (at the run's first check, not when the first HIT is made)."""
+        for param, text, limit in (
+            ("hit_instructions", self.instructions, INSTRUCTIONS_MAX),
+            ("hit_description", self.description, DESCRIPTION_MAX),
+        ):
+            if len(text) > limit:
+                raise SettingsError(
+                    f"the Param {param!r} is {len(text)} characters long once filled in, over "
+                    f"the {limit} a HIT allows; shorten it"
+                )
+
     @classmethod
     def from_params(cls, params: dict[str, Any], batch_id: str) -> CrowdSettings:
         """The settings of a run, from its Params (every Param named here must be there)."""
@@ -143,6 +191,7 @@ class CrowdSettings:
                 assignment_duration_s=int(float(param("assignment_duration_minutes")) * 60),
                 auto_approval_delay_s=hours("auto_approval_delay_hours"),
                 create_concurrency=int(param("create_concurrency")),
+                instructions=param("hit_instructions"),
             ),
             payment=Payment(
                 reward=param("reward_usd"),
@@ -157,6 +206,7 @@ class CrowdSettings:
                 exclude_failed_workers=bool(param("exclude_failed_workers")),
                 show_worker_ids=bool(param("show_worker_ids")),
                 aggregation=param("aggregation_method"),
+                email_subject=param("email_subject"),
             ),
             workers=Workers(
                 min_approval_rate=param("min_approval_rate"),
@@ -179,10 +229,13 @@ class CrowdSettings:
 
     @classmethod
     def from_stored(cls, stored: Any) -> CrowdSettings:
-        """Settings from a stored ``settings.json``: exactly these fields, each of its type.
+        """Settings from a stored ``settings.json``: exactly these fields, each of its type. A
+        format-2 file (written before this version) is read as format 3 (``_format_2_as_3``).
 
         :raises SettingsError: naming every unknown, missing or mistyped field.
         """
+        if isinstance(stored, dict) and stored.get("format") == 2:
+            stored = _format_2_as_3(stored)
         return read_document(cls, stored, name="settings.json", version=FORMAT)
 
     def money(self) -> dict[str, Any]:
@@ -205,12 +258,32 @@ class CrowdSettings:
 
     # --- what the steps need -----------------------------------------------------------------
 
+    @property
+    def placeholders(self) -> dict[str, str]:
+        """What the placeholders of the HIT's texts stand for (``fill``)."""
+        bonus = self.payment.bonus
+        try:
+            bonus = costs.usd(costs.cents(bonus))
+        except ValueError:  # a damaged file: refused where amounts are checked, named there
+            pass
+        return {"bonus": bonus}
+
+    @property
+    def instructions(self) -> str:
+        """The HIT's instructions as workers read them (``posting.instructions`` filled in)."""
+        return fill(self.posting.instructions, self.placeholders, "hit_instructions")
+
+    @property
+    def description(self) -> str:
+        """The HIT's description as MTurk lists it (``posting.description`` filled in)."""
+        return fill(self.posting.description, self.placeholders, "hit_description")
+
     def task_spec(self, exclusion_id: str | None) -> TaskSpec:
         """What each HIT of the batch offers, and who may take it."""
         posting = self.posting
         return TaskSpec(
             title=posting.title,
-            description=posting.description,
+            description=self.description,
             keywords=posting.keywords,
             reward=self.payment.reward,
             assignments=posting.assignments,
@@ -244,3 +317,74 @@ def stored_money_fields(stored: Any) -> list[str]:
         if not isinstance(holder, dict) or field not in holder:
             missing.append(name)
     return missing
+
+
+def _format_2_as_3(stored: dict[str, Any]) -> dict[str, Any]:
+    """A format-2 ``settings.json`` as format 3: the fields format 3 added get the defaults the
+    DAG's Params have, and the description's braces stay literal (format 2 filled nothing in).
+    A format-2 file that already has a field of format 3 was not written by format 2: refused.
+    """
+    upgraded = {**stored, "format": 3}
+    added = {
+        "posting": ("instructions", DEFAULT_HIT_INSTRUCTIONS),
+        "review": ("email_subject", DEFAULT_EMAIL_SUBJECT),
+    }
+    for part, (name, default) in added.items():
+        holder = stored.get(part)
+        if not isinstance(holder, dict):
+            continue  # reading it names what is wrong
+        if name in holder:
+            raise SettingsError(
+                f"settings.json: format 2 has no field {part}.{name}; the file was not written "
+                "by this project"
+            )
+        upgraded[part] = {**holder, name: default}
+    description = upgraded.get("posting", {}).get("description")
+    if isinstance(description, str):
+        upgraded["posting"]["description"] = description.replace("{", "{{").replace("}", "}}")
+    return upgraded
+
+
+# --- texts with placeholders ----------------------------------------------------------------
+
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+
+
+def fill(text: str, values: Mapping[str, str], param: str) -> str:
+    """``text`` with each ``{name}`` of ``values`` replaced by its value (values are not read
+    again), ``{{`` and ``}}`` by a brace; a lone brace stays as it is.
+
+    Only bare names: ``{bonus!r}``, ``{bonus:>999999}``, ``{bonus.real}`` or ``{0}`` are not
+    placeholders here, so a text can neither reach into a value nor blow up in size.
+
+    :raises SettingsError: a ``{...}`` that is not one of ``values``, naming the Param.
+    """
+
+    def replace(match: re.Match) -> str:
+        whole, name = match.group(0), match.group(1)
+        if whole in ("{{", "}}"):
+            return whole[0]
+        if name in values:
+            return values[name]
+        allowed = ", ".join(f"{{{n}}}" for n in values) or "none"
+        raise SettingsError(
+            f"the Param {param!r} has the placeholder {whole[:40]!r}, which is not filled in "
+            f"(placeholders: {allowed}); write {{{{ and }}}} for a literal brace"
+        )
+
+    return _PLACEHOLDER.sub(replace, text)
+
+
+def check_subject(subject: str) -> None:
+    """Refuse an e-mail subject that is empty, over NotifyWorkers' limit or not one line of
+    printable text, naming the Param."""
+    if not subject.strip() or len(subject) > EMAIL_SUBJECT_MAX:
+        raise SettingsError(
+            f"the Param 'email_subject' must be 1 to {EMAIL_SUBJECT_MAX} characters, not "
+            f"{len(subject)}"
+        )
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in subject):
+        raise SettingsError(
+            "the Param 'email_subject' holds a line break or another control character; "
+            "make it one line of text"
+        )

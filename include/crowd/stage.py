@@ -114,6 +114,8 @@ def review_settings(settings: CrowdSettings, caps: PaymentCaps | None = None) ->
         bonus=payment.bonus,
         bonus_message=settings.review.bonus_message,
         no_bonus_message=settings.review.no_bonus_message,
+        email_subject=settings.review.email_subject,
+        hit_title=settings.posting.title,
         assignments_per_hit=settings.posting.assignments,
         max_bonus=max_bonus,
         budget=budget,
@@ -348,7 +350,12 @@ def create(
         public_base_url=settings.storage.public_image_base_url or None,
         copies=copies,
     )
-    render = partial(layout.render_hit, hit_urls=urls.for_hit, title=settings.posting.title)
+    render = partial(
+        layout.render_hit,
+        hit_urls=urls.for_hit,
+        title=settings.posting.title,
+        instructions=settings.instructions,
+    )
     pin_settings(s3, settings)
     return create_hits(
         platform,

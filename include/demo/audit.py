@@ -6,8 +6,9 @@ which MTurk's API cannot list) and the batch's manifest and results, and checks:
 - every submitted assignment of the batch is approved;
 - each worker who answered the gold question right got exactly one bonus for that HIT, and
   nobody else got one;
-- each worker who answered a gold question wrong got exactly one e-mail, and nobody else did
-  (the no-bonus message identifies the e-mail);
+- each HIT whose gold question a worker answered wrong is named in exactly one of the e-mails
+  to that worker (counting a list cut to "and N more"), and nobody else got one (the no-bonus
+  message an e-mail starts with identifies it);
 - the report's votes per query equal the votes counted from the sandbox's answers.
 
 Gold correctness and votes are recomputed here from the raw ``QuestionFormAnswers`` and the
@@ -16,6 +17,7 @@ manifest's option positions, not taken from the review's records.
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,6 +25,9 @@ from pathlib import Path
 
 from include.crowd.records import NONE_OF_THESE, HitPlan
 from include.crowd_sandbox.store import Store
+
+_NAMED_HIT = re.compile(r"^- HIT (\S+): bonus of ", re.MULTILINE)
+_MORE_HITS = re.compile(r"^- and (\d+) more HITs?: ", re.MULTILINE)
 
 
 @dataclass
@@ -71,12 +76,18 @@ def audit_batch(
     report = AuditReport(hits=len(plans))
     store = Store(state_file)
     try:
-        messages = [m for m in store.messages() if m["MessageText"] == no_bonus_message]
+        messages = [m for m in store.messages() if m["MessageText"].startswith(no_bonus_message)]
     finally:
         store.close()
+    named: dict[str, Counter] = {}  # worker -> HIT ids named in their e-mails
+    more: Counter = Counter()  # worker -> HITs left out of their e-mails' lists ("and N more")
+    for message in messages:
+        worker = message["WorkerId"]
+        named.setdefault(worker, Counter()).update(_NAMED_HIT.findall(message["MessageText"]))
+        more[worker] += sum(int(n) for n in _MORE_HITS.findall(message["MessageText"]))
     mailed = Counter(m["WorkerId"] for m in messages)
     report.emails = len(messages)
-    failed_workers: set[str] = set()
+    failed_hits: dict[str, set[str]] = {}
     sandbox_votes: dict[str, Counter] = {}
 
     for plan in plans:
@@ -111,17 +122,26 @@ def audit_batch(
                 votes[option.image.name if option.image else NONE_OF_THESE] += 1
             elif valid:
                 report.gold_failed += 1
-                failed_workers.add(worker)
+                failed_hits.setdefault(worker, set()).add(plan.hit_id)
             if paid.get(worker, 0) != expected_bonus:
                 report.problems.append(
                     f"worker {worker} got {paid.get(worker, 0)} bonuses on HIT {plan.hit_id}, "
                     f"expected {expected_bonus}"
                 )
-    for worker in sorted(failed_workers | set(mailed)):
-        expected = 1 if worker in failed_workers else 0
-        if mailed.get(worker, 0) != expected:
+    for worker in sorted(set(failed_hits) | set(mailed)):
+        failed = failed_hits.get(worker, set())
+        names = named.get(worker, Counter())
+        twice = sorted(hit for hit, n in names.items() if n > 1)
+        stray = sorted(set(names) - failed)
+        if not failed and mailed.get(worker):
             report.problems.append(
-                f"worker {worker} got {mailed.get(worker, 0)} no-bonus e-mails, expected {expected}"
+                f"worker {worker} got {mailed[worker]} no-bonus e-mails, expected 0"
+            )
+        elif not mailed.get(worker) or twice or stray or len(names) + more[worker] != len(failed):
+            report.problems.append(
+                f"worker {worker} got {mailed.get(worker, 0)} no-bonus e-mails naming "
+                f"{sorted(names)} (+{more[worker]} more) for the {len(failed)} HITs "
+                f"{sorted(failed)} whose check question they answered wrongly"
             )
     for query in results.get("queries", []):
         reported = Counter({c["name"]: c["votes"] for c in query["candidates"] if c["votes"]})

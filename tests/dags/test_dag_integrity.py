@@ -86,7 +86,7 @@ def test_params_form_has_every_section_and_hit_setting(dag):
         "k", "dataset_source", "queries_source", "known_answers_source", "s3_bucket",
         "s3_prefix", "aws_conn_id", "gcp_conn_id", "budget_usd", "min_approval_rate",
         "min_approved_hits", "worker_locales", "exclude_failed_workers", "timeout_policy",
-        "wait_timeout_hours", "public_image_base_url",
+        "wait_timeout_hours", "public_image_base_url", "hit_instructions", "email_subject",
     ):  # fmt: skip
         assert name in dag.params, name
     dag.params.validate()  # the defaults are valid
@@ -111,6 +111,8 @@ def test_params_form_has_every_section_and_hit_setting(dag):
         ("timeout_policy", "wait forever"),
         ("worker_locales", "USA; Mars"),
         ("min_approval_rate", 101),
+        ("email_subject", "s" * 201),
+        ("hit_instructions", ""),
     ],
 )
 def test_params_reject_bad_values(dag, name, value):
