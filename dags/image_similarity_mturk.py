@@ -233,6 +233,13 @@ PARAMS = {
         title="Exclude workers who failed a known answer before",
         description="Through a custom qualification the review grants to them.",
     ),
+    "min_work_seconds": Param(
+        0, type="number", minimum=0, maximum=3600, section=WORKERS,
+        title="Minimum work time (seconds)",
+        description="An assignment submitted sooner after its accept is approved but not "
+        "counted and earns no bonus; the report names it. 0: no minimum. Two picture questions "
+        "take a careful person about 10 s or more.",
+    ),
     "show_worker_ids": Param(
         False, type="boolean", section=WORKERS, title="Show worker ids in the report",
         description="Off: workers appear as worker 1, worker 2, ... in results and report. On: "

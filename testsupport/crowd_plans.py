@@ -59,6 +59,7 @@ PARAMS = {
     "bonus_message": "bonus",
     "no_bonus_message": "no bonus",
     "email_subject": "No bonus this time",
+    "min_work_seconds": 0,
     "review_window_hours": 1,
     "exclude_failed_workers": False,
     "show_worker_ids": False,

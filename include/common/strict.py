@@ -9,6 +9,7 @@ named by its path ("unknown field payment.oops", "missing field posting.title",
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import fields
@@ -82,7 +83,8 @@ _WRONG = object()
 
 
 def _typed(kind: Any, value: Any) -> Any:
-    """``value`` as ``kind`` (str, int, bool, tuple[str, ...], or X | None), else ``_WRONG``."""
+    """``value`` as ``kind`` (str, int, float, bool, tuple[str, ...], or X | None), else
+    ``_WRONG``. A float is any finite JSON number (an int too); NaN and infinities are wrong."""
     options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
     for option in options:
         if option is type(None) and value is None:
@@ -91,6 +93,9 @@ def _typed(kind: Any, value: Any) -> Any:
             return value
         if option is int and isinstance(value, int) and not isinstance(value, bool):
             return value
+        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            if math.isfinite(value):
+                return float(value)
         if option is str and isinstance(value, str):
             return value
         if typing.get_origin(option) is tuple and isinstance(value, list | tuple):

@@ -110,6 +110,7 @@ class Submission:
     answers: dict[str, str]
     problems: tuple[str, ...] = ()
     submitted_at: str | None = None  # ISO 8601
+    accepted_at: str | None = None  # ISO 8601
 
 
 class FeeSchedule(Protocol):

@@ -153,6 +153,8 @@ class Review:
     counted: bool
     problems: list[str] = field(default_factory=list)
     submit_time: str | None = None  # ISO 8601, UTC
+    work_seconds: float | None = None  # from accept to submit; None: the platform did not say
+    too_fast: bool = False  # under the batch's minimum work time: never counted, no bonus
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

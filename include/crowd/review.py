@@ -43,6 +43,7 @@ import unicodedata
 from collections.abc import Generator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from include.common.text import shown
 from include.crowd.costs import (
@@ -94,6 +95,7 @@ class ReviewSettings:
     assignments_per_hit: int = 1
     max_bonus: str = DEFAULT_MAX_BONUS
     budget: str | None = None
+    min_work_seconds: float = 0  # faster submissions are not counted (``decide``)
     masters: bool = False
 
 
@@ -113,10 +115,34 @@ def _name(text: str) -> str:
     return text if _PLAIN_NAME.fullmatch(text) else shown(text)
 
 
-def decide(plan: HitPlan, submission: Submission) -> Review:
+def work_seconds(submission: Submission) -> float | None:
+    """Seconds from accepting to submitting, or None when the platform gave no usable times
+    (missing, unparsable, or submitted before accepted)."""
+    try:
+        accepted = datetime.fromisoformat(submission.accepted_at or "")
+        submitted = datetime.fromisoformat(submission.submitted_at or "")
+        seconds = (submitted - accepted).total_seconds()
+    except (TypeError, ValueError):  # missing, unparsable, or one aware and one naive
+        return None
+    return round(seconds, 3) if seconds >= 0 else None
+
+
+def too_fast_problem(min_seconds: float) -> str:
+    return f"answered in under the minimum work time of {min_seconds:g} s"
+
+
+def decide(plan: HitPlan, submission: Submission, min_seconds: float = 0) -> Review:
     """Read one submission against its HIT's plan (pure: no calls; never raises on what a
-    worker submitted: anything it cannot understand makes the review invalid)."""
+    worker submitted: anything it cannot understand makes the review invalid). A submission
+    made less than ``min_seconds`` after its accept (the Param ``min_work_seconds``; 0: no
+    minimum) is invalid too (``too_fast``): approved, never counted, no bonus, no e-mail.
+    Without usable times the minimum cannot be checked and the submission is judged on its
+    answers."""
     answers, problems = submission.answers, list(submission.problems)
+    seconds = work_seconds(submission)
+    too_fast = bool(min_seconds > 0 and seconds is not None and seconds < min_seconds)
+    if too_fast:
+        problems.insert(0, too_fast_problem(min_seconds))
     positions: dict[str, int | None] = {}
     for question in plan.questions:
         raw = answers.get(question.field)
@@ -159,6 +185,8 @@ def decide(plan: HitPlan, submission: Submission) -> Review:
         counted=bool(valid and gold_correct),
         problems=problems + notes,
         submit_time=submission.submitted_at,
+        work_seconds=seconds,
+        too_fast=too_fast,
     )
 
 
@@ -304,7 +332,7 @@ def _review_assignment(run: _Run, plan: HitPlan, submission: Submission) -> None
     """Decide, approve, then pay the bonus or queue the e-mail, for one submission."""
     review = run.decided.get(submission.id)
     if review is None:
-        review = decide(plan, submission)
+        review = decide(plan, submission, run.settings.min_work_seconds)
         run.ledger.put("reviews", submission.id, review.to_dict())
         run.decided[submission.id] = review
         if not review.valid:

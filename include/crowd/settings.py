@@ -21,6 +21,7 @@ literal braces and so is a lone brace; an unknown ``{name}`` is refused, naming 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -32,9 +33,9 @@ from include.crowd import costs
 from include.crowd.aggregation import check_primary
 from include.crowd.platform import TaskSpec, WorkerRequirements
 
-# settings.json's layout: 1 was flat, 2 has parts, 3 adds posting.instructions and
-# review.email_subject, and reads posting.description as a text with placeholders. A format-2
-# file is still read (``from_stored``): a campaign spans upgrades.
+# settings.json's layout: 1 was flat, 2 has parts, 3 adds posting.instructions,
+# review.email_subject and review.min_work_seconds, and reads posting.description as a text
+# with placeholders. A format-2 file is still read (``from_stored``): a campaign spans upgrades.
 FORMAT = 3
 DEFAULT_HIT_INSTRUCTIONS = (
     "Each of the two questions below shows a reference picture and a few options. For each "
@@ -106,10 +107,16 @@ class ReviewPolicy:
     show_worker_ids: bool
     aggregation: str  # the primary aggregation method (``aggregation.Method``)
     email_subject: str  # of the no-bonus e-mail; plain text, no placeholders
+    min_work_seconds: float  # a submission faster than this is not counted; 0: no minimum
 
     def __post_init__(self) -> None:
         check_primary(self.aggregation)
         check_subject(self.email_subject)
+        if not (math.isfinite(self.min_work_seconds) and 0 <= self.min_work_seconds <= 3600):
+            raise SettingsError(
+                "the Param 'min_work_seconds' must be 0 (no minimum) to 3600 seconds, not "
+                f"{self.min_work_seconds!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -207,6 +214,7 @@ class CrowdSettings:
                 show_worker_ids=bool(param("show_worker_ids")),
                 aggregation=param("aggregation_method"),
                 email_subject=param("email_subject"),
+                min_work_seconds=float(param("min_work_seconds")),
             ),
             workers=Workers(
                 min_approval_rate=param("min_approval_rate"),
@@ -325,12 +333,13 @@ def _format_2_as_3(stored: dict[str, Any]) -> dict[str, Any]:
     A format-2 file that already has a field of format 3 was not written by format 2: refused.
     """
     upgraded = {**stored, "format": 3}
-    added = {
-        "posting": ("instructions", DEFAULT_HIT_INSTRUCTIONS),
-        "review": ("email_subject", DEFAULT_EMAIL_SUBJECT),
-    }
-    for part, (name, default) in added.items():
-        holder = stored.get(part)
+    added = (
+        ("posting", "instructions", DEFAULT_HIT_INSTRUCTIONS),
+        ("review", "email_subject", DEFAULT_EMAIL_SUBJECT),
+        ("review", "min_work_seconds", 0.0),  # no minimum: format 2 had none
+    )
+    for part, name, default in added:
+        holder = upgraded.get(part)
         if not isinstance(holder, dict):
             continue  # reading it names what is wrong
         if name in holder:

@@ -115,6 +115,7 @@ def review_settings(settings: CrowdSettings, caps: PaymentCaps | None = None) ->
         bonus_message=settings.review.bonus_message,
         no_bonus_message=settings.review.no_bonus_message,
         email_subject=settings.review.email_subject,
+        min_work_seconds=settings.review.min_work_seconds,
         hit_title=settings.posting.title,
         assignments_per_hit=settings.posting.assignments,
         max_bonus=max_bonus,

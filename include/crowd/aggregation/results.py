@@ -58,6 +58,7 @@ from the clock unless passed.
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -199,6 +200,7 @@ def _summary(
         "assignments": len(reviews),
         "valid": len(valid),
         "invalid": len(reviews) - len(valid),
+        "too_fast": sum(1 for r in reviews if r.too_fast),
         "counted": sum(q["counted_votes"] for q in queries),
         "gold_passed": passed,
         "gold_failed": failed,
@@ -211,6 +213,12 @@ def _summary(
         "unmatched_reviews": table.unmatched,
         "spent": money(spent),
     }
+
+
+def _median_seconds(reviews: Iterable) -> float | None:
+    """The median of the reviews' work times (accept to submit), None when none is known."""
+    seconds = [r.work_seconds for r in reviews if r.work_seconds is not None]
+    return round(statistics.median(seconds), 1) if seconds else None
 
 
 def _agreement(flags: Iterable[bool]) -> dict[str, Any]:
@@ -246,6 +254,8 @@ def _workers(
                 "valid": sum(1 for r in mine if r.valid),
                 "gold_passed": sum(1 for r in mine if r.valid and r.gold_correct is True),
                 "gold_failed": sum(1 for r in mine if r.valid and r.gold_correct is False),
+                "too_fast": sum(1 for r in mine if r.too_fast),
+                "median_seconds": _median_seconds(mine),
                 "agreement": {
                     name: _share(agree[name][worker_id], given[name][worker_id]) for name in fitted
                 },

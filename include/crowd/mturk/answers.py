@@ -59,7 +59,7 @@ def submission(assignment: dict) -> Submission:
     if status is None:
         unknown = shown(assignment.get("AssignmentStatus"))
         raise PlatformError(f"assignment {shown(ids[0])} has an unknown status {unknown}")
-    submit = assignment.get("SubmitTime")
+    submit, accept = assignment.get("SubmitTime"), assignment.get("AcceptTime")
     return Submission(
         id=ids[0],
         task_id=ids[1],
@@ -68,4 +68,5 @@ def submission(assignment: dict) -> Submission:
         answers=answers,
         problems=tuple(problems),
         submitted_at=submit.astimezone(UTC).isoformat() if isinstance(submit, datetime) else None,
+        accepted_at=accept.astimezone(UTC).isoformat() if isinstance(accept, datetime) else None,
     )

@@ -119,6 +119,7 @@ def test_settings_round_trip_in_format_3():
 def format_2(settings: CrowdSettings) -> dict:
     stored = settings.to_stored()
     del stored["posting"]["instructions"], stored["review"]["email_subject"]
+    del stored["review"]["min_work_seconds"]
     return {**stored, "format": 2}
 
 
@@ -150,3 +151,13 @@ def test_a_stored_subject_with_a_line_break_is_refused():
     stored["review"]["email_subject"] = "a\r\nBcc: x"
     with pytest.raises(SettingsError, match="'email_subject'"):
         CrowdSettings.from_stored(stored)
+
+
+@pytest.mark.parametrize("seconds", [-1, 3601, float("nan"), float("inf")])
+def test_a_minimum_work_time_out_of_range_is_refused(seconds):
+    with pytest.raises(SettingsError, match="'min_work_seconds'"):
+        crowd_settings(min_work_seconds=seconds)
+
+
+def test_a_format_2_batch_has_no_minimum_work_time():
+    assert CrowdSettings.from_stored(format_2(crowd_settings())).review.min_work_seconds == 0

@@ -157,3 +157,65 @@ def test_the_audit_catches_a_failed_hit_never_named(crowd, ledger):
     audit = audit_batch(mturk, crowd.state, [a, b], {"queries": []}, no_bonus_message=MESSAGE)
     assert not audit.ok
     assert any("for the 2 HITs" in problem for problem in audit.problems)
+
+
+# --- too fast ---------------------------------------------------------------------------------
+
+
+def test_a_submission_faster_than_the_minimum_is_approved_but_not_counted_paid_or_mailed(
+    crowd, ledger
+):
+    mturk = crowd.client()
+    platform = mturk_platform(mturk)
+    (a,) = create_hits(platform, [plan("a.jpg")], ledger, SETTINGS, render)
+    crowd.work(a.hit_id, "AQUICKRIGHT", answers_for(a, gold=2, model=1))  # within milliseconds
+    crowd.work(a.hit_id, "AQUICKWRONG", answers_for(a, gold=1, model=1))
+    strict = dataclasses.replace(SETTINGS_NAMED, min_work_seconds=30)
+
+    outcome = review_batch(platform, [a], ledger, strict)
+    assert (outcome.approved, outcome.bonuses_paid, outcome.emails_sent) == (2, 0, 0)
+    for review in outcome.reviews:
+        assert review.too_fast and not review.valid and not review.counted
+        assert 0 <= review.work_seconds < 30
+        assert review.problems[0] == "answered in under the minimum work time of 30 s"
+    assert mturk.list_bonus_payments(HITId=a.hit_id)["BonusPayments"] == []
+    assert mails(crowd, "AQUICKWRONG") == []
+    # Decided once: a later review with no minimum does not pay them after all.
+    assert review_batch(platform, [a], ledger, SETTINGS_NAMED).bonuses_paid == 0
+
+
+def test_without_a_minimum_the_same_submissions_count(crowd, ledger):
+    mturk = crowd.client()
+    platform = mturk_platform(mturk)
+    (a,) = create_hits(platform, [plan("a.jpg")], ledger, SETTINGS, render)
+    crowd.work(a.hit_id, "AQUICKRIGHT", answers_for(a, gold=2, model=1))
+    outcome = review_batch(platform, [a], ledger, SETTINGS_NAMED)
+    (review,) = outcome.reviews
+    assert review.counted and not review.too_fast and review.work_seconds is not None
+    assert outcome.bonuses_paid == 1
+
+
+@pytest.mark.parametrize(
+    ("accepted", "submitted", "seconds"),
+    [
+        ("2026-01-01T00:00:00+00:00", "2026-01-01T00:00:12.5+00:00", 12.5),
+        ("2026-01-01T00:00:00+00:00", "2026-01-01T01:00:00+01:00", 0.0),  # same instant
+        (None, "2026-01-01T00:00:12+00:00", None),
+        ("2026-01-01T00:00:00+00:00", None, None),
+        ("yesterday", "2026-01-01T00:00:12+00:00", None),
+        ("2026-01-01T00:00:00", "2026-01-01T00:00:12+00:00", None),  # naive beside aware
+        ("2026-01-01T00:00:12+00:00", "2026-01-01T00:00:00+00:00", None),  # before accepting
+    ],
+)
+def test_work_time_is_known_only_from_two_usable_times(accepted, submitted, seconds):
+    from include.crowd.platform import Submission
+    from include.crowd.review import decide, work_seconds
+
+    submission = Submission("A1", "H1", "W1", "submitted", {}, (), submitted, accepted)
+    assert work_seconds(submission) == seconds
+    p = plan("a.jpg")
+    answered = dataclasses.replace(submission, answers=answers_for(p, gold=2, model=1))
+    review = decide(p, answered, min_seconds=10)
+    # Unknown times cannot prove a submission too fast: it is judged on its answers.
+    assert review.too_fast == (seconds is not None and seconds < 10)
+    assert review.counted == (not review.too_fast)

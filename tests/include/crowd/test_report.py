@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import io
 import json
 import shutil
@@ -416,3 +417,28 @@ def test_csv_cells_a_spreadsheet_would_evaluate_are_neutralised(sample):
         assert rows[0]["query"] == "'" + name and rows[0]["winner"] == "'" + name
         assert rows[1]["query"] == "plain=name.jpg"  # only a leading character is dangerous
         assert not any(cell.startswith(("=", "+", "-", "@")) for r in rows for cell in r.values())
+
+
+def test_too_fast_assignments_are_counted_apart_and_workers_show_their_median_time():
+    plans, reviews, images = sample_batch()
+    quick = dataclasses.replace(
+        reviews[0],
+        assignment_id="A-quick",
+        valid=False,
+        counted=False,
+        gold_correct=None,
+        vote=None,
+        too_fast=True,
+        work_seconds=1.5,
+        problems=["answered in under the minimum work time of 10 s"],
+    )
+    timed = [dataclasses.replace(r, work_seconds=20.0 + n) for n, r in enumerate(reviews)]
+    results = aggregate(plans, [*timed, quick], computed_at=NOW)
+    assert results["summary"]["too_fast"] == 1
+    workers = {w["worker"]: w for w in results["workers"]}
+    assert sum(w["too_fast"] for w in workers.values()) == 1
+    assert all(w["median_seconds"] is not None for w in workers.values())
+    text = page_text(report.render_report(results, plans, thumbnails=thumbnails_from(images)))
+    assert "1 too fast" in text
+    assert "answered in under the minimum work time of 10 s (×1)" in text
+    assert "median time" in text and " s " in text
