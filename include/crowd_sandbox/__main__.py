@@ -28,7 +28,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument(
         "--workers",
-        help='simulated workers, e.g. "diligent:6,careless:3,spammer:1" (none by default)',
+        help='simulated workers: counts, e.g. "diligent:6,careless:3,spammer:1", or a total and '
+        "shares (largest-remainder rounding), e.g. "
+        '"20:diligent=0.7,careless=0.1,spammer=0.1,strategic=0.1"; profiles: diligent, '
+        "careless, spammer, strategic (none by default)",
     )
     parser.add_argument(
         "--seconds-per-assignment",

@@ -1,17 +1,24 @@
 """Simulated workers: threads that use the sandbox's worker site exactly as a person would.
 
-``--workers "diligent:6,careless:3,spammer:1"`` starts that many workers. Each one loops:
-list the HITs it can find (``GET /?workerId=W``), open one it has not done, accept it (the
-preview page's ``form#accept``), load the question frame (the ``iframe#question`` of the page
-the accept redirects to), look at the pictures, think for a while, fill the form and post it
-to the form's action (the site's ``/mturk/externalSubmit``). Workers read nothing but the
-HTML and images a browser would load; they never touch the database or the requester API.
+``--workers "diligent:6,careless:3,spammer:1"`` starts that many workers; a total and shares,
+``--workers "20:diligent=0.7,careless=0.1,spammer=0.1,strategic=0.1"``, starts that many in
+all, the shares (in [0, 1], summing to 1 within 1e-6) rounded to counts that sum to the total
+by the largest remainder (ties: the larger share, then the profile named first; a share that
+rounds to 0 starts nobody), here 14 diligent and 2 each of the others. At most 1000 workers
+in all.
+
+Each one loops: list the HITs it can find (``GET /?workerId=W``), open one it has not done,
+accept it (the preview page's ``form#accept``), load the question frame (the
+``iframe#question`` of the page the accept redirects to), look at the pictures, think for a
+while, fill the form and post it to the form's action (the site's ``/mturk/externalSubmit``).
+Workers read nothing but the HTML and images a browser would load; they never touch the
+database or the requester API.
 This module is the crowd (the threads); what one worker is made of is in ``simulated_worker/``:
 ``profiles``, ``page`` (understanding), ``perception``, ``answering`` and ``browser``.
 
 Worker ids are deterministic: ``A`` + the profile name in capitals + a 1-based number
-(``ADILIGENT01``, ``ACARELESS03``, ``ASPAMMER01``); they are registered with the sandbox
-(with the qualification profile in ``PROFILES``) before any worker starts.
+(``ADILIGENT01``, ``ACARELESS03``, ``ASPAMMER01``, ``ASTRATEGIC01``); they are registered with
+the sandbox (with the qualification profile in ``PROFILES``) before any worker starts.
 
 Profiles (``PROFILES`` in ``simulated_worker/profiles.py``, the one table to change):
 
@@ -26,7 +33,20 @@ careless     yes       the most similar option 60 % of the time,  0.6 x ``second
 spammer      no        half of the spammers (chosen per worker,  0.25 x ``seconds``
                        by the seed) always the first option, the
                        others a uniformly random option
+strategic    yes       per image question: where the option      0.5 x ``seconds``
+                       pictures look unrelated to each other
+                       (mean pairwise similarity below 0.45,
+                       ``careful_below``) like diligent, 97 %;
+                       where they look alike (e.g. neighbouring
+                       video frames) a uniformly random option
 ============ ========= ========================================= ===========================
+
+The strategic worker games known-answer checks the way people do: it answers the questions
+that look easy well and guesses on the hard ones. It tells them apart only by what the page
+shows: it loads every option picture of every image question and scores each pair of them as
+it scores an option against the target (``perception.options_alike``); clearly different
+pictures score about -0.4 to 0.2, frames a few percent of a pan apart about 0.7 to 0.95. It
+never reads field names, option order or attributes to find the known-answer question.
 
 Every think time is also scaled by a random factor in [0.7, 1.3]. With ``--worker-seed`` the
 n-th assignment a worker answers is answered the same way on every run (the answer's random
@@ -90,7 +110,13 @@ If nothing but ``assignmentId`` would be sent, a field ``answer=<sentence>`` is 
    that when the best score is below ``NONE_THRESHOLD`` (in ``perception``) and the group has an
    option without an image ("None of these"), that option is. Options whose image fails to load
    are never the right one; with no target (or no loadable option image) the question is
-   answered as a guess.
+   answered as a guess. A strategic worker first scores the option images against each other
+   (options without an image and images that fail to load are left out; with fewer than two
+   loadable option images it guesses).
+
+The log line of each submit says per radio group how it was chosen: ``looked`` (the most
+similar option), ``erred`` (another one), ``guessed`` (could not tell), ``skimmed`` (a
+strategic worker's random pick), ``first`` or ``random`` (a worker who does not look).
 """
 
 from __future__ import annotations
@@ -113,23 +139,28 @@ from include.crowd_sandbox.simulated_worker.page import (
     question_frame,
     understand,
 )
-from include.crowd_sandbox.simulated_worker.perception import best_option
+from include.crowd_sandbox.simulated_worker.perception import best_option, options_alike
 from include.crowd_sandbox.simulated_worker.profiles import (
+    MAX_WORKERS,
     PROFILES,
     Profile,
+    format_spec,
     parse_spec,
     worker_ids,
 )
 
 # A worker's parts live in simulated_worker/; the tests import these names from here.
 __all__ = [
+    "MAX_WORKERS",
     "PROFILES",
     "Browser",
     "SimulatedWorker",
     "SimulatedWorkers",
     "answer_form",
     "best_option",
+    "format_spec",
     "hits_on_list_page",
+    "options_alike",
     "parse_spec",
     "question_frame",
     "understand",
@@ -179,7 +210,7 @@ class SimulatedWorker(threading.Thread):
     @property
     def style(self) -> str:
         if self.profile.looks:
-            return "looks"
+            return "looks" if self.profile.careful_below is None else "looks where it is easy"
         return "first-option" if self.first_option else "random"
 
     def run(self) -> None:

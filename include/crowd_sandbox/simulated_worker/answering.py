@@ -8,8 +8,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from include.crowd_sandbox.simulated_worker.page import Control, Form
-from include.crowd_sandbox.simulated_worker.perception import best_option
+from include.crowd_sandbox.simulated_worker.page import Control, Form, Question
+from include.crowd_sandbox.simulated_worker.perception import best_option, options_alike
 from include.crowd_sandbox.simulated_worker.profiles import Profile
 
 
@@ -17,7 +17,10 @@ from include.crowd_sandbox.simulated_worker.profiles import Profile
 class Answer:
     fields: list[tuple[str, str]]
     choices: dict[str, str]  # radio group -> chosen value
-    notes: dict[str, str]  # radio group -> how it was chosen (looked/erred/guessed/first)
+    notes: dict[str, str]
+    """radio group -> how it was chosen: looked (the most similar option), erred (another
+    one), guessed (could not tell), skimmed (a strategic worker's random pick where the options
+    look alike), first or random (a worker who does not look)."""
 
 
 def answer_form(
@@ -38,17 +41,10 @@ def answer_form(
     notes: dict[str, str] = {}
     for question in form.questions:
         options = question.options
-        if profile.looks:
-            best = None
-            if question.has_images and len(options) > 1:
-                best, _ = best_option(question, fetch)
-            if best is None:
-                index, note = rng.randrange(len(options)), "guessed"
-            elif rng.random() < profile.accuracy:
-                index, note = best, "looked"
-            else:
-                index = rng.choice([i for i in range(len(options)) if i != best])
-                note = "erred"
+        if profile.looks and profile.careful_below is not None:
+            index, note = _strategic(question, profile, rng, fetch, profile.careful_below)
+        elif profile.looks:
+            index, note = _careful(question, profile, rng, fetch)
         elif first_option:
             index, note = 0, "first"
         else:
@@ -91,6 +87,46 @@ def answer_form(
     if not fields or all(name == "assignmentId" for name, _ in fields):
         fields.append(("answer", rng.choice(profile.sentences)))
     return Answer(fields, choices, notes)
+
+
+def _careful(
+    question: Question,
+    profile: Profile,
+    rng: random.Random,
+    fetch: Callable[[str], bytes | None],
+) -> tuple[int, str]:
+    """Look at the pictures: the most similar option with ``profile.accuracy``, else another."""
+    options = question.options
+    best = None
+    if question.has_images and len(options) > 1:
+        best, _ = best_option(question, fetch)
+    if best is None:
+        return rng.randrange(len(options)), "guessed"
+    if rng.random() < profile.accuracy:
+        return best, "looked"
+    return rng.choice([i for i in range(len(options)) if i != best]), "erred"
+
+
+def _strategic(
+    question: Question,
+    profile: Profile,
+    rng: random.Random,
+    fetch: Callable[[str], bytes | None],
+    careful_below: float,
+) -> tuple[int, str]:
+    """Careful where the option pictures look unrelated to each other, a random pick elsewhere.
+
+    Decided from the pictures alone (``options_alike``), never from names or markup.
+    """
+    options = question.options
+    alike = None
+    if question.has_images and len(options) > 1:
+        alike = options_alike(question, fetch)
+    if alike is None:
+        return rng.randrange(len(options)), "guessed"
+    if alike < careful_below:
+        return _careful(question, profile, rng, fetch)
+    return rng.randrange(len(options)), "skimmed"
 
 
 def _pick_select(control: Control, profile: Profile, rng: random.Random) -> list[str]:

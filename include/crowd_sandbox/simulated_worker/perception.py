@@ -1,5 +1,6 @@
 """Looking at pictures: which option of an image question looks most like its target
-(ZNCC of 32x32 greyscale thumbnails, or colour histograms when they say "alike" more)."""
+(ZNCC of 32x32 greyscale thumbnails, or colour histograms when they say "alike" more), and
+how alike the options look among themselves (what a strategic worker goes by)."""
 
 from __future__ import annotations
 
@@ -89,3 +90,26 @@ def best_option(
         if imageless:
             return imageless[0], scores
     return best, scores
+
+
+def options_alike(question: Question, fetch: Callable[[str], bytes | None]) -> float | None:
+    """How alike the option pictures look among themselves: the mean, over every pair of
+    options whose picture loads, of the score ``best_option`` gives against the target.
+
+    Only the pictures count (options without one, such as "None of these", are left out).
+    None when fewer than two option pictures load.
+    """
+    seen = []
+    for option in question.options:
+        data = fetch(option.image) if option.image else None
+        thumb = thumbnail(data) if data else None
+        if thumb is not None:
+            seen.append((thumb, colours(data)))
+    scores = []
+    for i, (thumb_a, colours_a) in enumerate(seen):
+        for thumb_b, colours_b in seen[i + 1 :]:
+            score = similarity(thumb_a, thumb_b)
+            if colours_a is not None and colours_b is not None:
+                score = max(score, colour_similarity(colours_a, colours_b))
+            scores.append(score)
+    return sum(scores) / len(scores) if scores else None
