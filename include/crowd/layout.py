@@ -16,6 +16,9 @@ Known-answer sets are used in a balanced rotation: a batch shuffles the sets onc
 id and seed), and each new query takes the least-used set, ties going to the earlier set in the
 rotation. Counts continue from the plans already created (``existing``), so adding queries to a
 batch leaves every created HIT's plan as it was and keeps the counts within one of each other.
+With ``own_gold=True`` a set is never used twice, nor a picture shown in two HITs' gold
+questions: planning fails instead, naming how many sets are missing (generated gold,
+``include.image_similarity.gold``, gives every HIT its own set).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -111,6 +114,7 @@ def plan_hits(
     seed: int | str | None = None,
     existing: Mapping[str, HitPlan] | None = None,
     reask_changed: bool = False,
+    own_gold: bool = False,
 ) -> list[HitPlan]:
     """Plan one HIT per query, in the order of ``queries``.
 
@@ -125,8 +129,12 @@ def plan_hits(
         rotation.
     :param reask_changed: a query found in ``existing`` whose matches are no longer the images
         its plan offers gets a new plan (a new HIT), told apart by ``match_revision``.
+    :param own_gold: every new HIT gets a known-answer set of its own: no set, and no picture
+        of a set, is used by two HITs (``existing`` included). By default sets are reused in the
+        balanced rotation once each has been used.
     :raises ValueError: no known-answer set, duplicate set ids or query contents, a query
-        without matches, or an existing plan of another batch.
+        without matches, or an existing plan of another batch; with ``own_gold``, too few
+        unused sets or two sets sharing a picture.
     """
     if not batch_id:
         raise ValueError("plan_hits needs a batch id")
@@ -171,7 +179,11 @@ def plan_hits(
         if any(q.kind == "gold" for q in plan.questions) and plan.gold.gold_set in by_id
     )
 
+    if own_gold:
+        rotation = _unshared_sets(rotation, by_id, existing.values(), uses)
+
     plans = []
+    pending: list[tuple[ImageRef, Sequence[Match], str]] = []
     for query, matches in queries:
         revision = ""
         if query.sha256 in existing:
@@ -181,10 +193,59 @@ def plan_hits(
                 plans.append(plan)
                 continue
             revision = match_revision(matches)
+        pending.append((query, matches, revision))
+        plans.append(None)
+    if own_gold and len(pending) > len(rotation):
+        raise ValueError(
+            f"{len(pending)} new HITs each need a known-answer set of their own, but only "
+            f"{len(rotation)} unused sets sharing no picture remain; generate at least "
+            f"{len(pending) - len(rotation)} more gold sets, or plan without own_gold to reuse sets"
+        )
+    new_plans = iter(pending)
+    for index, plan in enumerate(plans):
+        if plan is not None:
+            continue
+        query, matches, revision = next(new_plans)
         set_id = min(rotation, key=lambda s: (uses[s], rotation.index(s)))
         uses[set_id] += 1
-        plans.append(_plan_hit(batch_id, query, matches, by_id[set_id], seed_text, revision))
+        plans[index] = _plan_hit(batch_id, query, matches, by_id[set_id], seed_text, revision)
     return plans
+
+
+def _gold_pictures(gold: GoldSet) -> set[str]:
+    _, target, correct, wrong = gold
+    return {target.sha256, correct.sha256, *(image.sha256 for image in wrong)}
+
+
+def _unshared_sets(
+    rotation: list[str],
+    by_id: Mapping[str, GoldSet],
+    existing: Iterable[HitPlan],
+    uses: Counter,
+) -> list[str]:
+    """The rotation without the sets already used or sharing a picture with a used set.
+
+    :raises ValueError: two of the given sets share a picture (a worker would see it twice).
+    """
+    owner: dict[str, str] = {}
+    for set_id in sorted(by_id):
+        for sha in sorted(_gold_pictures(by_id[set_id])):
+            if sha in owner:
+                raise ValueError(
+                    f"known-answer sets {owner[sha]!r} and {set_id!r} share a picture "
+                    f"(sha256 {sha}); with own_gold every HIT's gold pictures must be its own: "
+                    "remove one of the sets or regenerate the gold"
+                )
+            owner[sha] = set_id
+    shown = {
+        image.sha256
+        for plan in existing
+        for question in plan.questions
+        if question.kind == "gold"
+        for image in (question.target, *(o.image for o in question.options))
+        if image is not None
+    }
+    return [s for s in rotation if not uses[s] and not _gold_pictures(by_id[s]) & shown]
 
 
 def _plan_hit(

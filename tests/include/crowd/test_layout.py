@@ -187,6 +187,38 @@ def test_adding_queries_keeps_the_created_hits_plans_and_continues_the_balance()
         plan_hits("batch-1", QUERIES, GOLD_SETS, existing={stranger.query.sha256: stranger})
 
 
+def test_own_gold_gives_every_hit_a_set_and_pictures_no_other_hit_shows():
+    many_sets = [gold_set(n) for n in range(1, 31)]
+    plans = plan_hits("batch-1", QUERIES, many_sets, own_gold=True)
+    assert len({p.gold.gold_set for p in plans}) == len(QUERIES)
+    shown = [
+        image.sha256
+        for p in plans
+        for image in (p.gold.target, *(o.image for o in p.gold.options))
+        if image is not None
+    ]
+    assert len(shown) == len(set(shown))
+    # Too few sets: an error saying how many are missing, where the default reuses sets.
+    with pytest.raises(ValueError, match="generate at least 26 more gold sets"):
+        plan_hits("batch-1", QUERIES, GOLD_SETS, own_gold=True)
+    assert len({p.gold.gold_set for p in plan_hits("batch-1", QUERIES, GOLD_SETS)}) == 4
+
+
+def test_own_gold_continues_after_existing_plans_and_refuses_sets_sharing_a_picture():
+    sets = [gold_set(n) for n in range(1, 11)]
+    created = {p.query.sha256: p for p in plan_hits("batch-1", QUERIES[:4], sets, own_gold=True)}
+    everything = plan_hits("batch-1", QUERIES[:10], sets, existing=created, own_gold=True)
+    assert len({p.gold.gold_set for p in everything}) == 10
+    with pytest.raises(ValueError, match="only 6 unused sets"):
+        plan_hits("batch-1", QUERIES[:11], sets, existing=created, own_gold=True)
+    # A set whose wrong answer is another set's correct one: a worker would see it twice.
+    set_id, target, correct, (_, third) = gold_set(12)
+    sharing = (set_id, target, correct, (sets[0][2], third))
+    with pytest.raises(ValueError, match="share a picture"):
+        plan_hits("batch-1", QUERIES[:2], [*sets, sharing], own_gold=True)
+    assert len(plan_hits("batch-1", QUERIES[:2], [*sets, sharing])) == 2
+
+
 def test_orders_and_positions_vary_across_hits_and_field_names_are_opaque():
     plans = plan_hits("batch-1", QUERIES, GOLD_SETS)
     correct_positions = Counter(p.gold.correct_position for p in plans)
