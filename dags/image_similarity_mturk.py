@@ -49,6 +49,7 @@ from include.common.batch import BATCH_PARAM_PATTERN, batch_dir_for_run, campaig
 from include.crowd.aggregation import DEFAULT_PRIMARY, Method
 from include.crowd.costs import DEFAULT_BUDGET, DEFAULT_MAX_BONUS
 from include.crowd.settings import (
+    DEFAULT_CONFIDENCE,
     DEFAULT_EMAIL_SUBJECT,
     DEFAULT_HIT_DESCRIPTION,
     DEFAULT_HIT_INSTRUCTIONS,
@@ -63,6 +64,7 @@ from include.image_similarity.settings import (
 )
 from mturk_provider.links import HITPreviewLink, MTurkReportLink
 from mturk_provider.operators.mturk import mturk_task
+from mturk_provider.operators.rounds import MTurkReviewRoundsOperator
 from mturk_provider.sensors.mturk import MTurkHITsSensor
 
 log = logging.getLogger(__name__)
@@ -176,6 +178,20 @@ PARAMS = {
     "assignments_per_hit": Param(
         3, type="integer", minimum=1, maximum=100, section=HIT, title="Assignments per HIT",
         description="Workers per query. 10 or more moves the HIT to MTurk's 40% fee tier.",
+    ),
+    "max_assignments_per_hit": Param(
+        0, type="integer", minimum=0, maximum=100, section=HIT,
+        title="Most assignments per HIT (adaptive overlap)",
+        description="0: every HIT gets exactly 'Assignments per HIT' (fixed overlap). Above it: "
+        "a HIT whose winner is less sure than the confidence target gets one more assignment "
+        "after each review round, up to this many. Under 10 when a HIT starts under 10 "
+        "(MTurk cannot extend past it). The budget is checked at this many.",
+    ),
+    "confidence_target": Param(
+        DEFAULT_CONFIDENCE, type="number", minimum=0.5, exclusiveMaximum=1, section=HIT,
+        title="Confidence target (adaptive overlap)",
+        description="A HIT is settled when its winner's posterior (each worker weighted by "
+        "their gold answers) reaches this.",
     ),
     "hit_lifetime_hours": Param(
         72, type="number", exclusiveMinimum=0, maximum=8760, section=HIT,
@@ -355,6 +371,34 @@ def _batch_dir(params: dict, run_id: str, dag_id: str) -> Path:
     return batch_dir_for_run(
         params["output_dir"], params["batch_id"], run_id, PROJECT_ROOT, campaign
     )
+
+
+def _review_round(context, batch_dir: str, final: bool, deadline: float) -> list[str]:
+    """One review round (``MTurkReviewRoundsOperator``): approve, pay gold passers, mail the
+    others, each exactly once; unless ``final``, then give the unsure HITs more assignments
+    (adaptive overlap) and return their ids."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.crowd import stage
+    from include.crowd.costs import BudgetError
+
+    params = context["params"]
+    platform = _platform(params)
+    s3, settings = _s3(params), _settings(params, batch_dir)
+    caps = stage.PaymentCaps.from_params(params)
+    try:  # settings that cannot pay (changed, above the caps): a retry cannot help
+        stage.check_money_settings(s3, settings)
+        caps.check(settings)
+    except (BudgetError, ValueError) as exc:
+        raise AirflowFailException(str(exc)) from exc
+    outcome = stage.review(
+        s3, platform, settings, caps=caps, exclusion_id=_exclusion(platform, params)
+    )
+    if final:
+        return []
+    until = datetime.fromtimestamp(deadline, UTC)
+    extended = stage.extend(s3, platform, settings, outcome.reviews, caps=caps, open_until=until)
+    return extended.extended
 
 
 def _output_root(params: dict) -> Path:
@@ -728,31 +772,6 @@ def image_similarity_mturk():
             )
         return [plan.hit_id for plan in plans]
 
-    @task
-    def review_assignments(batch_dir: str, progress: dict) -> str:
-        """Approve, pay gold passers, mail the others; each exactly once."""
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from include.crowd import stage
-        from include.crowd.costs import BudgetError
-
-        params = get_current_context()["params"]
-        platform = _platform(params)
-        s3, settings = _s3(params), _settings(params, batch_dir)
-        try:  # settings that cannot pay (changed, above the caps): a retry cannot help
-            stage.check_money_settings(s3, settings)
-            stage.PaymentCaps.from_params(params).check(settings)
-        except (BudgetError, ValueError) as exc:
-            raise AirflowFailException(str(exc)) from exc
-        stage.review(
-            s3,
-            platform,
-            settings,
-            caps=stage.PaymentCaps.from_params(params),
-            exclusion_id=_exclusion(platform, params),
-        )
-        return batch_dir
-
     @mturk_task(links=[MTurkReportLink], outlets=[RESULTS_ASSET])
     def write_results(batch_dir: str) -> dict:
         """Aggregate the counted votes (crowd-kit) and write results and the HTML report."""
@@ -786,7 +805,20 @@ def image_similarity_mturk():
         execution_timeout=timedelta(hours=MAX_WAIT_HOURS + 1),
     )
     hit_ids >> progress
-    write_results(review_assignments(published, progress.output))
+    reviewed = MTurkReviewRoundsOperator(
+        task_id="review_assignments",
+        review_round=_review_round,
+        batch_dir=published,
+        wait_seconds="{{ params.wait_timeout_hours * 3600 }}",
+        poll_interval=POLL_SECONDS,
+        aws_conn_id="{{ params.aws_conn_id }}",
+        environment="{{ params.mturk_environment }}",
+        doc_md="Approve, pay gold passers, mail the others (each exactly once); with adaptive "
+        "overlap, give unsure HITs more assignments and review again after waiting in the "
+        "triggerer.",
+    )
+    progress >> reviewed
+    write_results(reviewed.output)
 
 
 image_similarity_mturk()

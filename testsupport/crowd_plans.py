@@ -60,6 +60,8 @@ PARAMS = {
     "no_bonus_message": "no bonus",
     "email_subject": "No bonus this time",
     "min_work_seconds": 0,
+    "max_assignments_per_hit": 0,
+    "confidence_target": 0.95,
     "review_window_hours": 1,
     "exclude_failed_workers": False,
     "show_worker_ids": False,

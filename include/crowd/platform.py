@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal, Protocol
 
 
@@ -96,6 +97,7 @@ class Task:
     masters: bool
     open: bool
     disposed: bool = False
+    expires_at: str | None = None  # ISO 8601; None: the platform did not say
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,16 @@ class CrowdPlatform(Protocol):
 
     def expire(self, task_id: str) -> None:
         """Close a task to new work now (work under way may still be submitted)."""
+
+    def add_assignments(self, task_id: str, count: int, *, token: str) -> bool:
+        """Let ``count`` more workers do a task; False when ``token`` added them already.
+
+        :raises PlatformError: the platform refuses (e.g. MTurk: a task created with fewer
+            than 10 assignments cannot reach 10).
+        """
+
+    def extend_until(self, task_id: str, until: datetime) -> None:
+        """Keep a task open to new work until ``until`` (also a task that expired)."""
 
     def delete(self, task_id: str) -> None:
         """Remove a closed, fully reviewed task.

@@ -121,7 +121,7 @@ def money_problems(settings: CrowdSettings, fees, balance: int | None) -> list[s
         problems.append(f"{error} (Params bonus_usd, max_bonus_usd)")
     one = costs.estimate(
         1,
-        settings.posting.assignments,
+        settings.posting.max_assignments,  # adaptive overlap may go up to it
         costs.cents(payment.reward),
         costs.cents(payment.bonus),
         fees=fees,
@@ -129,10 +129,11 @@ def money_problems(settings: CrowdSettings, fees, balance: int | None) -> list[s
     ).total
     if payment.budget is not None and one > costs.cents(payment.budget):
         problems.append(
-            f"one HIT may cost {costs.usd(one)} ({settings.posting.assignments} assignments "
+            f"one HIT may cost {costs.usd(one)} ({settings.posting.max_assignments} assignments "
             f"with rewards, bonuses and fees), over the budget cap of "
             f"{costs.usd(costs.cents(payment.budget))}: raise the Param budget_usd or lower "
-            "reward_usd, bonus_usd or assignments_per_hit; no HIT was created"
+            "reward_usd, bonus_usd, assignments_per_hit or max_assignments_per_hit; no HIT was "
+            "created"
         )
     if balance is not None and one > balance:
         problems.append(

@@ -55,6 +55,7 @@ from include.crowd.costs import (
     usd,
 )
 from include.crowd.create import created_plans
+from include.crowd.extend import added_assignments
 from include.crowd.ledger import LedgerUnavailable, S3Ledger
 from include.crowd.platform import (
     CrowdPlatform,
@@ -256,7 +257,7 @@ def review_batch(
         platform=platform,
         ledger=ledger,
         settings=settings,
-        purse=Purse.of(plans, bonuses, settings, platform.fees),
+        purse=Purse.of(plans, bonuses, settings, platform.fees, added_assignments(ledger)),
         decided={key: Review.from_dict(doc) for key, doc in ledger.entries("reviews").items()},
         approvals=ledger.entries("approvals"),
         bonuses=bonuses,
@@ -391,9 +392,15 @@ class Purse:
         bonuses: dict,
         settings: ReviewSettings,
         fees: FeeSchedule,
+        added: dict[str, int] | None = None,
     ) -> Purse:
-        terms = [HitTerms.of(plan, settings) for plan in plans]
-        rewards = sum(t.max_assignments * t.approval_cents(fees) for t in terms)
+        """``added``: assignments adaptive overlap added to each HIT (``extend``)."""
+        added = added or {}
+        rewards = 0
+        for plan in plans:
+            terms = HitTerms.of(plan, settings)
+            count = terms.max_assignments + added.get(plan.hit_id, 0)
+            rewards += count * terms.approval_cents(fees)
         paid = sum(_bonus_cost(cents(b["amount"]), fees) for b in bonuses.values())
         return cls(
             committed_cents=rewards + paid,

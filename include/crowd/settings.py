@@ -32,6 +32,7 @@ from include.common.strict import SettingsError, read_document, to_document
 from include.crowd import costs
 from include.crowd.aggregation import check_primary
 from include.crowd.platform import TaskSpec, WorkerRequirements
+from include.crowd.quality import Overlap
 
 # settings.json's layout: 1 was flat, 2 has parts, 3 adds posting.instructions,
 # review.email_subject and review.min_work_seconds, and reads posting.description as a text
@@ -50,6 +51,7 @@ DEFAULT_HIT_DESCRIPTION = (
     "Two short questions: pick the picture most similar to a reference picture. Answer the "
     "attention check right for a bonus of {bonus}."
 )
+DEFAULT_CONFIDENCE = 0.95  # adaptive overlap's target posterior of a winner
 DEFAULT_EMAIL_SUBJECT = "No bonus this time: about the check question of your HIT"
 INSTRUCTIONS_MAX = 4000  # characters, filled in; the page must stay well under MTurk's 64 KiB
 DESCRIPTION_MAX = 2000  # MTurk's longest HIT description
@@ -65,6 +67,7 @@ MONEY_FIELDS = {
     "max_bonus": ("payment", "max_bonus"),
     "budget": ("payment", "budget"),
     "assignments": ("posting", "assignments"),
+    "max_assignments": ("posting", "max_assignments"),
     "masters": ("workers", "masters"),
     "environment": (None, "environment"),
 }
@@ -84,6 +87,14 @@ class Posting:
     auto_approval_delay_s: int
     create_concurrency: int
     instructions: str  # shown above the questions; a blank line starts a paragraph
+    max_assignments: int  # adaptive overlap's most per HIT; == assignments: fixed overlap
+    confidence: float  # adaptive overlap asks more workers while a winner is less sure
+
+    def overlap(self) -> Overlap:
+        """Adaptive overlap from these settings (``quality.Overlap``)."""
+        return Overlap(
+            start=self.assignments, maximum=self.max_assignments, confidence=self.confidence
+        )
 
 
 @dataclass(frozen=True)
@@ -171,6 +182,12 @@ class CrowdSettings:
                     f"the Param {param!r} is {len(text)} characters long once filled in, over "
                     f"the {limit} a HIT allows; shorten it"
                 )
+        try:
+            self.posting.overlap()
+        except ValueError as error:
+            raise SettingsError(
+                f"{error} (Params assignments_per_hit, max_assignments_per_hit, confidence_target)"
+            ) from None
 
     @classmethod
     def from_params(cls, params: dict[str, Any], batch_id: str) -> CrowdSettings:
@@ -199,6 +216,10 @@ class CrowdSettings:
                 auto_approval_delay_s=hours("auto_approval_delay_hours"),
                 create_concurrency=int(param("create_concurrency")),
                 instructions=param("hit_instructions"),
+                # 0: as many as a HIT starts with (fixed overlap)
+                max_assignments=int(param("max_assignments_per_hit"))
+                or int(param("assignments_per_hit")),
+                confidence=float(param("confidence_target")),
             ),
             payment=Payment(
                 reward=param("reward_usd"),
@@ -337,7 +358,11 @@ def _format_2_as_3(stored: dict[str, Any]) -> dict[str, Any]:
         ("posting", "instructions", DEFAULT_HIT_INSTRUCTIONS),
         ("review", "email_subject", DEFAULT_EMAIL_SUBJECT),
         ("review", "min_work_seconds", 0.0),  # no minimum: format 2 had none
+        ("posting", "confidence", DEFAULT_CONFIDENCE),
     )
+    posting = stored.get("posting")
+    if isinstance(posting, dict) and "assignments" in posting:
+        added += (("posting", "max_assignments", posting["assignments"]),)  # fixed overlap
     for part, name, default in added:
         holder = upgraded.get(part)
         if not isinstance(holder, dict):

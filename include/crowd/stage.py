@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from include.common.files import read_json, write_bytes, write_json
-from include.crowd import costs, history, layout
+from include.crowd import costs, history, layout, quality
 from include.crowd import preflight as preflight_checks
 from include.crowd.create import create_hits, created_plans, load_manifest
+from include.crowd.extend import RoundOutcome, added_assignments, extend_unsure
 from include.crowd.ledger import S3Ledger
 from include.crowd.platform import CrowdPlatform, FeeSchedule, PlatformError
 from include.crowd.publish import (
@@ -41,7 +44,7 @@ from include.crowd.publish import (
     publish_images,
 )
 from include.crowd.records import HitPlan, ImageRef, Review
-from include.crowd.review import HitTerms, ReviewSettings, review_batch, spent
+from include.crowd.review import HitTerms, Purse, ReviewSettings, review_batch, spent
 from include.crowd.settings import (
     AMOUNTS,
     MONEY_FIELDS,
@@ -311,9 +314,9 @@ def create(
     new = [plan for plan in plans if plan.token not in existing]
     check_money_settings(s3, settings)
     costs.check_bonus(costs.cents(settings.payment.bonus), costs.cents(settings.payment.max_bonus))
-    cost = costs.estimate(
+    cost = costs.estimate(  # at the most assignments adaptive overlap may add up to
         len(new),
-        settings.posting.assignments,
+        settings.posting.max_assignments,
         costs.cents(settings.payment.reward),
         costs.cents(settings.payment.bonus),
         fees=platform.fees,
@@ -371,11 +374,18 @@ def create(
 
 def _committed_cents(plans, settings: CrowdSettings, fees: FeeSchedule) -> int:
     """The most the batch's existing HITs can cost: each at its own reward and assignment
-    count, every assignment approved and paid the bonus."""
+    count (or the most adaptive overlap may add up to), every assignment approved and paid the
+    bonus."""
     bonus, fallback = costs.cents(settings.payment.bonus), review_settings(settings)
+    most = settings.posting.max_assignments
     return sum(
         costs.estimate(
-            1, terms.max_assignments, terms.reward_cents, bonus, fees=fees, masters=terms.masters
+            1,
+            max(terms.max_assignments, most),
+            terms.reward_cents,
+            bonus,
+            fees=fees,
+            masters=terms.masters,
         ).total
         for terms in (HitTerms.of(plan, fallback) for plan in plans if plan.hit_id)
     )
@@ -409,6 +419,53 @@ def review(
     finally:  # also when one HIT failed: the others' failing workers are still excluded
         if exclusion_id:
             exclude_failed_workers(platform, ledger, exclusion_id)
+
+
+def extend(
+    s3,
+    platform: CrowdPlatform,
+    settings: CrowdSettings,
+    reviews: Sequence[Review],
+    *,
+    caps: PaymentCaps,
+    open_until: datetime,
+    now: datetime | None = None,
+) -> RoundOutcome:
+    """Adaptive overlap after a review round: more assignments for every HIT whose winner's
+    posterior (``quality``) is below the confidence target, within the most assignments per
+    HIT and what the budget leaves (see ``extend.extend_unsure``). Nothing with fixed overlap.
+    """
+    overlap = settings.posting.overlap()
+    if not overlap.adaptive:
+        return RoundOutcome()
+    ledger = ledger_for(s3, settings)
+    plans = [plan for plan in load_manifest(ledger) if plan.hit_id]
+    rules = review_settings(settings, caps)
+    fees = platform.fees
+    bonus = costs.cents(settings.payment.bonus)
+    # One more assignment may be approved and paid the bonus: reward, fees, bonus, its fee.
+    each = {
+        plan.hit_id: HitTerms.of(plan, rules).approval_cents(fees) + bonus + fees.bonus_fee(bonus)
+        for plan in plans
+    }
+    left = None
+    if rules.budget:
+        committed = Purse.of(
+            plans, ledger.entries("bonuses"), rules, fees, added_assignments(ledger)
+        ).committed_cents
+        left = costs.cents(rules.budget) - committed
+    return extend_unsure(
+        platform,
+        plans,
+        ledger,
+        quality.posteriors(plans, reviews),
+        dict(Counter(review.hit_id for review in {r.assignment_id: r for r in reviews}.values())),
+        overlap,
+        open_until=open_until,
+        approval_cents=each,
+        budget_left_cents=left,
+        now=now,
+    )
 
 
 def failed_gold_exclusion(platform: CrowdPlatform, enabled: bool) -> str | None:

@@ -173,7 +173,10 @@ def _run_dag(demo_dir: Path, folders: Folders, batch_id: str, output_dir: Path, 
         "output_dir": str(output_dir),
         "batch_id": batch_id,
         "s3_bucket": stack.bucket,
-        "assignments_per_hit": 5,
+        # Adaptive overlap: 3 workers per HIT, more (up to 7) where the winner is unsure.
+        "assignments_per_hit": 3,
+        "max_assignments_per_hit": 7,
+        "confidence_target": 0.95,
         "hit_lifetime_hours": 1,
         "assignment_duration_minutes": 5,
         "wait_timeout_hours": 0.25,
@@ -295,6 +298,12 @@ def crowd_lines(results: dict) -> list[str]:
         if rate is not None
         else "no counted answers"
     )
+    used = [q["assignments"]["submitted"] for q in results["queries"] if q["hit_id"]]
+    if used:
+        lines.append(
+            f"assignments per HIT: {sum(used) / len(used):.1f} on average "
+            f"({min(used)} to {max(used)})"
+        )
     return lines
 
 

@@ -24,6 +24,7 @@ class Method(StrEnum):
     MAJORITY = "majority"
     DAWID_SKENE = "dawid_skene"
     WAWA = "wawa"
+    GOLD_SKILL = "gold_skill"
 
 
 DEFAULT_PRIMARY = Method.MAJORITY

@@ -67,6 +67,9 @@ class MTurkCalls(Protocol):
     def associate_qualification_with_worker(self, **params: Any) -> dict: ...
     def disassociate_qualification_from_worker(self, **params: Any) -> dict: ...
     def update_expiration_for_hit(self, hit_id: str, expire_at: datetime) -> dict: ...
+    def create_additional_assignments_for_hit(
+        self, hit_id: str, number: int, unique_request_token: str
+    ) -> dict: ...
     def delete_hit(self, hit_id: str) -> dict: ...
 
 
@@ -203,6 +206,22 @@ class MTurkPlatform:
         with _translated("DeleteHIT"):
             self.hook.delete_hit(task_id)
 
+    def add_assignments(self, task_id: str, count: int, *, token: str) -> bool:
+        try:
+            self.hook.create_additional_assignments_for_hit(
+                hit_id=task_id, number=count, unique_request_token=token
+            )
+        except ClientError as error:
+            if _is_duplicate(error):
+                return False
+            with _translated("CreateAdditionalAssignmentsForHIT"):
+                raise
+        return True
+
+    def extend_until(self, task_id: str, until: datetime) -> None:
+        with _translated("UpdateExpirationForHIT"):
+            self.hook.update_expiration_for_hit(task_id, until)
+
     @staticmethod
     def _task(hit: dict, spec: TaskSpec | None = None) -> Task:
         required = hit.get("QualificationRequirements")
@@ -221,6 +240,7 @@ class MTurkPlatform:
             masters=masters,
             open=hit.get("HITStatus") in _OPEN,
             disposed=hit.get("HITStatus") == "Disposed",
+            expires_at=_iso(hit.get("Expiration")),
         )
 
     # --- submissions and payments -----------------------------------------------------------

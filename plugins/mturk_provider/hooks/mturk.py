@@ -340,6 +340,26 @@ class MTurkHook(AwsBaseHook):
         self.log.debug("Setting expiry of HIT %s to %s", hit_id, expire_at)
         return self.get_conn().update_expiration_for_hit(HITId=hit_id, ExpireAt=expire_at)
 
+    def create_additional_assignments_for_hit(
+        self, hit_id: str, number: int, unique_request_token: str
+    ) -> dict:
+        """
+        Let more workers do a HIT (MTurk charges their rewards on approval).
+
+        .. seealso::
+            - :external+boto3:py:meth:`MTurk.Client.create_additional_assignments_for_hit`
+
+        :param hit_id: the HIT.
+        :param number: assignments to add.
+        :param unique_request_token: makes a repeated call add nothing more (for 24 hours).
+        """
+        self.log.debug("Adding %d assignments to HIT %s", number, hit_id)
+        return self.get_conn().create_additional_assignments_for_hit(
+            HITId=hit_id,
+            NumberOfAdditionalAssignments=number,
+            UniqueRequestToken=unique_request_token,
+        )
+
     def delete_hit(self, hit_id: str) -> dict:
         """
         Delete a HIT (MTurk allows it once the HIT is reviewable with every assignment reviewed).

@@ -120,6 +120,7 @@ def format_2(settings: CrowdSettings) -> dict:
     stored = settings.to_stored()
     del stored["posting"]["instructions"], stored["review"]["email_subject"]
     del stored["review"]["min_work_seconds"]
+    del stored["posting"]["max_assignments"], stored["posting"]["confidence"]
     return {**stored, "format": 2}
 
 
@@ -161,3 +162,26 @@ def test_a_minimum_work_time_out_of_range_is_refused(seconds):
 
 def test_a_format_2_batch_has_no_minimum_work_time():
     assert CrowdSettings.from_stored(format_2(crowd_settings())).review.min_work_seconds == 0
+
+
+def test_a_format_2_batch_keeps_fixed_overlap():
+    read = CrowdSettings.from_stored(format_2(crowd_settings(assignments_per_hit=4)))
+    assert (read.posting.assignments, read.posting.max_assignments) == (4, 4)
+    assert not read.posting.overlap().adaptive
+
+
+def test_adaptive_overlap_settings():
+    settings = crowd_settings(assignments_per_hit=3, max_assignments_per_hit=7)
+    assert settings.posting.overlap().adaptive and settings.money()["max_assignments"] == 7
+    assert crowd_settings(max_assignments_per_hit=0).posting.max_assignments == 3  # fixed
+
+
+@pytest.mark.parametrize(
+    ("start", "most", "confidence", "message"),
+    [(3, 10, 0.95, "fewer than 10"), (5, 4, 0.95, "at least"), (3, 5, 0.3, "confidence")],
+)
+def test_overlap_params_that_cannot_work_are_refused_naming_them(start, most, confidence, message):
+    with pytest.raises(SettingsError, match=f"{message}.*max_assignments_per_hit"):
+        crowd_settings(
+            assignments_per_hit=start, max_assignments_per_hit=most, confidence_target=confidence
+        )

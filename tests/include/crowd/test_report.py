@@ -208,6 +208,7 @@ def test_csv_has_one_row_per_query_with_rank_columns(sample):
         "majority_winner", "majority_tie", "majority_confidence",
         "dawid_skene_winner", "dawid_skene_tie", "dawid_skene_confidence",
         "wawa_winner", "wawa_tie", "wawa_confidence",
+        "gold_skill_winner", "gold_skill_tie", "gold_skill_confidence",
     ]  # fmt: skip
     by_query = {row["query"]: row for row in rows}
     assert len(rows) == 5
@@ -398,8 +399,10 @@ def test_report_in_chromium(written, browser):
     assert winners == ["frame_0012.jpg", "frame_0302.jpg"]
     assert tied == ["frame_0400.jpg", "None of these"]
     assert sorted(picks) == sorted(
-        ["Dawid-Skene pick · 100 %"] * 3 + ["Wawa pick · 100 %"] * 2
-    )  # coffee and rocket: both; the tied query: Dawid-Skene's "None of these"
+        ["Dawid-Skene pick · 100 %"] * 3
+        + ["Wawa pick · 100 %"] * 2
+        + ["Gold-anchored posterior pick · 100 %"] * 2
+    )  # coffee and rocket: all three; the tied query: Dawid-Skene's "None of these"
     assert all(url.startswith(("file://", "data:")) for url in requests), requests
 
 

@@ -44,10 +44,13 @@ def test_each_method_gets_a_line_and_differing_picks_are_shown():
         == "majority (primary): 1 decided, 1 tied, agrees with the model's first match on 1/1"
     )
     assert lines[4].startswith("dawid_skene: ") and lines[5].startswith("wawa: 2 decided, 0 tied")
-    assert lines[6].startswith(
+    # Both voters on the split query passed both gold questions: equal weight, a tie.
+    assert lines[6].startswith("gold_skill: 1 decided, 1 tied")
+    assert lines[7].startswith(
         "gold pass rate 100%; crowd agrees with the model's first match on 1/1"
     )
-    assert "spent $0.25" in lines[6]
+    assert "spent $0.25" in lines[7]
+    assert lines[8] == "assignments per HIT: 3.0 on average (2 to 4)"
 
 
 def test_the_primary_method_leads_the_lines():

@@ -357,7 +357,7 @@ def test_every_method_appears_in_results_summary_and_workers(plan):
     results = aggregate([plan], reviews, computed_at=NOW)
     names = [method.value for method in Method]
 
-    assert names == ["majority", "dawid_skene", "wawa"]
+    assert names == ["majority", "dawid_skene", "wawa", "gold_skill"]
     assert results["primary"] == "majority"
     assert list(results["methods"]) == names
     assert results["methods"]["wawa"]["title"] == "Wawa"
@@ -408,7 +408,7 @@ def test_an_unknown_primary_names_the_known_methods(plan):
     with pytest.raises(ValueError, match="'borda'") as raised:
         aggregate([plan], [], computed_at=NOW, primary="borda")
 
-    assert "'majority', 'dawid_skene', 'wawa'" in str(raised.value)
+    assert "'majority', 'dawid_skene', 'wawa', 'gold_skill'" in str(raised.value)
 
 
 def wawa_scenario() -> tuple[list[HitPlan], list[Review]]:
