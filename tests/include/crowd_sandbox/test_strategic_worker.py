@@ -3,19 +3,13 @@ where they look almost the same (neighbouring video frames), decided from the pi
 
 from __future__ import annotations
 
-import io
 import random
-import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from urllib.parse import urlsplit
 
-import numpy as np
 import pytest
-from PIL import Image, ImageEnhance
+from test_workers import Files, altered, png
 
 from include.crowd_sandbox import workers
 from include.crowd_sandbox.workers import (
@@ -30,59 +24,10 @@ from testsupport.imagekit import textured
 
 STRATEGIC = PROFILES["strategic"]
 
-# --- pictures and a tiny local web server (as in test_workers.py) ---------------------------
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def altered(image: Image.Image, seed: int = 0) -> Image.Image:
-    """A slightly different copy: a small crop, brighter, a little noise, another size."""
-    width, height = image.size
-    copy = image.crop((6, 4, width - 5, height - 3)).resize((width * 3 // 4, height * 3 // 4))
-    copy = ImageEnhance.Brightness(copy).enhance(1.15)
-    pixels = np.asarray(copy, dtype=np.int16)
-    noise = np.random.default_rng(seed).integers(-12, 13, pixels.shape)
-    return Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8))
-
-
-class Files:
-    """Serve byte strings at paths from a thread on 127.0.0.1 (GET only)."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        files = self.files
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802
-                body = files.get(urlsplit(self.path).path)
-                self.send_response(200 if body is not None else 404)
-                self.send_header("Content-Type", "image/png")
-                self.send_header("Content-Length", str(len(body or b"")))
-                self.end_headers()
-                self.wfile.write(body or b"")
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def add(self, path: str, body: bytes) -> str:
-        self.files[path] = body
-        return self.url + path
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
 
 @pytest.fixture
 def files() -> Iterator[Files]:
+    """test_workers.py's picture server."""
     server = Files()
     yield server
     server.close()
@@ -294,11 +239,6 @@ def test_the_same_seed_gives_the_same_answers(files):
 # --- through a running sandbox --------------------------------------------------------------
 
 
-def _site_is_real() -> bool:
-    source = Path(workers.__file__).with_name("worker_site.py").read_text()
-    return "PLACEHOLDER" not in source
-
-
 def _answers(xml: str) -> dict[str, str]:
     ns = {
         "a": "http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2005-10-01/"
@@ -322,7 +262,6 @@ def wait_for(condition, timeout: float, every: float = 0.5):
     raise AssertionError(f"timed out after {timeout} s")
 
 
-@pytest.mark.skipif(not _site_is_real(), reason="worker_site.py is still a placeholder")
 def test_a_mix_with_strategic_workers_does_a_real_hit(sandbox_factory, files):
     running = sandbox_factory(
         "--workers",
