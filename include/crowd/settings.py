@@ -52,7 +52,7 @@ DEFAULT_HIT_DESCRIPTION = (
     "attention check right for a bonus of {bonus}."
 )
 DEFAULT_CONFIDENCE = 0.95  # adaptive overlap's target posterior of a winner
-DEFAULT_EMAIL_SUBJECT = "No bonus this time: about the check question of your HIT"
+DEFAULT_EMAIL_SUBJECT = "No bonus this time: the check question"
 INSTRUCTIONS_MAX = 4000  # characters, filled in; the page must stay well under MTurk's 64 KiB
 DESCRIPTION_MAX = 2000  # MTurk's longest HIT description
 EMAIL_SUBJECT_MAX = 200  # NotifyWorkers' longest Subject
