@@ -381,6 +381,7 @@ def _review_round(context, batch_dir: str, final: bool, deadline: float) -> list
 
     from include.crowd import stage
     from include.crowd.costs import BudgetError
+    from include.crowd.extend import DamagedEntry
 
     params = context["params"]
     platform = _platform(params)
@@ -391,13 +392,18 @@ def _review_round(context, batch_dir: str, final: bool, deadline: float) -> list
         caps.check(settings)
     except (BudgetError, ValueError) as exc:
         raise AirflowFailException(str(exc)) from exc
-    outcome = stage.review(
-        s3, platform, settings, caps=caps, exclusion_id=_exclusion(platform, params)
-    )
-    if final:
-        return []
-    until = datetime.fromtimestamp(deadline, UTC)
-    extended = stage.extend(s3, platform, settings, outcome.reviews, caps=caps, open_until=until)
+    try:  # a damaged extension entry: nothing is paid or extended until it is fixed
+        outcome = stage.review(
+            s3, platform, settings, caps=caps, exclusion_id=_exclusion(platform, params)
+        )
+        if final:
+            return []
+        until = datetime.fromtimestamp(deadline, UTC)
+        extended = stage.extend(
+            s3, platform, settings, outcome.reviews, caps=caps, open_until=until
+        )
+    except DamagedEntry as exc:
+        raise AirflowFailException(str(exc)) from exc
     return extended.extended
 
 

@@ -46,14 +46,47 @@ def extension_token(batch_id: str, hit_id: str, number: int) -> str:
     return f"more-{digest[:40]}"
 
 
+class DamagedEntry(ValueError):
+    """An extension entry of the ledger that this code did not write: nothing is extended
+    while it is there (guessing its count could pay for assignments twice)."""
+
+
 def extensions_of(ledger: S3Ledger) -> dict[str, list[dict]]:
-    """Each HIT's extension entries, in order (``n`` = 1, 2, ...)."""
+    """Each HIT's extension entries, in order (``n`` = 1, 2, ...).
+
+    :raises DamagedEntry: an entry with another name or shape, or a gap in a HIT's numbers.
+    """
     found: dict[str, list[tuple[int, dict]]] = {}
     for key, doc in ledger.entries(KIND).items():
         hit_id, _, number = key.rpartition(".")
-        if hit_id and number.isdigit():
-            found.setdefault(hit_id, []).append((int(number), doc))
-    return {hit: [doc for _, doc in sorted(entries)] for hit, entries in found.items()}
+        if not (hit_id and number.isdigit() and _well_formed(doc)):
+            raise DamagedEntry(
+                f"the ledger entry {ledger.key(ledger.entry_name(KIND, key))!r} is not one "
+                f"this code writes ({str(doc)[:200]}); no HIT is extended until it is fixed "
+                "or removed"
+            )
+        found.setdefault(hit_id, []).append((int(number), doc))
+    ordered = {hit: sorted(entries, key=lambda e: e[0]) for hit, entries in found.items()}
+    for hit, entries in ordered.items():
+        if [n for n, _ in entries] != list(range(1, len(entries) + 1)):
+            raise DamagedEntry(
+                f"the extensions of HIT {hit} under {ledger.key('ledger/' + KIND)!r} are "
+                f"numbered {[n for n, _ in entries]}, not 1, 2, ...; no HIT is extended"
+            )
+    return {hit: [doc for _, doc in entries] for hit, entries in ordered.items()}
+
+
+def _well_formed(doc) -> bool:
+    return (
+        isinstance(doc, dict)
+        and doc.get("status") in ("requesting", "done")
+        and all(
+            isinstance(doc.get(name), int) and not isinstance(doc.get(name), bool)
+            for name in ("count", "target")
+        )
+        and 1 <= doc["count"] <= 100
+        and doc["count"] <= doc["target"] <= 1000
+    )
 
 
 def added_assignments(ledger: S3Ledger) -> dict[str, int]:

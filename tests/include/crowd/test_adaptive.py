@@ -250,3 +250,26 @@ def test_the_gold_anchored_posterior_is_an_aggregation_method_of_the_results():
     # The failing workers' agreement with it is 0: their votes all differ from its pick.
     agreement = {w["worker"]: w["agreement"]["gold_skill"] for w in results["workers"]}
     assert sorted(agreement.values()) == [0.0, 0.0, 0.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("key", "doc"),
+    [
+        ("H1.1", {"status": "done", "count": "1", "target": 4}),
+        ("H1.1", {"status": "maybe", "count": 1, "target": 4}),
+        ("H1.1", {"status": "done", "count": 0, "target": 4}),
+        ("H1.1", {"status": "done", "count": True, "target": 4}),
+        ("H1.1", {"status": "done", "count": 5, "target": 4}),
+        ("H1.1", ["not", "an", "object"]),
+        ("H1", {"status": "done", "count": 1, "target": 4}),
+        ("H1.2", {"status": "done", "count": 1, "target": 4}),  # no H1.1
+    ],
+)
+def test_a_damaged_extension_entry_stops_extending_rather_than_guessing(ledger, key, doc):
+    from include.crowd.extend import DamagedEntry, extensions_of
+
+    ledger.put_json(ledger.entry_name("extensions", key), doc)
+    with pytest.raises(DamagedEntry, match="no HIT is extended"):
+        extensions_of(ledger)
+    with pytest.raises(DamagedEntry):
+        added_assignments(ledger)  # the review's budget reads them too: it stops as well
