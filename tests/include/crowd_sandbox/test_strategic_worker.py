@@ -4,12 +4,10 @@ where they look almost the same (neighbouring video frames), decided from the pi
 from __future__ import annotations
 
 import random
-import time
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 
 import pytest
-from test_workers import Files, altered, png
+from test_workers import Files, altered, png, real_hit_answers
 
 from include.crowd_sandbox import workers
 from include.crowd_sandbox.workers import (
@@ -239,29 +237,6 @@ def test_the_same_seed_gives_the_same_answers(files):
 # --- through a running sandbox --------------------------------------------------------------
 
 
-def _answers(xml: str) -> dict[str, str]:
-    ns = {
-        "a": "http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2005-10-01/"
-        "QuestionFormAnswers.xsd"
-    }
-    return {
-        answer.findtext("a:QuestionIdentifier", namespaces=ns): answer.findtext(
-            "a:FreeText", namespaces=ns
-        )
-        for answer in ET.fromstring(xml).findall("a:Answer", ns)
-    }
-
-
-def wait_for(condition, timeout: float, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s")
-
-
 def test_a_mix_with_strategic_workers_does_a_real_hit(sandbox_factory, files):
     running = sandbox_factory(
         "--workers",
@@ -274,34 +249,7 @@ def test_a_mix_with_strategic_workers_does_a_real_hit(sandbox_factory, files):
     easy = distinct_question(files.add, "e", 5150, 2)
     hard = frames_question(files.add, "h", 5250, 0)
     page = hit_page([question_block("left", *hard), question_block("right", *easy)])
-    question = (
-        '<HTMLQuestion xmlns="http://mechanicalturk.amazonaws.com/'
-        'AWSMechanicalTurkDataSchemas/2011-11-11/HTMLQuestion.xsd">'
-        f"<HTMLContent><![CDATA[{page}]]></HTMLContent><FrameHeight>800</FrameHeight>"
-        "</HTMLQuestion>"
-    )
-    mturk = running.client()
-    hit_id = mturk.create_hit(
-        Title="Which picture shows the same scene?",
-        Description="Pick the matching picture",
-        Reward="0.05",
-        MaxAssignments=4,
-        LifetimeInSeconds=600,
-        AssignmentDurationInSeconds=300,
-        Question=question,
-    )["HIT"]["HITId"]
-
-    def submitted():
-        found = mturk.list_assignments_for_hit(
-            HITId=hit_id, AssignmentStatuses=["Submitted"], MaxResults=10
-        )["Assignments"]
-        return found if len(found) == 4 else None
-
-    try:
-        assignments = wait_for(submitted, timeout=60)
-    except AssertionError:
-        raise AssertionError("no 4 submissions; sandbox log:\n" + "".join(running.log)) from None
-    answers = {a["WorkerId"]: _answers(a["Answer"]) for a in assignments}
+    answers = real_hit_answers(running, page, assignments=4)
     assert set(answers) == {"ADILIGENT01", "ASTRATEGIC01", "ASTRATEGIC02", "ASTRATEGIC03"}
     for worker, fields in answers.items():
         assert fields["right"] == "3", (worker, fields)  # the different pictures: answered

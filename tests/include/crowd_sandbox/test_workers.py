@@ -586,13 +586,9 @@ def _answers(xml: str) -> dict[str, str]:
     }
 
 
-@pytest.mark.skipif(not _site_is_real(), reason="worker_site.py is still a placeholder")
-def test_simulated_workers_do_a_real_hit_end_to_end(sandbox_factory, files):
-    running = sandbox_factory(
-        "--workers", "diligent:2,spammer:1", "--seconds-per-assignment", "0.2", "--worker-seed", "1"
-    )
-    correct = {"first": 2, "second": 0}
-    page = similarity_page(similarity_images(files.add, correct, seed=5), correct)
+def real_hit_answers(running, page: str, assignments: int) -> dict[str, dict[str, str]]:
+    """Create a HIT showing ``page`` on the ``running`` sandbox through boto3, wait until its
+    simulated workers submitted ``assignments`` assignments; return their answers by worker."""
     question = (
         '<HTMLQuestion xmlns="http://mechanicalturk.amazonaws.com/'
         'AWSMechanicalTurkDataSchemas/2011-11-11/HTMLQuestion.xsd">'
@@ -604,7 +600,7 @@ def test_simulated_workers_do_a_real_hit_end_to_end(sandbox_factory, files):
         Title="Which picture shows the same scene?",
         Description="Pick the matching picture",
         Reward="0.05",
-        MaxAssignments=3,
+        MaxAssignments=assignments,
         LifetimeInSeconds=600,
         AssignmentDurationInSeconds=300,
         Question=question,
@@ -614,13 +610,24 @@ def test_simulated_workers_do_a_real_hit_end_to_end(sandbox_factory, files):
         found = mturk.list_assignments_for_hit(
             HITId=hit_id, AssignmentStatuses=["Submitted"], MaxResults=10
         )["Assignments"]
-        return found if len(found) == 3 else None
+        return found if len(found) == assignments else None
 
     try:
-        assignments = wait_for(submitted, timeout=60, every=0.5)
+        found = wait_for(submitted, timeout=60, every=0.5)
     except AssertionError:
-        raise AssertionError("no 3 submissions; sandbox log:\n" + "".join(running.log)) from None
-    answers = {a["WorkerId"]: _answers(a["Answer"]) for a in assignments}
+        log = "".join(running.log)
+        raise AssertionError(f"no {assignments} submissions; sandbox log:\n{log}") from None
+    return {a["WorkerId"]: _answers(a["Answer"]) for a in found}
+
+
+@pytest.mark.skipif(not _site_is_real(), reason="worker_site.py is still a placeholder")
+def test_simulated_workers_do_a_real_hit_end_to_end(sandbox_factory, files):
+    running = sandbox_factory(
+        "--workers", "diligent:2,spammer:1", "--seconds-per-assignment", "0.2", "--worker-seed", "1"
+    )
+    correct = {"first": 2, "second": 0}
+    page = similarity_page(similarity_images(files.add, correct, seed=5), correct)
+    answers = real_hit_answers(running, page, assignments=3)
     assert set(answers) == {"ADILIGENT01", "ADILIGENT02", "ASPAMMER01"}
     for worker in ("ADILIGENT01", "ADILIGENT02"):
         assert answers[worker]["first"] == "opt2" and answers[worker]["second"] == "opt0"
