@@ -21,7 +21,7 @@ Per assignment, in this order, each step recorded in the batch's S3 ledger befor
    calls of at most the platform's limit (100 on MTurk), and each failed HIT named in at most
    one e-mail: a worker is mailed again only about HITs no earlier e-mail of theirs named (a
    campaign's later run), under the next of the ledger keys ``<worker>``, ``<worker>.2``, ...
-   (``_email_keys``). The ledger entry is claimed as "sending" *before* the call with a
+   (``_next_key``). The ledger entry is claimed as "sending" *before* the call with a
    conditional write
    (``If-None-Match: *``), so neither a crash during the call nor a concurrent review (the
    collect DAG) can cause a second e-mail (an interrupted one is logged as possibly unsent
@@ -499,14 +499,19 @@ class _Letter:
     text: str
 
 
-def _email_keys(emails: Mapping[str, dict], worker_id: str) -> tuple[list[dict], str]:
-    """A worker's e-mail entries in the ledger and the key of their next e-mail: ``<worker>``
-    first, then ``<worker>.2``, ``<worker>.3``... (two concurrent reviews pick the same next
-    key, so only one of them sends)."""
-    entries = [
-        doc for key, doc in emails.items() if key == worker_id or doc.get("worker") == worker_id
-    ]
-    return entries, worker_id if not entries else f"{worker_id}.{len(entries) + 1}"
+def _email_keys(emails: Mapping[str, dict]) -> dict[str, list[dict]]:
+    """Each worker's e-mail entries in the ledger (an entry names its worker; one from before
+    entries did is keyed by the worker id). A worker's next e-mail is keyed ``<worker>`` first,
+    then ``<worker>.2``, ``<worker>.3``... (``_next_key``: two concurrent reviews pick the same
+    next key, so only one of them sends)."""
+    by_worker: dict[str, list[dict]] = {}
+    for key, doc in emails.items():
+        by_worker.setdefault(doc.get("worker", key), []).append(doc)
+    return by_worker
+
+
+def _next_key(worker_id: str, entries: list[dict]) -> str:
+    return worker_id if not entries else f"{worker_id}.{len(entries) + 1}"
 
 
 def _no_bonus_letters(run: _Run) -> dict[str, _Letter]:
@@ -518,11 +523,15 @@ def _no_bonus_letters(run: _Run) -> dict[str, _Letter]:
         if review.worker_id in by_worker:
             by_worker[review.worker_id].append(review)
     letters = {}
+    mailed = _email_keys(run.emails)
     for worker_id, reviews in by_worker.items():
         failed = {r.hit_id for r in reviews if r.valid and not r.gold_correct}
-        entries, key = _email_keys(run.emails, worker_id)
-        if any("hits" not in entry for entry in entries):
-            continue  # mailed before e-mails named HITs: about all of them
+        entries = mailed.get(worker_id, [])
+        key = _next_key(worker_id, entries)
+        if any(not isinstance(entry.get("hits"), list) for entry in entries):
+            # mailed before e-mails named HITs (or an entry this code did not write): about
+            # all of them; never a second e-mail on a guess
+            continue
         named = {hit for entry in entries for hit in entry["hits"]}
         new = sorted(failed - named)
         if not new:
