@@ -89,12 +89,14 @@ def _well_formed(doc) -> bool:
     )
 
 
-def added_assignments(ledger: S3Ledger) -> dict[str, int]:
-    """Assignments added to each HIT so far (claimed ones included: they may have gone out)."""
-    return {
-        hit: sum(int(doc.get("count", 0)) for doc in docs)
-        for hit, docs in extensions_of(ledger).items()
-    }
+def added_assignments(
+    ledger: S3Ledger, entries: dict[str, list[dict]] | None = None
+) -> dict[str, int]:
+    """Assignments added to each HIT so far (claimed ones included: they may have gone out);
+    ``entries``: ``extensions_of(ledger)`` when already read."""
+    if entries is None:
+        entries = extensions_of(ledger)
+    return {hit: sum(doc["count"] for doc in docs) for hit, docs in entries.items()}
 
 
 @dataclass
@@ -129,6 +131,7 @@ def extend_unsure(
     approval_cents: dict[str, int] | None = None,
     budget_left_cents: int | None = None,
     now: datetime | None = None,
+    entries: dict[str, list[dict]] | None = None,
 ) -> RoundOutcome:
     """Give the unsure HITs of ``plans`` more assignments (see the module docstring).
 
@@ -137,12 +140,14 @@ def extend_unsure(
     :param open_until: the batch's deadline: an extended HIT stays open to work until then.
     :param approval_cents: what one more approved assignment of each HIT costs (reward + fee).
     :param budget_left_cents: what the batch may still commit (None: no cap).
+    :param entries: ``extensions_of(ledger)`` when the caller read it already.
     """
     now = now or datetime.now(UTC)
     outcome = RoundOutcome()
     if not overlap.adaptive:
         return outcome
-    entries = extensions_of(ledger)
+    if entries is None:
+        entries = extensions_of(ledger)
     left = budget_left_cents
     for plan in plans:
         if not plan.hit_id or plan.hit_id not in posteriors:

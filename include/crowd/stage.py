@@ -32,7 +32,7 @@ from include.common.files import read_json, write_bytes, write_json
 from include.crowd import costs, history, layout, quality
 from include.crowd import preflight as preflight_checks
 from include.crowd.create import create_hits, created_plans, load_manifest
-from include.crowd.extend import RoundOutcome, added_assignments, extend_unsure
+from include.crowd.extend import RoundOutcome, added_assignments, extend_unsure, extensions_of
 from include.crowd.ledger import S3Ledger
 from include.crowd.platform import CrowdPlatform, FeeSchedule, PlatformError
 from include.crowd.publish import (
@@ -448,10 +448,11 @@ def extend(
         plan.hit_id: HitTerms.of(plan, rules).approval_cents(fees) + bonus + fees.bonus_fee(bonus)
         for plan in plans
     }
+    entries = extensions_of(ledger)  # read once: for the budget left and for the round
     left = None
     if rules.budget:
         committed = Purse.of(
-            plans, ledger.entries("bonuses"), rules, fees, added_assignments(ledger)
+            plans, ledger.entries("bonuses"), rules, fees, added_assignments(ledger, entries)
         ).committed_cents
         left = costs.cents(rules.budget) - committed
     return extend_unsure(
@@ -465,6 +466,7 @@ def extend(
         approval_cents=each,
         budget_left_cents=left,
         now=now,
+        entries=entries,
     )
 
 
