@@ -566,13 +566,6 @@ def test_stop_is_prompt_while_thinking_and_the_crowd_survives_a_dead_site(monkey
 # --- the real sandbox -----------------------------------------------------------------------
 
 
-def _site_is_real() -> bool:
-    from pathlib import Path
-
-    source = Path(workers.__file__).with_name("worker_site.py").read_text()
-    return "PLACEHOLDER" not in source
-
-
 def _answers(xml: str) -> dict[str, str]:
     ns = {
         "a": "http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2005-10-01/QuestionFormAnswers.xsd"
@@ -620,7 +613,6 @@ def real_hit_answers(running, page: str, assignments: int) -> dict[str, dict[str
     return {a["WorkerId"]: _answers(a["Answer"]) for a in found}
 
 
-@pytest.mark.skipif(not _site_is_real(), reason="worker_site.py is still a placeholder")
 def test_simulated_workers_do_a_real_hit_end_to_end(sandbox_factory, files):
     running = sandbox_factory(
         "--workers", "diligent:2,spammer:1", "--seconds-per-assignment", "0.2", "--worker-seed", "1"
