@@ -38,6 +38,7 @@ points it at the local crowd sandbox.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from datetime import UTC, datetime, timedelta
@@ -51,13 +52,19 @@ from include.crowd.costs import DEFAULT_BUDGET, DEFAULT_MAX_BONUS
 from include.crowd.settings import (
     DEFAULT_CONFIDENCE,
     DEFAULT_EMAIL_SUBJECT,
+    DEFAULT_EXCLUDE_AFTER_GOLD_ANSWERS,
+    DEFAULT_EXCLUDE_BELOW_GOLD_ACCURACY,
     DEFAULT_HIT_DESCRIPTION,
     DEFAULT_HIT_INSTRUCTIONS,
+    DEFAULT_MAX_HITS_PER_WORKER,
     EMAIL_SUBJECT_MAX,
     INSTRUCTIONS_MAX,
+    MAX_GOLD_ANSWERS_PARAM,
+    MAX_HITS_PER_WORKER_PARAM,
 )
 from include.image_similarity.settings import (
     DEFAULTS,
+    GOLD_SOURCES,
     Embedding,
     SettingsError,
     SimilaritySettings,
@@ -102,6 +109,14 @@ PARAMS = {
         title="Known-answer (gold) sets",
         description="knownN.jpg, knownN_1st_match.jpg (correct), knownN_2nd_match.jpg, "
         "knownN_3rd_match.jpg. Local folder or gdrive://FOLDER_ID.",
+    ),
+    "gold_source": Param(
+        DEFAULTS.sources.gold, type="string", enum=list(GOLD_SOURCES), section=SOURCES,
+        title="Gold questions",
+        description="generated: made from the dataset (an altered copy of a dataset image, its "
+        "source and the model's own near neighbours of it), so the check looks like the work and "
+        "cannot be told apart; each HIT gets its own. provided: the known-answer sets. both: "
+        "generated while they last, then the provided sets.",
     ),
     "follow_external_symlinks": Param(
         DEFAULTS.sources.follow_external_symlinks, type="boolean", section=SOURCES,
@@ -246,8 +261,31 @@ PARAMS = {
     ),
     "exclude_failed_workers": Param(
         True, type="boolean", section=WORKERS,
-        title="Exclude workers who failed a known answer before",
-        description="Through a custom qualification the review grants to them.",
+        title="Exclude workers whose gold accuracy is too low",
+        description="Through a custom qualification the review grants to them, judged on "
+        "their gold record across every batch of the S3 prefix (the two Params below).",
+    ),
+    "exclude_after_gold_answers": Param(
+        DEFAULT_EXCLUDE_AFTER_GOLD_ANSWERS, type="integer", minimum=1,
+        maximum=MAX_GOLD_ANSWERS_PARAM, section=WORKERS,
+        title="Judge a worker after this many gold answers",
+        description="No worker is excluded before their record across batches holds this "
+        "many valid gold answers (too-fast and malformed ones do not count).",
+    ),
+    "exclude_below_gold_accuracy": Param(
+        DEFAULT_EXCLUDE_BELOW_GOLD_ACCURACY, type="number", minimum=0, maximum=1,
+        section=WORKERS, title="Exclude below this gold accuracy",
+        description="Share of their gold answers a worker must get right (0.6: 3 of 5 is "
+        "enough). 1, with 1 answer above: excluded after one miss; 0: nobody is excluded.",
+    ),
+    "max_hits_per_worker": Param(
+        DEFAULT_MAX_HITS_PER_WORKER, type="integer", minimum=0,
+        maximum=MAX_HITS_PER_WORKER_PARAM, section=WORKERS,
+        title="Most HITs of the batch per worker",
+        description="A worker who has submitted this many HITs of the batch gets the batch's "
+        "'HIT cap reached' qualification at the next review round and can no longer see or "
+        "accept its HITs (work submitted before that round is paid and counted). Also limits "
+        "how much of the gold one worker sees. 0: no cap.",
     ),
     "min_work_seconds": Param(
         0, type="number", minimum=0, maximum=3600, section=WORKERS,
@@ -376,7 +414,9 @@ def _batch_dir(params: dict, run_id: str, dag_id: str) -> Path:
 def _review_round(context, batch_dir: str, final: bool, deadline: float) -> list[str]:
     """One review round (``MTurkReviewRoundsOperator``): approve, pay gold passers, mail the
     others, each exactly once; unless ``final``, then give the unsure HITs more assignments
-    (adaptive overlap) and return their ids."""
+    (adaptive overlap) and return the ids of the HITs to wait for: those extended now and those
+    an earlier round (or an earlier try of the task) extended whose new assignments are not all
+    submitted."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from include.crowd import stage
@@ -404,7 +444,7 @@ def _review_round(context, batch_dir: str, final: bool, deadline: float) -> list
         )
     except DamagedEntry as exc:
         raise AirflowFailException(str(exc)) from exc
-    return extended.extended
+    return extended.extended + extended.awaiting  # a retried task waits for earlier rounds' too
 
 
 def _output_root(params: dict) -> Path:
@@ -643,8 +683,12 @@ def image_similarity_mturk():
 
         from include.image_similarity import pipeline
 
+        gold = _similarity_settings(get_current_context()["params"]).sources.gold
         try:
-            pipeline.check_known_answers(Path(batch_dir))
+            if gold == "generated":
+                pipeline.skip_known_answers(Path(batch_dir))
+            else:  # with "both", generated gold may fill in for no usable provided set
+                pipeline.check_known_answers(Path(batch_dir), required=gold == "provided")
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from exc
         return batch_dir
@@ -722,6 +766,31 @@ def image_similarity_mturk():
             raise AirflowFailException(str(exc)) from exc
         return batch_dir
 
+    @task
+    def prepare_gold(batch_dir: str) -> str:
+        """Make the gold questions: generated from the dataset so they look like the work (each
+        HIT its own), the provided sets, or both (Param gold_source)."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.image_similarity import pipeline
+        from include.image_similarity.rerank import RerankConfig
+
+        settings = _similarity_settings(get_current_context()["params"])
+        embedder = _embedder(settings.embedding) if settings.sources.gold != "provided" else None
+        matching = settings.matching
+        seed = int(hashlib.sha256(Path(batch_dir).name.encode()).hexdigest()[:8], 16)
+        try:
+            pipeline.prepare_gold(
+                Path(batch_dir),
+                embedder,
+                settings.sources.gold,
+                seed=seed,
+                rerank_config=RerankConfig(shortlist=matching.rerank_shortlist),
+            )
+        except ValueError as exc:  # too few pictures for the gold asked for: settings or data
+            raise AirflowFailException(str(exc)) from exc
+        return batch_dir
+
     @task(outlets=[MATCHES_ASSET])
     def write_contact_sheets(batch_dir: str) -> str:
         """Draw each query beside its matches; log the files left out and where results are."""
@@ -796,7 +865,8 @@ def image_similarity_mturk():
     check_settings() >> listed
     checked = validate_known_answers(listed)
     shard_stats = embed_images.expand(shard=plan_embedding(checked))
-    batch_dir = write_contact_sheets(match_queries(merge_embeddings(checked, shard_stats)))
+    matched = match_queries(merge_embeddings(checked, shard_stats))
+    batch_dir = write_contact_sheets(prepare_gold(matched))
     published = publish_images(batch_dir)
     hit_ids = create_hits(published)
     progress = MTurkHITsSensor(

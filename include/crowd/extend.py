@@ -15,7 +15,9 @@ An entry left claimed (a crash between 1 and 3) is finished by the next round: i
 already has the count the entry names, the call went through; else it is made again with the
 same token. The HIT's own ``MaxAssignments`` is the truth either way, so no extension happens
 twice, even after MTurk has forgotten the token. A HIT that expired (or would before new work
-can be done) is kept open first (``UpdateExpirationForHIT``) until the batch's deadline.
+can be done) is kept open first (``UpdateExpirationForHIT``) until the batch's deadline, also
+when finishing a claimed entry (the crash may have come before the expiry was moved); and the
+round that finishes one counts the HIT as extended, so the review rounds wait for it.
 
 What an extension commits (its rewards and fees) is checked against the budget before the
 claim; the batch's budget was checked at creation against the most assignments per HIT, so
@@ -107,6 +109,9 @@ class RoundOutcome:
     confident: int = 0
     at_maximum: int = 0
     waiting: int = 0  # HITs with assignments still being worked on
+    # HITs extended by an earlier round (or try) whose added assignments are not all submitted:
+    # a retried round must wait for them too, not end as though nothing had been extended.
+    awaiting: list[str] = field(default_factory=list)
     added: int = 0  # assignments added now
     refused: dict[str, str] = field(default_factory=dict)  # HIT id -> why not
 
@@ -115,6 +120,7 @@ class RoundOutcome:
             f"{len(self.extended)} HITs extended (+{self.added} assignments), "
             f"{self.confident} confident, {self.at_maximum} at the most assignments, "
             f"{self.waiting} still being worked on"
+            + (f" ({len(self.awaiting)} extended before)" if self.awaiting else "")
             + (f", {len(self.refused)} not extended" if self.refused else "")
         )
 
@@ -154,7 +160,10 @@ def extend_unsure(
             continue
         hit_id = plan.hit_id
         done = entries.get(hit_id, [])
-        task = _finish_claimed(platform, ledger, plan, done)
+        task, finished = _finish_claimed(platform, ledger, plan, done, open_until, now)
+        if finished:  # a crashed round's extension: this round waits for its assignments
+            outcome.extended.append(hit_id)
+            outcome.added += finished
         have = (plan.max_assignments or overlap.start) + sum(int(e["count"]) for e in done)
         count = more_assignments(posteriors[hit_id], have, submitted.get(hit_id, 0), overlap)
         if not count:
@@ -164,6 +173,8 @@ def extend_unsure(
                 outcome.at_maximum += 1
             else:
                 outcome.waiting += 1
+                if done and hit_id not in outcome.extended:
+                    outcome.awaiting.append(hit_id)
             continue
         cost = count * (approval_cents or {}).get(hit_id, 0)
         if left is not None and cost > left:
@@ -180,28 +191,36 @@ def extend_unsure(
         _add(platform, ledger, plan, number, entry)
         if left is not None:
             left -= cost
-        outcome.extended.append(hit_id)
+        if hit_id not in outcome.extended:
+            outcome.extended.append(hit_id)
         outcome.added += count
     log.info("adaptive overlap: %s", outcome.summary())
     return outcome
 
 
 def _finish_claimed(
-    platform: CrowdPlatform, ledger: S3Ledger, plan: HitPlan, entries: list[dict]
-) -> Task | None:
-    """Finish the HIT's extensions a crash left claimed; return the HIT as it is now, or None
-    when there was nothing to finish (no platform call made)."""
+    platform: CrowdPlatform,
+    ledger: S3Ledger,
+    plan: HitPlan,
+    entries: list[dict],
+    open_until: datetime,
+    now: datetime,
+) -> tuple[Task | None, int]:
+    """Finish the HIT's extensions a crash left claimed, keeping the HIT open first (the crash
+    may have come before its expiry was moved); return the HIT as it is now (None when there
+    was nothing to finish: no platform call made) and the assignments those entries add."""
     pending = [(n, e) for n, e in enumerate(entries, 1) if e.get("status") != "done"]
     if not pending:
-        return None
+        return None, 0
     task = platform.task(plan.hit_id)
+    _keep_open(platform, task, open_until, now)
     for number, entry in pending:
         if task.max_assignments < int(entry["target"]):
             _add(platform, ledger, plan, number, entry)
             task = platform.task(plan.hit_id)
         else:
             ledger.put(KIND, f"{plan.hit_id}.{number}", {**entry, "status": "done"})
-    return task
+    return task, sum(int(entry["count"]) for _, entry in pending)
 
 
 def _add(platform: CrowdPlatform, ledger: S3Ledger, plan: HitPlan, number: int, entry: dict):

@@ -115,6 +115,7 @@ def plan_hits(
     existing: Mapping[str, HitPlan] | None = None,
     reask_changed: bool = False,
     own_gold: bool = False,
+    preferred: Iterable[str] = (),
 ) -> list[HitPlan]:
     """Plan one HIT per query, in the order of ``queries``.
 
@@ -132,6 +133,8 @@ def plan_hits(
     :param own_gold: every new HIT gets a known-answer set of its own: no set, and no picture
         of a set, is used by two HITs (``existing`` included). By default sets are reused in the
         balanced rotation once each has been used.
+    :param preferred: set ids taken first: the rotation holds them before the others, so each
+        is used once before any other set is (generated gold before provided sets).
     :raises ValueError: no known-answer set, duplicate set ids or query contents, a query
         without matches, or an existing plan of another batch; with ``own_gold``, too few
         unused sets or two sets sharing a picture.
@@ -172,7 +175,9 @@ def plan_hits(
         seen[query.sha256] = query.name
 
     seed_text = _seed_text(seed)
-    rotation = _shuffled(sorted(by_id), "rotation", batch_id, seed_text)
+    first = set(preferred) & set(by_id)
+    rotation = _shuffled(sorted(first), "rotation first", batch_id, seed_text) if first else []
+    rotation += _shuffled(sorted(set(by_id) - first), "rotation", batch_id, seed_text)
     uses = Counter(
         plan.gold.gold_set
         for plan in existing.values()

@@ -58,6 +58,8 @@ class WorkerRequirements:
     :param masters: only the platform's best-rated workers (on MTurk: Masters, charged more).
     :param excluded: an exclusion (``CrowdPlatform.exclusion``) whose holders may not even see
         the task.
+    :param capped: another exclusion, the batch's "reached the most tasks of this batch"
+        (granted by the review to workers at the cap), whose holders may not see it either.
     """
 
     min_approval_rate: int | None = None
@@ -65,6 +67,7 @@ class WorkerRequirements:
     locales: tuple[str, ...] = ()
     masters: bool = False
     excluded: str | None = None
+    capped: str | None = None
 
 
 @dataclass(frozen=True)

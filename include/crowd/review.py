@@ -719,7 +719,7 @@ def spent(
         plans = list(created_plans(ledger).values())
     by_hit = {plan.hit_id: plan for plan in plans if plan.hit_id}
     reviews = None
-    rewards = charged = 0
+    rewards = charged = approved = 0
     for assignment_id, approval in ledger.entries("approvals").items():
         if approval["status"] != "Approved":
             continue
@@ -729,6 +729,7 @@ def spent(
                 reviews = ledger.entries("reviews")
             hit_id = reviews.get(assignment_id, {}).get("hit_id")
         terms = HitTerms.of(by_hit.get(hit_id), settings)
+        approved += 1
         rewards += terms.reward_cents
         charged += terms.approval_cents(fees) - terms.reward_cents
     bonus_amounts = [cents(b["amount"]) for b in ledger.entries("bonuses").values()]
@@ -739,4 +740,40 @@ def spent(
         "bonuses_cents": bonus_total,
         "fees_cents": charged,
         "total_cents": rewards + bonus_total + charged,
+        "approved": approved,
+        "bonuses_paid": len(bonus_amounts),
+    }
+
+
+def at_fixed_overlap(
+    plans: Sequence[HitPlan],
+    money: Mapping[str, int],
+    assignments: int,
+    settings: ReviewSettings,
+    fees: FeeSchedule,
+) -> dict:
+    """What the batch would have cost had every created HIT been given ``assignments`` (the
+    most adaptive overlap may reach) from the start, all of them approved: each HIT's reward
+    and its fee at that tier, and bonuses at this batch's own rate (bonuses paid per approved
+    assignment, from ``money``, ``spent``'s result) with their fee. The comparison adaptive
+    overlap is judged by; an estimate only in its bonuses."""
+    created = [plan for plan in plans if plan.hit_id]
+    rewards = fees_cents = 0
+    for plan in created:
+        terms = HitTerms.of(plan, settings)
+        terms = HitTerms(terms.reward_cents, assignments, terms.masters)
+        rewards += assignments * terms.reward_cents
+        fees_cents += assignments * (terms.approval_cents(fees) - terms.reward_cents)
+    total_assignments = assignments * len(created)
+    bonuses_paid = (
+        round(total_assignments * money["bonuses_paid"] / money["approved"])
+        if money["approved"]
+        else 0
+    )
+    bonus = cents(settings.bonus)
+    fees_cents += bonuses_paid * fees.bonus_fee(bonus)
+    return {
+        "assignments_per_hit": assignments,
+        "assignments": total_assignments,
+        "total_cents": rewards + bonuses_paid * bonus + fees_cents,
     }

@@ -36,8 +36,10 @@ from include.crowd.quality import Overlap
 
 # settings.json's layout: 1 was flat, 2 has parts, 3 adds posting.instructions,
 # review.email_subject and review.min_work_seconds, and reads posting.description as a text
-# with placeholders. A format-2 file is still read (``from_stored``): a campaign spans upgrades.
-FORMAT = 3
+# with placeholders; 4 adds review.exclude_after_gold_answers,
+# review.exclude_below_gold_accuracy and workers.max_hits_per_worker. Format-2 and format-3
+# files are still read (``from_stored``): a campaign spans upgrades.
+FORMAT = 4
 DEFAULT_HIT_INSTRUCTIONS = (
     "Each of the two questions below shows a reference picture and a few options. For each "
     "question, pick the option whose picture is the most similar to the reference picture: the "
@@ -53,6 +55,13 @@ DEFAULT_HIT_DESCRIPTION = (
 )
 DEFAULT_CONFIDENCE = 0.95  # adaptive overlap's target posterior of a winner
 DEFAULT_EMAIL_SUBJECT = "No bonus this time: the check question"
+# A worker is excluded (Param exclude_failed_workers) once their gold record across the
+# prefix's batches holds this many answers and the share right is below this.
+DEFAULT_EXCLUDE_AFTER_GOLD_ANSWERS = 3
+DEFAULT_EXCLUDE_BELOW_GOLD_ACCURACY = 0.6
+DEFAULT_MAX_HITS_PER_WORKER = 0  # no cap
+MAX_GOLD_ANSWERS_PARAM = 1000
+MAX_HITS_PER_WORKER_PARAM = 10000
 INSTRUCTIONS_MAX = 4000  # characters, filled in; the page must stay well under MTurk's 64 KiB
 DESCRIPTION_MAX = 2000  # MTurk's longest HIT description
 EMAIL_SUBJECT_MAX = 200  # NotifyWorkers' longest Subject
@@ -119,6 +128,10 @@ class ReviewPolicy:
     aggregation: str  # the primary aggregation method (``aggregation.Method``)
     email_subject: str  # of the no-bonus e-mail; plain text, no placeholders
     min_work_seconds: float  # a submission faster than this is not counted; 0: no minimum
+    # with exclude_failed_workers: excluded once a worker's gold record across batches holds
+    # at least this many answers and the share right is below the accuracy
+    exclude_after_gold_answers: int
+    exclude_below_gold_accuracy: float
 
     def __post_init__(self) -> None:
         check_primary(self.aggregation)
@@ -127,6 +140,17 @@ class ReviewPolicy:
             raise SettingsError(
                 "the Param 'min_work_seconds' must be 0 (no minimum) to 3600 seconds, not "
                 f"{self.min_work_seconds!r}"
+            )
+        if not 1 <= self.exclude_after_gold_answers <= MAX_GOLD_ANSWERS_PARAM:
+            raise SettingsError(
+                f"the Param 'exclude_after_gold_answers' must be 1 to {MAX_GOLD_ANSWERS_PARAM} "
+                f"gold answers, not {self.exclude_after_gold_answers!r}"
+            )
+        accuracy = self.exclude_below_gold_accuracy
+        if not (math.isfinite(accuracy) and 0 <= accuracy <= 1):
+            raise SettingsError(
+                "the Param 'exclude_below_gold_accuracy' must be a share from 0 (nobody is "
+                f"excluded) to 1 (excluded after one miss), not {accuracy!r}"
             )
 
 
@@ -138,6 +162,14 @@ class Workers:
     min_approved_hits: int | None
     locales: tuple[str, ...]
     masters: bool
+    max_hits_per_worker: int  # of one batch (a qualification enforces it); 0: no cap
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_hits_per_worker <= MAX_HITS_PER_WORKER_PARAM:
+            raise SettingsError(
+                f"the Param 'max_hits_per_worker' must be 0 (no cap) to "
+                f"{MAX_HITS_PER_WORKER_PARAM}, not {self.max_hits_per_worker!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -236,12 +268,15 @@ class CrowdSettings:
                 aggregation=param("aggregation_method"),
                 email_subject=param("email_subject"),
                 min_work_seconds=float(param("min_work_seconds")),
+                exclude_after_gold_answers=int(param("exclude_after_gold_answers")),
+                exclude_below_gold_accuracy=float(param("exclude_below_gold_accuracy")),
             ),
             workers=Workers(
                 min_approval_rate=param("min_approval_rate"),
                 min_approved_hits=param("min_approved_hits"),
                 locales=locales,
                 masters=bool(param("require_masters")),
+                max_hits_per_worker=int(param("max_hits_per_worker")),
             ),
             storage=Storage(
                 bucket=param("s3_bucket"),
@@ -259,12 +294,15 @@ class CrowdSettings:
     @classmethod
     def from_stored(cls, stored: Any) -> CrowdSettings:
         """Settings from a stored ``settings.json``: exactly these fields, each of its type. A
-        format-2 file (written before this version) is read as format 3 (``_format_2_as_3``).
+        format-2 file (written before this version) is read as format 3 (``_format_2_as_3``),
+        a format-3 file as format 4 (``_format_3_as_4``).
 
         :raises SettingsError: naming every unknown, missing or mistyped field.
         """
         if isinstance(stored, dict) and stored.get("format") == 2:
             stored = _format_2_as_3(stored)
+        if isinstance(stored, dict) and stored.get("format") == 3:
+            stored = _format_3_as_4(stored)
         return read_document(cls, stored, name="settings.json", version=FORMAT)
 
     def money(self) -> dict[str, Any]:
@@ -307,8 +345,9 @@ class CrowdSettings:
         """The HIT's description as MTurk lists it (``posting.description`` filled in)."""
         return fill(self.posting.description, self.placeholders, "hit_description")
 
-    def task_spec(self, exclusion_id: str | None) -> TaskSpec:
-        """What each HIT of the batch offers, and who may take it."""
+    def task_spec(self, exclusion_id: str | None, cap_id: str | None = None) -> TaskSpec:
+        """What each HIT of the batch offers, and who may take it: not the holders of
+        ``exclusion_id`` nor of ``cap_id`` (the batch's HIT cap reached)."""
         posting = self.posting
         return TaskSpec(
             title=posting.title,
@@ -325,6 +364,7 @@ class CrowdSettings:
                 locales=self.workers.locales,
                 masters=self.workers.masters,
                 excluded=exclusion_id,
+                capped=cap_id,
             ),
         )
 
@@ -376,6 +416,30 @@ def _format_2_as_3(stored: dict[str, Any]) -> dict[str, Any]:
     description = upgraded.get("posting", {}).get("description")
     if isinstance(description, str):
         upgraded["posting"]["description"] = description.replace("{", "{{").replace("}", "}}")
+    return upgraded
+
+
+def _format_3_as_4(stored: dict[str, Any]) -> dict[str, Any]:
+    """A format-3 ``settings.json`` as format 4: the exclusion rule and the HIT cap get the
+    defaults the DAG's Params have (format 3 excluded after one miss; the review of such a
+    batch now uses the rule over the workers' records, as every batch does). A format-3 file
+    that already has a field of format 4 was not written by format 3: refused."""
+    upgraded = {**stored, "format": 4}
+    added = (
+        ("review", "exclude_after_gold_answers", DEFAULT_EXCLUDE_AFTER_GOLD_ANSWERS),
+        ("review", "exclude_below_gold_accuracy", DEFAULT_EXCLUDE_BELOW_GOLD_ACCURACY),
+        ("workers", "max_hits_per_worker", DEFAULT_MAX_HITS_PER_WORKER),
+    )
+    for part, name, default in added:
+        holder = upgraded.get(part)
+        if not isinstance(holder, dict):
+            continue  # reading it names what is wrong
+        if name in holder:
+            raise SettingsError(
+                f"settings.json: format 3 has no field {part}.{name}; the file was not written "
+                "by this project"
+            )
+        upgraded[part] = {**holder, name: default}
     return upgraded
 
 

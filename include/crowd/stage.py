@@ -18,6 +18,7 @@ crowd platform (``platform.CrowdPlatform``; the DAG passes ``mturk.MTurkPlatform
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import Counter
@@ -44,12 +45,28 @@ from include.crowd.publish import (
     publish_images,
 )
 from include.crowd.records import HitPlan, ImageRef, Review
-from include.crowd.review import HitTerms, Purse, ReviewSettings, review_batch, spent
+from include.crowd.review import (
+    HitTerms,
+    Purse,
+    ReviewSettings,
+    at_fixed_overlap,
+    review_batch,
+    spent,
+)
 from include.crowd.settings import (
     AMOUNTS,
     MONEY_FIELDS,
     CrowdSettings,
     stored_money_fields,
+)
+from include.crowd.worker_records import (
+    ExclusionPolicy,
+    RecordsUnavailable,
+    WorkerRecords,
+    combined,
+    gold_answers,
+    records_of,
+    skills_of,
 )
 
 log = logging.getLogger(__name__)
@@ -59,7 +76,8 @@ SOURCES = "sources.json"  # the similarity stage's listing of the three collecti
 SETTINGS = "settings.json"
 FAILED_GOLD_QUALIFICATION = "image-similarity: failed a known-answer question"
 FAILED_GOLD_DESCRIPTION = (
-    "Workers who answered a known-answer question of an image-similarity batch wrongly."
+    "Workers whose answers to the known-answer questions of image-similarity batches were "
+    "too often wrong."
 )
 
 
@@ -281,9 +299,26 @@ def _plans(
         for gold in known
     ]
     by_query = newest_plans(existing.values())
+    source = gold_source(batch_dir)
     return layout.plan_hits(
-        batch_id, plan_queries, gold_sets, existing=by_query, reask_changed=reask_changed
+        batch_id,
+        plan_queries,
+        gold_sets,
+        existing=by_query,
+        reask_changed=reask_changed,
+        own_gold=source == "generated",
+        preferred=[gold["set_id"] for gold in known if gold.get("generated")],
     )
+
+
+def gold_source(batch_dir: Path) -> str:
+    """Where the batch's gold comes from (``gold.json``; provided before it existed)."""
+    path = batch_dir / "gold.json"
+    data = read_json(path) if path.exists() else {"source": "provided"}
+    source = data.get("source") if isinstance(data, dict) else None
+    if source not in ("provided", "generated", "both"):
+        raise ValueError(f"gold.json names an unknown gold source {source!r}")
+    return source
 
 
 def newest_plans(plans) -> dict[str, HitPlan]:
@@ -337,7 +372,10 @@ def create(
             len(plans),
             settings.batch_id,
         )
-    spec = settings.task_spec(exclusion_id if settings.review.exclude_failed_workers else None)
+    spec = settings.task_spec(
+        exclusion_id if settings.review.exclude_failed_workers else None,
+        hit_cap_qualification(platform, settings),
+    )
     platform.check_spec(spec)
     copies = HitCopies(
         s3,
@@ -405,8 +443,10 @@ def review(
     """Review every submitted assignment of the batch (exactly-once side effects).
 
     ``caps`` come from the Params of the run that pays: the batch's bonus and budget must be
-    within them, and every bonus is checked against the lower of both caps. Workers who failed
-    a known answer get ``exclusion_id`` (when given).
+    within them, and every bonus is checked against the lower of both caps. Then
+    (``after_review``) the batch's gold answers join the workers' records under the prefix,
+    workers whose record is below the exclusion rule get ``exclusion_id`` (when given), and
+    workers at the batch's HIT cap get its cap qualification.
     """
     ledger = ledger_for(s3, settings)
     check_money_settings(s3, settings)
@@ -417,8 +457,7 @@ def review(
     try:
         return review_batch(platform, plans, ledger, review_settings(settings, caps))
     finally:  # also when one HIT failed: the others' failing workers are still excluded
-        if exclusion_id:
-            exclude_failed_workers(platform, ledger, exclusion_id)
+        after_review(s3, platform, settings, exclusion_id)
 
 
 def extend(
@@ -459,7 +498,7 @@ def extend(
         platform,
         plans,
         ledger,
-        quality.posteriors(plans, reviews),
+        quality.posteriors(plans, reviews, gold_history(s3, settings, reviews)),
         dict(Counter(review.hit_id for review in {r.assignment_id: r for r in reviews}.values())),
         overlap,
         open_until=open_until,
@@ -478,12 +517,93 @@ def failed_gold_exclusion(platform: CrowdPlatform, enabled: bool) -> str | None:
     return platform.exclusion(FAILED_GOLD_QUALIFICATION, FAILED_GOLD_DESCRIPTION)
 
 
-def exclude_failed_workers(platform: CrowdPlatform, ledger: S3Ledger, exclusion_id: str) -> None:
-    """Exclude from later HITs every worker the ledger says answered a known answer wrongly,
-    once each (``ledger/exclusions/``). A refusal for one worker (a closed account, say) is
-    logged and the others go on: an exclusion must never stop a review."""
-    reviews = ledger.entries("reviews").values()
-    failed = sorted({r["worker_id"] for r in reviews if r.get("valid") and not r["gold_correct"]})
+def exclusion_policy(settings: CrowdSettings) -> ExclusionPolicy:
+    return ExclusionPolicy(
+        min_answers=settings.review.exclude_after_gold_answers,
+        below_accuracy=settings.review.exclude_below_gold_accuracy,
+    )
+
+
+def worker_records(s3, settings: CrowdSettings) -> WorkerRecords:
+    """The gold records of the workers of the batch's S3 prefix (shared by its batches)."""
+    return WorkerRecords(s3, settings.storage.bucket, settings.storage.prefix)
+
+
+def gold_history(s3, settings: CrowdSettings, reviews: Sequence[Review]) -> dict:
+    """The gold records, in the prefix's other batches, of the workers of ``reviews``
+    (``quality``'s ``history``); none when S3 cannot say (logged): the posterior then rests on
+    this batch's answers alone."""
+    try:
+        return worker_records(s3, settings).history(
+            {r.worker_id for r in reviews}, excluding_batch=settings.batch_id
+        )
+    except RecordsUnavailable as error:
+        log.warning("the workers' gold records in other batches could not be read: %s", error)
+        return {}
+
+
+def after_review(
+    s3, platform: CrowdPlatform, settings: CrowdSettings, exclusion_id: str | None
+) -> None:
+    """What follows each review (round): keep the batch's gold answers in the workers'
+    records (``worker_records``: each once), exclude the workers the rule judges too often
+    wrong over their whole record (when ``exclusion_id``), and give the batch's cap
+    qualification to workers at its HIT cap. Nothing here stops a review: S3 or the platform
+    failing is logged, and the next round does what this one could not."""
+    ledger = ledger_for(s3, settings)
+    entries = ledger.entries("reviews")
+    answers = gold_answers(settings.batch_id, entries)
+    store = worker_records(s3, settings)
+    earlier = None
+    try:
+        known = store.answers({a.worker_id for a in answers})
+        store.add(answers, known)
+        earlier = skills_of(known, excluding_batch=settings.batch_id)
+    except RecordsUnavailable as error:
+        log.warning(
+            "the workers' gold records under s3://%s/%s/ could not be read or kept (%s): "
+            "nobody is excluded this round; the next review keeps them",
+            store.bucket,
+            store.root,
+            error,
+        )
+    if exclusion_id and earlier is not None:
+        exclude_failed_workers(
+            platform,
+            ledger,
+            exclusion_id,
+            policy=exclusion_policy(settings),
+            history=earlier,
+            entries=entries,
+        )
+    cap = settings.workers.max_hits_per_worker
+    if cap:
+        try:
+            cap_id = hit_cap_qualification(platform, settings)
+        except PlatformError as error:
+            log.warning("the HIT cap's qualification could not be found or made: %s", error)
+        else:
+            cap_workers(platform, ledger, cap_id, cap, entries=entries)
+
+
+def exclude_failed_workers(
+    platform: CrowdPlatform,
+    ledger: S3Ledger,
+    exclusion_id: str,
+    *,
+    policy: ExclusionPolicy,
+    history: dict | None = None,
+    entries: dict[str, dict] | None = None,
+) -> None:
+    """Exclude from later HITs every worker of the batch whose gold record (their valid
+    answers in this batch's ledger plus ``history``, their record in the prefix's other
+    batches) ``policy`` excludes, once each (``ledger/exclusions/``). A refusal for one worker
+    (a closed account, say) is logged and the others go on: an exclusion must never stop a
+    review."""
+    entries = ledger.entries("reviews") if entries is None else entries
+    mine = records_of(entries)
+    records = combined(mine, {w: s for w, s in (history or {}).items() if w in mine})
+    failed = sorted(w for w, record in records.items() if policy.excludes(record))
     done = ledger.entries("exclusions")
     excluded = refused = 0
     for worker_id in (w for w in failed if w not in done):
@@ -493,16 +613,78 @@ def exclude_failed_workers(platform: CrowdPlatform, ledger: S3Ledger, exclusion_
             refused += 1
             log.warning("worker %r could not be excluded from later HITs: %s", worker_id, error)
             continue
-        ledger.put("exclusions", worker_id, {"qualification": exclusion_id})
+        record = records[worker_id]
+        ledger.put(
+            "exclusions",
+            worker_id,
+            {"qualification": exclusion_id, "right": record.right, "answers": record.answers},
+        )
         excluded += 1
     if excluded or refused:
         log.info(
-            "%d workers who failed a known answer are now excluded from later HITs "
-            "(%d before, %d refused)",
+            "%d workers are now excluded from later HITs: under %.0f%% right after %d or more "
+            "gold answers across batches (%d before, %d refused)",
             excluded,
+            policy.below_accuracy * 100,
+            policy.min_answers,
             len(done),
             refused,
         )
+
+
+def hit_cap_qualification(platform: CrowdPlatform, settings: CrowdSettings) -> str | None:
+    """The id of the batch's "reached the HIT cap" exclusion (made on first use), or None
+    without a cap (Param max_hits_per_worker 0). One per batch of a bucket and prefix: a
+    worker holds it for this batch only."""
+    if not settings.workers.max_hits_per_worker:
+        return None
+    where = f"{settings.storage.bucket}/{settings.storage.prefix}".encode()
+    tag = hashlib.sha256(where).hexdigest()[:8]
+    return platform.exclusion(
+        f"image-similarity: reached the HIT cap of batch {settings.batch_id} ({tag})",
+        f"Workers who did the most HITs one worker may do of image-similarity batch "
+        f"{settings.batch_id}.",
+    )
+
+
+def cap_workers(
+    platform: CrowdPlatform,
+    ledger: S3Ledger,
+    cap_id: str,
+    cap: int,
+    *,
+    entries: dict[str, dict] | None = None,
+) -> list[str]:
+    """Give ``cap_id`` to every worker who submitted ``cap`` or more HITs of the batch (any
+    submission, counted or not: each showed them a gold question), once each
+    (``ledger/capped/``); return who got it now. A refusal is logged, retried next round."""
+    entries = ledger.entries("reviews") if entries is None else entries
+    hits: dict[str, set[str]] = {}
+    for assignment_id, review in entries.items():
+        if isinstance(review, dict) and isinstance(review.get("worker_id"), str):
+            theirs = hits.setdefault(review["worker_id"], set())
+            theirs.add(str(review.get("hit_id", assignment_id)))
+    done = ledger.entries("capped")
+    granted = []
+    for worker_id in sorted(w for w, theirs in hits.items() if len(theirs) >= cap):
+        if worker_id in done:
+            continue
+        try:
+            platform.grant_exclusion(cap_id, worker_id)
+        except PlatformError as error:
+            log.warning("worker %r could not be kept from the batch's HITs: %s", worker_id, error)
+            continue
+        ledger.put("capped", worker_id, {"qualification": cap_id, "hits": len(hits[worker_id])})
+        granted.append(worker_id)
+    if granted:
+        log.info(
+            "%d workers reached the cap of %d HITs of this batch and see no more of them "
+            "(%d before)",
+            len(granted),
+            cap,
+            len(done),
+        )
+    return granted
 
 
 def load_reviews(ledger: S3Ledger) -> list[Review]:
@@ -524,13 +706,20 @@ def results(
 
     ledger = ledger_for(s3, settings)
     plans = load_manifest(ledger)
-    money = spent(ledger, review_settings(settings), fees, plans)
+    terms = review_settings(settings)
+    money = spent(ledger, terms, fees, plans)
+    reviews = load_reviews(ledger)
+    paid = {key: money[f"{key}_cents"] for key in ("rewards", "bonuses", "fees", "total")}
+    if settings.posting.max_assignments > settings.posting.assignments:  # adaptive overlap
+        fixed = at_fixed_overlap(plans, money, settings.posting.max_assignments, terms, fees)
+        paid["at_fixed_overlap"] = fixed | {"total": costs.usd(fixed["total_cents"])}
     aggregated = aggregate(
         plans,
-        load_reviews(ledger),
-        spent={key: money[f"{key}_cents"] for key in ("rewards", "bonuses", "fees", "total")},
+        reviews,
+        spent=paid,
         show_worker_ids=settings.review.show_worker_ids,
         primary=settings.review.aggregation,
+        history=gold_history(s3, settings, reviews),
     )
     thumbnail = image_source(batch_dir, s3, settings)
     past = history.history_of(

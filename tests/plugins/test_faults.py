@@ -6,8 +6,11 @@ call, ``read_batch_progress`` for the wait (what the sensor and its trigger run)
 step is retried as Airflow retries a task (up to 2 retries). Afterwards the sandbox must hold
 every HIT once, every assignment approved, one bonus per gold passer and none to anyone else,
 at most one e-mail per failing worker (an e-mail whose call failed ambiguously is reported, not
-repeated), and the ledger's money must equal what the sandbox charged. The counts are written
-to ``.artifacts/reliability/faults.json`` for RELIABILITY.md.
+repeated), and the ledger's money must equal what the sandbox charged. Adaptive overlap's calls
+(``CreateAdditionalAssignmentsForHIT``, ``UpdateExpirationForHIT``) meet throttling, 5xx and
+answers lost after the call took effect (also after MTurk forgot the request token): each HIT
+is still extended exactly once. The counts are written to
+``.artifacts/reliability/faults.json`` for RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -216,3 +220,219 @@ def test_notify_throttled_to_the_end_is_sent_by_the_retry(crowd_factory, s3):
     _send_emails(mturk_platform(mturk), ledger, {}, ["AFAILED"], REVIEW, outcome)
     assert _mails(crowd, "AFAILED") == 1
     assert ledger.get("emails", "AFAILED") == {"status": "sent"}
+
+
+# --- adaptive overlap: CreateAdditionalAssignmentsForHIT and UpdateExpirationForHIT ---------
+
+ROUND_QUERIES = 3
+EXPIRED_HITS = (0, 2)  # their extension moves the expiry first (UpdateExpirationForHIT)
+EXTENSION_CALLS = ("CreateAdditionalAssignmentsForHIT", "UpdateExpirationForHIT")
+NO_FAULTS = {"throttle_rate": 0.0, "error_rate": 0.0, "slow_rate": 0.0}
+
+
+def faults_only_on(crowd, client, operations: tuple[str, ...], **settings):
+    """Have the sandbox inject ``settings``' faults into ``client``'s ``operations`` only: they
+    are switched on when one of those calls starts and off when another starts
+    (``before-call`` comes once per call, so botocore's retries of a call all meet them; each
+    call starts the faults' seeded sequence again). Returns what switches them off for good."""
+    state = {"on": None}
+
+    def switch(model, **_kwargs) -> None:
+        on = model.name in operations
+        if on != state["on"]:
+            crowd.admin("faults", settings if on else NO_FAULTS)
+            state["on"] = on
+
+    client.meta.events.register("before-call.mturk", switch)
+
+    def off() -> None:
+        client.meta.events.unregister("before-call.mturk", switch)
+        crowd.admin("faults", NO_FAULTS)
+
+    return off
+
+
+def _unsure_round(crowd, s3, batch: str):
+    """A batch of ``ROUND_QUERIES`` HITs, each answered three ways (every one unsure: one more
+    assignment each), ``EXPIRED_HITS`` expired, reviewed once without faults."""
+    from mturk_provider.hooks.mturk import MTurkHook
+
+    mturk = MTurkHook().conn
+    platform = mturk_platform(mturk)
+    ledger = S3Ledger(s3, "faults", "image-similarity", batch)
+    created = create_hits(platform, plans_for(batch, ROUND_QUERIES), ledger, SETTINGS, render)
+    for plan in created:
+        for worker, model in (("ASPLIT1", "1"), ("ASPLIT2", "2"), ("ASPLIT3", "3")):
+            crowd.work(plan.hit_id, worker, {plan.gold.field: "2", plan.model.field: model})
+    for n in EXPIRED_HITS:
+        platform.expire(created[n].hit_id)
+    before = float(mturk.get_account_balance()["AvailableBalance"])
+    reviews = review_batch(platform, load_manifest(ledger), ledger, REVIEW).reviews
+    return mturk, ledger, created, reviews, before
+
+
+def _extend(s3, mturk, batch: str, reviews, open_until):
+    """The extension part of a review round, as the DAG's ``_review_round`` runs it."""
+    from include.crowd import stage
+    from testsupport.crowd_plans import crowd_settings
+
+    settings = crowd_settings(batch, s3_bucket="faults", max_assignments_per_hit=5)
+    caps = stage.PaymentCaps(max_bonus="5.00", budget=settings.payment.budget)
+    return stage.extend(
+        s3, mturk_platform(mturk), settings, reviews, caps=caps, open_until=open_until
+    )
+
+
+def _extension_calls(crowd, hit_ids) -> Counter:
+    """CreateAdditionalAssignmentsForHIT calls that took effect, per HIT (by their tokens)."""
+    with sqlite3.connect(f"file:{crowd.state}?mode=ro", uri=True) as db:
+        rows = db.execute(
+            "SELECT json_extract(doc, '$.HITId') FROM tokens "
+            "WHERE operation = 'CreateAdditionalAssignmentsForHIT'"
+        ).fetchall()
+    return Counter(hit for (hit,) in rows if hit in hit_ids)
+
+
+def _assert_extended_exactly_once(crowd, mturk, ledger, created, open_until=None) -> None:
+    from include.crowd.extend import added_assignments
+
+    hit_ids = [p.hit_id for p in created]
+    added = added_assignments(ledger)
+    assert added == {h: 1 for h in hit_ids}
+    assert _extension_calls(crowd, hit_ids) == {h: 1 for h in hit_ids}
+    assert {e["status"] for e in ledger.entries("extensions").values()} == {"done"}
+    for hit_id in hit_ids:
+        hit = mturk.get_hit(HITId=hit_id)["HIT"]
+        assert hit["MaxAssignments"] == SETTINGS.assignments + added[hit_id]
+        if open_until is not None:  # the expired HITs were kept open until the deadline
+            assert hit["HITStatus"] == "Assignable", hit
+            assert hit["Expiration"] >= open_until - timedelta(seconds=1), hit
+
+
+def _assert_the_money_agrees(crowd, mturk, ledger, created, before: float) -> None:
+    """One worker takes each new assignment (and nobody a second); the last review pays; the
+    ledger's money is what the sandbox charged."""
+    for plan in created:
+        crowd.work(plan.hit_id, "ALATE1", {plan.gold.field: "2", plan.model.field: "1"})
+        assert crowd.accept_status(plan.hit_id, "ALATE2") != 303
+    review_batch(mturk_platform(mturk), load_manifest(ledger), ledger, REVIEW)
+    charged = round(before - float(mturk.get_account_balance()["AvailableBalance"]), 2)
+    assert len(ledger.entries("approvals")) == (SETTINGS.assignments + 1) * ROUND_QUERIES
+    assert charged == spent(ledger, REVIEW, FEES)["total_cents"] / 100
+
+
+def _answers(crowd, operation: str, since: int = 0) -> Counter:
+    """What the sandbox answered ``operation``: ``{"200 ok": n, "400 ThrottlingException": n,
+    ...}`` from its request log (from its ``since``-th line)."""
+    found = Counter()
+    for line in crowd.log[since:]:
+        _, _, rest = line.partition(f"server: {operation} ")
+        if rest:
+            found[" ".join(rest.split()[:2])] += 1
+    return found
+
+
+ADD, MOVE = EXTENSION_CALLS
+REFUSED_AGAIN = "400 RequestError"  # a repeated token: MTurk adds nothing (DuplicateRequest)
+
+
+@pytest.mark.parametrize(
+    ("case", "operations", "faults", "expected"),
+    [
+        (
+            "throttled",
+            EXTENSION_CALLS,
+            {"throttle_rate": 0.6, "seed": 3},
+            {ADD: ["400 ThrottlingException"], MOVE: ["400 ThrottlingException"]},
+        ),
+        # Seed 14: 5xx before and after the change on both calls, and an addition retried
+        # after it took effect.
+        (
+            "5xx",
+            EXTENSION_CALLS,
+            {"error_rate": 0.6, "seed": 14},
+            {ADD: ["5", REFUSED_AGAIN], MOVE: ["5"]},
+        ),
+        # Each call's first attempt takes effect and its answer is lost (seed 7); botocore's
+        # later attempts carry the same token, and MTurk refuses to add the assignments again.
+        ("answer-lost", (ADD,), {"error_rate": 1.0, "seed": 7}, {ADD: ["5", REFUSED_AGAIN]}),
+    ],
+)
+def test_extensions_under_faults_happen_exactly_once(
+    crowd_factory, s3, record, case, operations, faults, expected
+):
+    crowd = crowd_factory()
+    batch = f"extend-{case}"
+    mturk, ledger, created, reviews, before = _unsure_round(crowd, s3, batch)
+    open_until = (datetime.now(UTC) + timedelta(minutes=40)).replace(microsecond=0)
+    off = faults_only_on(crowd, mturk, operations, **faults)
+    since = len(crowd.log)
+    attempts: list[int] = []
+    outcome = as_task(lambda: _extend(s3, mturk, batch, reviews, open_until), attempts)
+    injected = crowd.admin("faults")["injected"]
+    off()
+    assert sorted(outcome.extended) == sorted(p.hit_id for p in created)
+    _assert_extended_exactly_once(crowd, mturk, ledger, created, open_until)
+    for operation, answers in expected.items():  # the faults met the calls meant
+        answered = _answers(crowd, operation, since)
+        for answer in answers:
+            assert any(a.startswith(answer) for a in answered), (operation, answer, answered)
+    _assert_the_money_agrees(crowd, mturk, ledger, created, before)
+    record[f"extensions: {case}"] = {
+        "hits": ROUND_QUERIES,
+        "faults_injected": injected,
+        "answers": {op: dict(_answers(crowd, op, since)) for op in EXTENSION_CALLS},
+        "task_attempts": sum(attempts),
+        "duplicate_extensions": sum(
+            c - 1 for c in _extension_calls(crowd, [p.hit_id for p in created]).values()
+        ),
+    }
+
+
+def test_extensions_throttled_to_the_end_are_finished_once_by_the_retry(crowd_factory, s3):
+    crowd = crowd_factory()
+    batch = "extend-throttled-out"
+    mturk, ledger, created, reviews, before = _unsure_round(crowd, s3, batch)
+    open_until = (datetime.now(UTC) + timedelta(minutes=40)).replace(microsecond=0)
+    from include.crowd.platform import Throttled
+
+    off = faults_only_on(crowd, mturk, (ADD,), throttle_rate=1.0)
+
+    with pytest.raises(Throttled, match="Throttling"):
+        _extend(s3, mturk, batch, reviews, open_until)
+    # The first HIT's entry stays claimed (its expiry was moved); nothing was added.
+    first = created[0].hit_id
+    assert ledger.get("extensions", f"{first}.1")["status"] == "requesting"
+    assert _extension_calls(crowd, [p.hit_id for p in created]) == {}
+    off()  # MTurk answers again: the task's retry
+    outcome = _extend(s3, mturk, batch, reviews, open_until)
+    assert sorted(outcome.extended) == sorted(p.hit_id for p in created)
+    _assert_extended_exactly_once(crowd, mturk, ledger, created, open_until)
+    _assert_the_money_agrees(crowd, mturk, ledger, created, before)
+
+
+def test_an_answer_lost_after_mturk_forgot_the_token_adds_nothing_again(crowd_factory, s3):
+    """The call took effect, its answer was lost and the client had no retry left; the round
+    is retried after MTurk's 24 hours of token memory: the HIT's MaxAssignments says it is
+    done."""
+    crowd = crowd_factory()
+    batch = "extend-token-forgotten"
+    mturk, ledger, created, reviews, _ = _unsure_round(crowd, s3, batch)
+    open_until = (datetime.now(UTC) + timedelta(minutes=40)).replace(microsecond=0)
+    from include.crowd.platform import PlatformError
+
+    once = crowd.client()  # one attempt per call: the lost answer fails the round
+    off = faults_only_on(crowd, once, (ADD,), error_rate=1.0, seed=4)
+
+    with pytest.raises(PlatformError):
+        _extend(s3, once, batch, reviews, open_until)
+    first = created[0].hit_id
+    assert ledger.get("extensions", f"{first}.1")["status"] == "requesting"
+    assert sum(_answers(crowd, ADD).values()) == 1  # seed 4: a 5xx after the change
+    assert _extension_calls(crowd, [first]) == {first: 1}  # it took effect
+    crowd.admin("clock", {"advance": 25 * 3600})  # the token is forgotten
+    off()
+    _extend(s3, mturk, batch, reviews, open_until)
+    # One call per HIT took effect; the first HIT's was not repeated (the HIT's count said it
+    # was done), though its token would have been accepted again.
+    _assert_extended_exactly_once(crowd, mturk, ledger, created)

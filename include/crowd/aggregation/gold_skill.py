@@ -24,9 +24,10 @@ ABOUT = (
 
 
 def fit(table: Table) -> Result:
-    """The posterior of each HIT's model question from ``table.reviews``."""
+    """The posterior of each HIT's model question from ``table.reviews``, each worker's
+    skill from their gold answers here and in the prefix's other batches (``table.history``)."""
     plans = list(table.plans.values())
-    posteriors = quality.posteriors(plans, table.reviews)
+    posteriors = quality.posteriors(plans, table.reviews, table.history)
     outcomes = {
         hit_id: Outcome.decide(table.options(hit_id), post.probabilities)
         for hit_id, post in posteriors.items()

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Mapping
 from datetime import datetime
 from types import ModuleType
 
 from include.crowd.aggregation import DEFAULT_PRIMARY, Method, check_primary
 from include.crowd.aggregation.results import assemble
 from include.crowd.aggregation.table import Table
+from include.crowd.quality import Skill
 from include.crowd.records import HitPlan, Review
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ def aggregate(
     computed_at: datetime | str | None = None,
     show_worker_ids: bool = False,
     primary: str = DEFAULT_PRIMARY,
+    history: Mapping[str, Skill] | None = None,
 ) -> dict:
     """Aggregate ``reviews`` per HIT of ``plans`` with every method.
 
@@ -42,9 +45,12 @@ def aggregate(
     :param show_worker_ids: list workers by their MTurk ids instead of pseudonyms.
     :param primary: the method whose verdict the top-level fields carry (a :class:`Method`
         value).
+    :param history: each worker's gold record in other batches of the S3 prefix
+        (``worker_records``): the gold-anchored posterior weighs workers by it too, and the
+        worker table shows it.
     """
     primary = check_primary(primary)
-    table = Table.build(plans, reviews)
+    table = Table.build(plans, reviews, history)
     fitted = {method.value: module.fit(table) for method, module in methods.items()}
     about = {
         method.value: {"title": module.TITLE, "reads": module.READS, "about": module.ABOUT}

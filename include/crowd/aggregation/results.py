@@ -74,7 +74,8 @@ from include.crowd.aggregation.table import (
     ranked_options,
 )
 from include.crowd.costs import usd
-from include.crowd.records import NONE_OF_THESE, HitPlan
+from include.crowd.quality import Skill
+from include.crowd.records import NONE_OF_THESE, HitPlan, Review
 
 RESULTS_VERSION = 2
 DIGITS = 4
@@ -256,12 +257,24 @@ def _workers(
                 "gold_failed": sum(1 for r in mine if r.valid and r.gold_correct is False),
                 "too_fast": sum(1 for r in mine if r.too_fast),
                 "median_seconds": _median_seconds(mine),
+                "gold_across_batches": _gold_across_batches(mine, table.history.get(worker_id)),
                 "agreement": {
                     name: _share(agree[name][worker_id], given[name][worker_id]) for name in fitted
                 },
             }
         )
     return rows
+
+
+def _gold_across_batches(mine: list[Review], earlier: Skill | None) -> dict[str, Any]:
+    """A worker's valid gold answers here plus their record in the prefix's other batches."""
+    right = sum(1 for r in mine if r.valid and r.gold_correct is True) + (
+        earlier.right if earlier else 0
+    )
+    answers = sum(1 for r in mine if r.valid and r.gold_correct is not None) + (
+        earlier.answers if earlier else 0
+    )
+    return {"right": right, "answers": answers, "share": _share(right, answers)}
 
 
 def money(spent: dict | None) -> dict[str, Any] | None:

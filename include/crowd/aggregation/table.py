@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from include.crowd.quality import Skill
 from include.crowd.records import NONE_OF_THESE, HitPlan, Option, Question, Review
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,16 @@ class Table:
     votes: pd.DataFrame
     answers: pd.DataFrame
     true_labels: dict[str, str]  # gold task -> its correct position
+    # each worker's gold record in the S3 prefix's other batches (``quality.Skill``)
+    history: Mapping[str, Skill] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, plans: list[HitPlan], reviews: list[Review]) -> Table:
+    def build(
+        cls,
+        plans: list[HitPlan],
+        reviews: list[Review],
+        history: Mapping[str, Skill] | None = None,
+    ) -> Table:
         by_hit = {plan.hit_id: plan for plan in plans if plan.hit_id}
         latest = {review.assignment_id: review for review in reviews}
         answered = sorted(latest.values(), key=lambda r: (r.hit_id, r.assignment_id))
@@ -109,6 +117,7 @@ class Table:
             votes=pd.DataFrame(votes, columns=COLUMNS),
             answers=pd.DataFrame(answers, columns=COLUMNS),
             true_labels=dict(sorted(true_labels.items())),
+            history=dict(history or {}),
         )
 
     def options(self, hit_id: str) -> list[Option]:

@@ -29,6 +29,7 @@ def for_workers(requirements: WorkerRequirements, environment: str) -> list[dict
         exclude_qualification_id=requirements.excluded,
         masters=requirements.masters,
         environment=environment,
+        cap_qualification_id=requirements.capped,
     )
 
 
@@ -46,6 +47,7 @@ def qualification_requirements(
     exclude_qualification_id: str | None,
     masters: bool = False,
     environment: Literal["sandbox", "production"],
+    cap_qualification_id: str | None = None,
 ) -> list[dict]:
     """Return ``QualificationRequirements`` for ``CreateHIT``, in boto3's shape.
 
@@ -62,6 +64,8 @@ def qualification_requirements(
     :param exclude_qualification_id: a custom qualification type whose holders may not work.
     :param masters: require the Masters qualification of ``environment``.
     :param environment: ``"sandbox"`` or ``"production"`` (the Masters ids differ).
+    :param cap_qualification_id: the batch's "reached the HIT cap" qualification type: its
+        holders (granted at each review round) may not see or accept more HITs of the batch.
     """
     if environment not in MASTERS:
         raise ValueError(f"environment must be 'sandbox' or 'production', not {environment!r}")
@@ -93,14 +97,15 @@ def qualification_requirements(
                 "ActionsGuarded": "Accept",
             }
         )
-    if exclude_qualification_id:
-        requirements.append(
-            {
-                "QualificationTypeId": exclude_qualification_id,
-                "Comparator": "DoesNotExist",
-                "ActionsGuarded": "DiscoverPreviewAndAccept",
-            }
-        )
+    for excluded in (exclude_qualification_id, cap_qualification_id):
+        if excluded:
+            requirements.append(
+                {
+                    "QualificationTypeId": excluded,
+                    "Comparator": "DoesNotExist",
+                    "ActionsGuarded": "DiscoverPreviewAndAccept",
+                }
+            )
     return requirements
 
 

@@ -202,6 +202,11 @@ class HITOperations(SandboxCore):
         return {}
 
     def op_CreateAdditionalAssignmentsForHIT(self, params: dict[str, Any], request_id: str):
+        """Raise a HIT's MaxAssignments. ``UniqueRequestToken`` works as the MTurk API reference
+        (CreateAdditionalAssignmentsForHIT) describes it: a retry with the token of a call that
+        went through extends nothing and answers an error naming the original request; as for
+        CreateHIT, tokens expire after 24 hours (``TOKEN_LIFETIME_S``), after which the same
+        token extends the HIT again."""
         token = params.get("UniqueRequestToken")
         seen = self._seen_token("CreateAdditionalAssignmentsForHIT", token)
         if seen:

@@ -42,8 +42,9 @@ class MTurkReviewRoundsOperator(BaseOperator):
 
     :param review_round: ``(context, batch_dir, final, deadline) -> HIT ids extended``.
     :param batch_dir: the batch folder (templated: an XComArg resolves to it).
-    :param wait_seconds: how long all rounds together may wait, from the task's first start
-        (templated, so a Param can set it).
+    :param wait_seconds: how long all rounds together may wait, from the start of the try
+        that runs round 1 (templated, so a Param can set it); a retried task starts round 1
+        again with a new deadline, and waits again for HITs an earlier try extended.
     :param poll_interval: seconds between the trigger's polls.
     :param max_rounds: the most review rounds (a backstop: the HITs' maximum ends it first).
     :param aws_conn_id: the AWS connection of MTurk (its extra may point at the sandbox).

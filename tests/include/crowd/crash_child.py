@@ -1,5 +1,8 @@
-"""One crowd step (``create`` or ``review``) in its own process, killed with SIGKILL at a chosen
-point; the crash tests (``test_crash.py``) run it, then run it again as Airflow's retry would.
+"""One crowd step (``create``, ``review`` or ``round``) in its own process, killed with SIGKILL at
+a chosen point; the crash tests (``test_crash.py``) run it, then run it again as Airflow's retry
+would. ``round`` is one adaptive-overlap review round (what ``MTurkReviewRoundsOperator`` runs):
+the review, then ``stage.extend`` with the batch's deadline ``open_until`` (ISO 8601) from
+CONFIG_JSON; its summary also says at which event the extension began (``extension_from``).
 
     python crash_child.py STEP CONFIG_JSON
 
@@ -19,18 +22,38 @@ import json
 import os
 import signal
 import sys
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from include.crowd import stage  # noqa: E402
 from include.crowd.create import create_hits, load_manifest  # noqa: E402
 from include.crowd.ledger import S3Ledger  # noqa: E402
 from include.crowd.review import review_batch  # noqa: E402
-from testsupport.crowd_plans import REVIEW, SETTINGS, plans_for, render  # noqa: E402
+from testsupport.crowd_plans import (  # noqa: E402
+    REVIEW,
+    SETTINGS,
+    crowd_settings,
+    plans_for,
+    render,
+)
 from testsupport.motokit import s3_client  # noqa: E402
 from testsupport.platforms import mturk_platform  # noqa: E402
+
+ROUND_BUDGET = "20.00"
+
+
+def round_settings(config: dict):
+    """The batch's crowd settings for ``round``: ``REVIEW``'s money, 3 to 5 assignments."""
+    return crowd_settings(
+        config["batch_id"],
+        s3_bucket=config["bucket"],
+        max_assignments_per_hit=5,
+        budget_usd=ROUND_BUDGET,
+    )
 
 
 def clients(config: dict):
@@ -78,6 +101,24 @@ def main() -> int:
             "approved": outcome.approved,
             "bonuses": outcome.bonuses_paid,
             "emails": outcome.emails_sent,
+        }
+    elif step == "round":
+        platform = mturk_platform(mturk)
+        reviewed = review_batch(platform, load_manifest(ledger), ledger, REVIEW)
+        extension_from = count["events"]
+        outcome = stage.extend(
+            s3,
+            platform,
+            round_settings(config),
+            reviewed.reviews,
+            caps=stage.PaymentCaps(max_bonus="5.00", budget=ROUND_BUDGET),
+            open_until=datetime.fromisoformat(config["open_until"]),
+        )
+        summary = {
+            "extended": outcome.extended,
+            "awaiting": outcome.awaiting,
+            "added": outcome.added,
+            "extension_from": extension_from,
         }
     else:
         raise SystemExit(f"unknown step {step!r}")

@@ -142,6 +142,7 @@ def test_an_unsure_hit_gets_one_more_assignment_exactly_once_until_its_maximum(c
     # The same round again (a retry): the new assignment is not submitted yet, nothing added.
     again = round_of(platform, ledger, [p])
     assert again.extended == [] and again.waiting == 1
+    assert again.awaiting == [p.hit_id]  # a retried task waits for it rather than ending
     assert mturk.get_hit(HITId=p.hit_id)["HIT"]["MaxAssignments"] == 4
 
     crowd.work(p.hit_id, "AFOUR", answers_for(p, gold=2, model=4))  # still unsure

@@ -5,6 +5,9 @@ retried in a fresh process, as Airflow retries a task whose worker died.
 After each kill and retry the crowd sandbox (the service's own record) must show every HIT
 once, every bonus to each gold passer once and to nobody else, every failing worker mailed at
 most once, every assignment approved, and the S3 ledger must agree with it, down to the money.
+An adaptive-overlap review round is killed at every event of its extensions (claims, expiry
+moves, ``CreateAdditionalAssignmentsForHIT``, entries marked done, between HITs): after the rerun
+each HIT has exactly the assignments the ledger added, kept open until the deadline.
 The counts are written to ``.artifacts/reliability/crash.json`` for RELIABILITY.md.
 """
 
@@ -17,15 +20,17 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from include.crowd.create import create_hits, load_manifest
+from include.crowd.extend import added_assignments
 from include.crowd.ledger import S3Ledger
 from include.crowd.mturk import FEES
 from include.crowd.mturk.question import TOKEN_MARK
-from include.crowd.review import spent
+from include.crowd.review import review_batch, spent
 from testsupport import sandbox_process as sandbox_fixtures
 from testsupport.crowd_plans import REVIEW, SETTINGS, plans_for, reliability_record, render
 from testsupport.motokit import moto_s3, s3_client
@@ -247,4 +252,138 @@ def test_review_killed_anywhere_then_retried_pays_and_mails_at_most_once(service
         "duplicate_emails": totals["duplicate_emails"],
         "emails_lost_to_a_crash_and_reported": totals["emails_unsure"],
         "answers_lost": totals["answers_lost"],
+    }
+
+
+# --- adaptive overlap: a review round killed anywhere in its extensions -------------------------
+
+ROUND_QUERIES = 2  # one expired, one not; the second HIT puts kill points between HITs
+ROUND_START = 3  # assignments a HIT starts with; the round may take each to 5
+EXPIRED_HITS = (0,)  # expired before the round: their extension first moves the expiry
+# Per HIT: every worker answers the gold question right and picks another match: unsure.
+SPLIT_ANSWERS = {1: "1", 2: "2", 3: "3"}
+
+
+def _unsure_batch(services, batch: str) -> list:
+    """The batch's HITs, each answered three ways (so each gets one more assignment), the
+    ``EXPIRED_HITS`` of them expired."""
+    crowd = services["crowd"]
+    platform = mturk_platform(crowd.client())
+    created = create_hits(
+        platform, plans_for(batch, ROUND_QUERIES), ledger_for(services, batch), SETTINGS, render
+    )
+    for plan in created:
+        for worker, model in SPLIT_ANSWERS.items():
+            answers = {plan.gold.field: GOLD_ANSWERS[1], plan.model.field: model}
+            crowd.work(plan.hit_id, _worker(batch, worker), answers)
+    for n in EXPIRED_HITS:
+        platform.expire(created[n].hit_id)
+    return created
+
+
+def _worker(batch: str, n: int) -> str:
+    return f"A{batch.upper().replace('-', '')}W{n}"
+
+
+def run_round(services, batch: str, open_until: str, kill_at: int = 0):
+    config = {
+        "s3": services["s3_url"],
+        "sandbox": services["crowd"].url,
+        "bucket": BUCKET,
+        "batch_id": batch,
+        "queries": ROUND_QUERIES,
+        "kill_at": kill_at,
+        "open_until": open_until,
+    }
+    return subprocess.run(
+        [sys.executable, str(CHILD), "round", json.dumps(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _extension_calls(services, hit_ids: list[str]) -> Counter:
+    """CreateAdditionalAssignmentsForHIT calls that took effect, per HIT (the sandbox keeps
+    each one's request token)."""
+    rows = sandbox_rows(
+        services,
+        "SELECT json_extract(doc, '$.HITId') FROM tokens "
+        "WHERE operation = 'CreateAdditionalAssignmentsForHIT'",
+    )
+    return Counter(hit for (hit,) in rows if hit in hit_ids)
+
+
+def test_a_round_killed_anywhere_in_its_extensions_extends_each_hit_exactly_once(services, record):
+    # The batch's deadline: before the unexpired HIT's own expiry (1 h), so only the
+    # expired ones are moved.
+    open_until = (datetime.now(UTC) + timedelta(minutes=40)).replace(microsecond=0)
+    deadline = open_until.isoformat()
+    clean_hits = [p.hit_id for p in _unsure_batch(services, "crash-round-clean")]
+    clean = summary(run_round(services, "crash-round-clean", deadline))
+    assert sorted(clean["extended"]) == sorted(clean_hits) and clean["added"] == ROUND_QUERIES
+    events, first = clean["events"], clean["extension_from"]
+    # Every event of the extension part: ledger reads, claims, GetHIT, the expiry moves,
+    # CreateAdditionalAssignmentsForHIT, the entries marked done, and the gaps between HITs.
+    points = list(range(first + 1, events + 1))
+    assert len(points) >= ROUND_QUERIES * 8 + 2 * len(EXPIRED_HITS), (first, events)
+    totals = Counter()
+    for n, kill_at in enumerate(points):
+        batch = f"crash-round-{n:02d}"
+        created = _unsure_batch(services, batch)
+        hit_ids = [p.hit_id for p in created]
+        ledger = ledger_for(services, batch)
+        before = _balance(services)
+        killed = run_round(services, batch, deadline, kill_at)
+        assert killed.returncode == -9, (kill_at, killed.stderr[-2000:])
+        # Not claimed yet, or claimed and not marked done.
+        unfinished = {
+            hit
+            for hit in hit_ids
+            if (ledger.get("extensions", f"{hit}.1") or {}).get("status") != "done"
+        }
+        retried = summary(run_round(services, batch, deadline))
+        # The rerun waits for every HIT whose extension the killed round did not finish, and
+        # for those it finished whose new assignment nobody has submitted yet.
+        assert unfinished <= set(retried["extended"]), (kill_at, unfinished, retried)
+        assert sorted(retried["extended"] + retried["awaiting"]) == sorted(hit_ids), kill_at
+        # Each HIT got exactly the intended assignments: one call took effect, MaxAssignments
+        # is the start plus what the ledger added, and every entry is done.
+        added = added_assignments(ledger)
+        assert added == {hit: 1 for hit in hit_ids}, (kill_at, added)
+        calls = _extension_calls(services, hit_ids)
+        assert calls == {hit: 1 for hit in hit_ids}, (kill_at, calls)
+        mturk = services["crowd"].client()
+        got = {h: mturk.get_hit(HITId=h)["HIT"] for h in hit_ids}
+        assert {h: hit["MaxAssignments"] for h, hit in got.items()} == {
+            h: ROUND_START + added[h] for h in hit_ids
+        }, kill_at
+        assert {e["status"] for e in ledger.entries("extensions").values()} == {"done"}, kill_at
+        # The expired HITs were kept open until the deadline: the new assignment can be taken.
+        for hit in got.values():
+            assert hit["HITStatus"] == "Assignable", (kill_at, hit["HITId"], hit["HITStatus"])
+            assert hit["Expiration"] >= open_until - timedelta(seconds=1), (kill_at, hit)
+        # Workers come for the new assignments: one more each, nobody beyond it.
+        crowd = services["crowd"]
+        for plan in created:
+            answers = {plan.gold.field: GOLD_ANSWERS[1], plan.model.field: "1"}
+            crowd.work(plan.hit_id, _worker(batch, 4), answers)
+            assert crowd.accept_status(plan.hit_id, _worker(batch, 5)) != 303, kill_at
+        # The last review (the deadline's): the ledger's money is what the sandbox charged.
+        review_batch(mturk_platform(mturk), load_manifest(ledger), ledger, REVIEW)
+        charged = round(before - _balance(services), 2)
+        assert charged == spent(ledger, REVIEW, FEES)["total_cents"] / 100, kill_at
+        assert len(ledger.entries("approvals")) == (ROUND_START + 1) * ROUND_QUERIES, kill_at
+        totals["duplicate_extensions"] += sum(c - 1 for c in calls.values())
+        totals["unfinished_at_the_kill"] += len(unfinished)
+        totals["money_mismatches"] += charged != spent(ledger, REVIEW, FEES)["total_cents"] / 100
+    record["round"] = {
+        "kills": len(points),
+        "events_per_run": events,
+        "extension_events": events - first,
+        "kill_points": points,
+        "retries_completed": len(points),
+        "duplicate_extensions": totals["duplicate_extensions"],
+        "extensions_finished_by_the_rerun": totals["unfinished_at_the_kill"],
+        "money_mismatches": totals["money_mismatches"],
     }

@@ -175,6 +175,8 @@ def test_review_pays_gold_passers_mails_the_others_and_counts_only_valid_votes(c
         "bonuses_cents": 10,
         "fees_cents": 4 + 2,
         "total_cents": 36,
+        "approved": 4,
+        "bonuses_paid": 1,
     }
     balance = mturk.get_account_balance()["AvailableBalance"]
     assert balance == "9999.64"  # the sandbox charged exactly what the ledger says

@@ -1,6 +1,6 @@
 """The crowd settings' texts workers read: the HIT's instructions and description (with the
-``{bonus}`` placeholder, filled in safely), the e-mail subject, and settings.json format 3 with
-format-2 files still read."""
+``{bonus}`` placeholder, filled in safely), the e-mail subject, and settings.json format 4 with
+format-2 and format-3 files still read."""
 
 from __future__ import annotations
 
@@ -107,21 +107,84 @@ def test_the_review_mails_with_the_subject_and_names_the_hit_title():
     assert (review.email_subject, review.hit_title) == ("About HIT bonuses", "Pick one")
 
 
-def test_settings_round_trip_in_format_3():
-    settings = crowd_settings()
+def test_settings_round_trip_in_format_4():
+    settings = crowd_settings(
+        exclude_after_gold_answers=5, exclude_below_gold_accuracy=0.7, max_hits_per_worker=4
+    )
     stored = settings.to_stored()
-    assert stored["format"] == 3
+    assert stored["format"] == 4
     assert stored["posting"]["instructions"] == settings.posting.instructions
     assert stored["review"]["email_subject"] == "No bonus this time"
+    assert stored["review"]["exclude_after_gold_answers"] == 5
+    assert stored["review"]["exclude_below_gold_accuracy"] == 0.7
+    assert stored["workers"]["max_hits_per_worker"] == 4
     assert CrowdSettings.from_stored(stored) == settings
 
 
-def format_2(settings: CrowdSettings) -> dict:
+def format_3(settings: CrowdSettings) -> dict:
     stored = settings.to_stored()
+    del stored["review"]["exclude_after_gold_answers"]
+    del stored["review"]["exclude_below_gold_accuracy"]
+    del stored["workers"]["max_hits_per_worker"]
+    return {**stored, "format": 3}
+
+
+def format_2(settings: CrowdSettings) -> dict:
+    stored = format_3(settings)
     del stored["posting"]["instructions"], stored["review"]["email_subject"]
     del stored["review"]["min_work_seconds"]
     del stored["posting"]["max_assignments"], stored["posting"]["confidence"]
     return {**stored, "format": 2}
+
+
+def test_a_format_3_file_is_read_with_the_default_exclusion_rule_and_no_cap():
+    old = format_3(crowd_settings(exclude_after_gold_answers=9, max_hits_per_worker=2))
+    read = CrowdSettings.from_stored(old)
+    assert read.review.exclude_after_gold_answers == crowd.DEFAULT_EXCLUDE_AFTER_GOLD_ANSWERS
+    assert read.review.exclude_below_gold_accuracy == crowd.DEFAULT_EXCLUDE_BELOW_GOLD_ACCURACY
+    assert read.workers.max_hits_per_worker == 0
+    assert read.money() == crowd_settings().money()
+    two = CrowdSettings.from_stored(format_2(crowd_settings()))  # 2 -> 3 -> 4
+    assert two.review.exclude_after_gold_answers == crowd.DEFAULT_EXCLUDE_AFTER_GOLD_ANSWERS
+
+
+def test_a_format_3_file_with_a_field_of_format_4_is_refused():
+    old = format_3(crowd_settings())
+    old["workers"]["max_hits_per_worker"] = 1
+    with pytest.raises(SettingsError, match="format 3 has no field workers.max_hits_per_worker"):
+        CrowdSettings.from_stored(old)
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("exclude_after_gold_answers", 0),
+        ("exclude_after_gold_answers", 1001),
+        ("exclude_below_gold_accuracy", -0.1),
+        ("exclude_below_gold_accuracy", 1.5),
+        ("exclude_below_gold_accuracy", float("nan")),
+        ("max_hits_per_worker", -1),
+        ("max_hits_per_worker", 10001),
+    ],
+)
+def test_worker_quality_params_out_of_range_are_refused_naming_them(param, value):
+    with pytest.raises(SettingsError, match=f"'{param}'"):
+        crowd_settings(**{param: value})
+
+
+def test_a_stored_exclusion_rule_out_of_range_is_refused():
+    stored = crowd_settings().to_stored()
+    stored["review"]["exclude_below_gold_accuracy"] = 7
+    with pytest.raises(SettingsError, match="'exclude_below_gold_accuracy'"):
+        CrowdSettings.from_stored(stored)
+
+
+def test_the_dag_takes_the_worker_quality_defaults_from_the_settings_module():
+    from dags.image_similarity_mturk import PARAMS
+
+    assert PARAMS["exclude_after_gold_answers"].value == crowd.DEFAULT_EXCLUDE_AFTER_GOLD_ANSWERS
+    assert PARAMS["exclude_below_gold_accuracy"].value == crowd.DEFAULT_EXCLUDE_BELOW_GOLD_ACCURACY
+    assert PARAMS["max_hits_per_worker"].value == crowd.DEFAULT_MAX_HITS_PER_WORKER == 0
 
 
 def test_a_format_2_file_is_read_with_the_defaults_and_its_braces_literal():
@@ -141,7 +204,7 @@ def test_a_format_2_file_with_a_field_of_format_3_is_refused():
         CrowdSettings.from_stored(old)
 
 
-@pytest.mark.parametrize("version", [1, 4, None, "3"])
+@pytest.mark.parametrize("version", [1, 5, None, "3", "4"])
 def test_other_formats_are_refused(version):
     with pytest.raises(SettingsError, match="format"):
         CrowdSettings.from_stored({**crowd_settings().to_stored(), "format": version})

@@ -204,6 +204,24 @@ def test_own_gold_gives_every_hit_a_set_and_pictures_no_other_hit_shows():
     assert len({p.gold.gold_set for p in plan_hits("batch-1", QUERIES, GOLD_SETS)}) == 4
 
 
+def test_preferred_sets_are_each_used_once_before_any_other_set_is():
+    """gold_source "both": generated sets first, the provided ones when they run out."""
+    generated = [gold_set(n) for n in range(10, 16)]  # 6 sets
+    pool = GOLD_SETS + generated
+    preferred = [g[0] for g in generated]
+    for n in (3, 6, 8, 10):
+        plans = plan_hits("b", QUERIES[:n], pool, preferred=preferred)
+        counts = Counter(p.gold.gold_set for p in plans)
+        assert sum(counts[s] for s in preferred) == min(n, 6)
+        assert max(counts.values()) == 1
+    # Beyond the pool, the rotation stays balanced.
+    counts = Counter(p.gold.gold_set for p in plan_hits("b", QUERIES, pool, preferred=preferred))
+    assert {counts[g[0]] for g in pool} == {3}
+    # Without preferred sets the plans are the ones made before this option existed.
+    assert plan_hits("b", QUERIES, GOLD_SETS, preferred=[]) == plan_hits("b", QUERIES, GOLD_SETS)
+    assert plan_hits("b", QUERIES, GOLD_SETS, preferred=["x"]) == plan_hits("b", QUERIES, GOLD_SETS)
+
+
 def test_own_gold_continues_after_existing_plans_and_refuses_sets_sharing_a_picture():
     sets = [gold_set(n) for n in range(1, 11)]
     created = {p.query.sha256: p for p in plan_hits("batch-1", QUERIES[:4], sets, own_gold=True)}

@@ -445,3 +445,23 @@ def test_too_fast_assignments_are_counted_apart_and_workers_show_their_median_ti
     assert "1 too fast" in text
     assert "answered in under the minimum work time of 10 s (×1)" in text
     assert "median time" in text and " s " in text
+
+
+def test_an_adaptive_batch_shows_what_fixed_overlap_would_have_cost(sample, tmp_path):
+    _, plans, images = sample
+    batch, reviews, _ = sample_batch()
+    fixed = {"assignments_per_hit": 7, "assignments": 35, "total_cents": 1520, "total": "$15.20"}
+    spent = {"rewards": 260, "bonuses": 110, "fees": 74, "at_fixed_overlap": fixed}
+    results = aggregate(batch, reviews, spent=spent, computed_at=NOW)
+    assert results["summary"]["spent"]["at_fixed_overlap"] == fixed
+    html = write_results(results, plans, tmp_path, thumbnails=thumbnails_from(images))["html"]
+    text = page_text(html.read_text(encoding="utf-8"))
+    assert "$4.44" in text
+    assert "at a fixed 7 assignments per HIT about $15.20 (13 assignments, not 35)" in text
+    # A batch at fixed overlap says nothing of it (the sample has no such figure).
+    fixed_batch = page_text(
+        write_results(*sample[:2], tmp_path / "fixed", thumbnails=thumbnails_from(images))[
+            "html"
+        ].read_text(encoding="utf-8")
+    )
+    assert "at a fixed" not in fixed_batch

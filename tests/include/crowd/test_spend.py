@@ -223,6 +223,8 @@ def test_a_batch_with_hits_but_no_or_a_stripped_settings_file_is_refused(ledger)
 def test_an_exclusion_refused_for_one_worker_does_not_stop_the_others(ledger):
     from botocore.exceptions import ClientError
 
+    from include.crowd.worker_records import ExclusionPolicy
+
     for n, worker in enumerate(("ACLOSED", "AWRONG1", "AWRONG2", "ARIGHT")):
         ledger.put(
             "reviews",
@@ -238,7 +240,40 @@ def test_an_exclusion_refused_for_one_worker_does_not_stop_the_others(ledger):
                 raise ClientError({"Error": {"Code": "RequestError"}}, "AssociateQualification")
             self.granted.append(WorkerId)
 
-    stage.exclude_failed_workers(mturk_platform(Mturk()), ledger, "QUAL")
-    stage.exclude_failed_workers(mturk_platform(Mturk()), ledger, "QUAL")
+    one_miss = ExclusionPolicy(min_answers=1, below_accuracy=1.0)  # the rule before records
+    stage.exclude_failed_workers(mturk_platform(Mturk()), ledger, "QUAL", policy=one_miss)
+    stage.exclude_failed_workers(mturk_platform(Mturk()), ledger, "QUAL", policy=one_miss)
     assert Mturk.granted == ["AWRONG1", "AWRONG2"]  # once each; the refused one is retried
     assert set(ledger.entries("exclusions")) == {"AWRONG1", "AWRONG2"}
+
+
+@pytest.mark.parametrize(
+    ("reward", "assignments", "masters", "bonus", "expected"),
+    [
+        # 2 HITs x 7: rewards 70, reward fees 7 x 2 x 1 = 14 (20 %, at least $0.01); half the
+        # approved assignments got a bonus: 7 bonuses of 10 + 7 x 2 fees = 84. 168 in all.
+        ("0.05", 7, False, "0.10", 168),
+        # At 10 or more the reward fee is 40 %: 2 x 10 x (5 + 2) = 140; 10 bonuses: 100 + 20.
+        ("0.05", 10, False, "0.10", 260),
+        # Masters +5 %: 25 % of 20 = 5 per assignment: 2 x 3 x 25 = 150; 3 bonuses: 30 + 6.
+        ("0.20", 3, True, "0.10", 186),
+    ],
+)
+def test_the_cost_at_fixed_overlap_prices_every_hit_at_the_maximum(
+    reward, assignments, masters, bonus, expected
+):
+    from include.crowd.review import at_fixed_overlap
+
+    settings = replace(REVIEW, reward=reward, bonus=bonus, masters=masters)
+    plans = [replace(plan(f"q{i}.jpg"), hit_id=f"HIT{i}", reward=reward, masters=masters)
+             for i in range(2)] + [plan("never-created.jpg")]  # fmt: skip
+    money = {"approved": 8, "bonuses_paid": 4}
+    fixed = at_fixed_overlap(plans, money, assignments, settings, FEES)
+    assert fixed == {
+        "assignments_per_hit": assignments,
+        "assignments": 2 * assignments,
+        "total_cents": expected,
+    }
+    # Nothing approved yet: no bonus is assumed.
+    none = at_fixed_overlap(plans, {"approved": 0, "bonuses_paid": 0}, 3, settings, FEES)
+    assert none["assignments"] == 6 and none["total_cents"] < expected

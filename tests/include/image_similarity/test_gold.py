@@ -7,6 +7,7 @@ re-ranker reads the real files.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -298,3 +299,103 @@ def test_two_versions_of_one_picture_are_never_the_wrong_answers_of_one_set():
         10,
         11,
     ]
+
+
+# --- the batch's gold (pipeline.prepare_gold: Param gold_source) -------------------------------
+
+
+@pytest.fixture
+def batch_copy(demo_batch, tmp_path):
+    """A copy of the matched demo batch with its provided sets checked, to change freely."""
+    _, batch = demo_batch
+    copy = tmp_path / "batch"
+    shutil.copytree(batch, copy, ignore=shutil.ignore_patterns("gold", "gold.json"))
+    pipeline.check_known_answers(copy)
+    return copy
+
+
+def _keep_queries(batch: Path, n: int) -> None:
+    """Keep the first ``n`` model questions (the small demo dataset gives fewer than 8 sets
+    once the 8 questions' 24 pictures are left out)."""
+    path = batch / "similarity.json"
+    similarity = json.loads(path.read_text())
+    similarity["queries"] = similarity["queries"][:n]
+    path.write_text(json.dumps(similarity))
+
+
+def _gold_state(batch: Path) -> tuple[list[dict], list[dict], dict]:
+    known = json.loads((batch / "known_answers.json").read_text())
+    listing = json.loads((batch / "sources.json").read_text())["known_answers"]["images"]
+    return known, listing, json.loads((batch / "gold.json").read_text())
+
+
+def test_generated_gold_replaces_the_provided_sets_one_per_hit_never_a_model_picture(
+    batch_copy, embedder
+):
+    _keep_queries(batch_copy, 5)
+    similarity = json.loads((batch_copy / "similarity.json").read_text())
+    queries = len(similarity["queries"])
+    pipeline.prepare_gold(batch_copy, embedder, "generated", seed=7)
+    known, listing, summary = _gold_state(batch_copy)
+    assert summary["source"] == "generated" and summary["generated"] == len(known)
+    assert len(known) == pipeline.gold_count(queries) and all(r["generated"] for r in known)
+    assert {i["name"] for i in listing} == {n for r in known for n in r["hashes"]}
+    assert all(Path(i["path"]).parent == batch_copy / "gold" for i in listing)
+    shown = {m["sha256"] for q in similarity["queries"] for m in q["matches"]}
+    assert not shown & {h for r in known for h in r["hashes"].values()}
+    assert summary["gaps"]["gold"]["questions"] == len(known)
+
+    # Again (a retried task): the same sets, listed once.
+    pipeline.prepare_gold(batch_copy, embedder, "generated", seed=7)
+    assert _gold_state(batch_copy)[:2] == (known, listing)
+
+    # The crowd stage gives every HIT a set of its own.
+    from include.crowd.stage import gold_source
+
+    assert gold_source(batch_copy) == "generated"
+
+
+def test_both_takes_generated_sets_first_and_fills_in_with_provided_ones(
+    batch_copy, embedder, monkeypatch
+):
+    provided, _, _ = (json.loads((batch_copy / "known_answers.json").read_text()), None, None)
+    monkeypatch.setattr(pipeline, "gold_count", lambda queries: 3)  # fewer than the 8 queries
+    pipeline.prepare_gold(batch_copy, embedder, "both", seed=7)
+    known, listing, summary = _gold_state(batch_copy)
+    assert summary == summary | {"source": "both", "generated": 3, "provided": len(provided)}
+    assert [r["set_id"] for r in known] == ["gen1", "gen2", "gen3"] + [
+        r["set_id"] for r in provided
+    ]
+    assert {i["name"] for i in listing} == {n for r in known for n in r["hashes"]}
+
+    # Asked for generated only, too few sets is an error before anything is spent.
+    with pytest.raises(ValueError, match="only 3 could be generated.*set gold_source to both"):
+        pipeline.prepare_gold(batch_copy, embedder, "generated", seed=7)
+
+    # Provided only: the provided sets as checked, and the generated files are not listed.
+    pipeline.prepare_gold(batch_copy, embedder, "provided", seed=7)
+    known, listing, summary = _gold_state(batch_copy)
+    assert known == provided and summary["source"] == "provided"
+    assert all(Path(i["path"]).parent != batch_copy / "gold" for i in listing)
+
+
+def test_a_provided_file_with_a_generated_name_is_refused(batch_copy, embedder):
+    sources = json.loads((batch_copy / "sources.json").read_text())
+    first = sources["known_answers"]["images"][0]
+    sources["known_answers"]["images"].append({**first, "name": "gen1.jpg"})
+    (batch_copy / "sources.json").write_text(json.dumps(sources))
+    with pytest.raises(ValueError, match="holds a file named 'gen1.jpg'"):
+        pipeline.prepare_gold(batch_copy, embedder, "both", seed=7)
+
+
+def test_generated_only_needs_no_provided_sets(demo_batch, embedder, tmp_path):
+    _, batch = demo_batch
+    copy = tmp_path / "batch"
+    shutil.copytree(batch, copy, ignore=shutil.ignore_patterns("gold", "gold.json"))
+    _keep_queries(copy, 5)
+    pipeline.skip_known_answers(copy)
+    assert json.loads((copy / "known_answers.json").read_text()) == []
+    with pytest.raises(ValueError, match="no gold set for the HITs"):
+        pipeline.prepare_gold(copy, embedder, "provided", seed=1)
+    summary = pipeline.prepare_gold(copy, embedder, "generated", seed=1)
+    assert summary["generated"] == pipeline.gold_count(5) and summary["provided"] == 0

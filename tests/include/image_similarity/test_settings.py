@@ -89,8 +89,9 @@ def test_stored_settings_read_back_equal(tmp_path):
         (lambda d: d["embedding"].update(cache=5), "embedding.cache has the wrong type (int)"),
         (lambda d: d["sources"].update(dataset=None), "sources.dataset has the wrong type"),
         (lambda d: d.update(embedding=[]), "embedding is not an object"),
-        (lambda d: d.update(format=2), "format is 2, not 1"),
-        (lambda d: d.pop("format"), "format is None, not 1"),
+        (lambda d: d.update(format=1), "format is 1, not 2"),
+        (lambda d: d.pop("format"), "format is None, not 2"),
+        (lambda d: d["sources"].pop("gold"), "missing field sources.gold"),
     ],
 )
 def test_a_stored_field_unknown_missing_or_mistyped_is_refused_by_name(damage, named):
@@ -181,3 +182,10 @@ def test_the_settings_module_imports_nothing_heavy():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("gold", ["", "Generated", "provided ", "none", "generated,provided"])
+def test_a_gold_source_other_than_the_three_is_refused(gold):
+    params = DEFAULTS.as_params() | {"gold_source": gold}
+    with pytest.raises(ValueError, match="gold source must be one of provided, generated, both"):
+        SimilaritySettings.from_params(params)

@@ -108,3 +108,16 @@ def test_worker_requirements_become_the_same_qualification_requirements():
     assert requires_masters(requirements) and not requires_masters(
         for_workers(WorkerRequirements(), "production")
     )
+
+
+def test_a_batch_s_hit_cap_hides_its_hits_from_holders_like_the_exclusion():
+    requirements = for_workers(WorkerRequirements(excluded="3X", capped="3CAP"), "sandbox")
+    assert requirements[-2:] == [
+        {
+            "QualificationTypeId": type_id,
+            "Comparator": "DoesNotExist",
+            "ActionsGuarded": "DiscoverPreviewAndAccept",
+        }
+        for type_id in ("3X", "3CAP")
+    ]
+    assert for_workers(WorkerRequirements(capped="3CAP"), "sandbox") == requirements[-1:]
