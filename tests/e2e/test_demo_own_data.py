@@ -119,7 +119,12 @@ def test_make_demo_runs_on_the_notebooks_folders(notebook_data, demo_env, tmp_pa
 
     # Every mixed-extension set is a gold question, by its own file names, published to S3.
     names = {p.name for p in (data / "knownanswers").iterdir()}
-    sets = json.loads((batch / "known_answers.json").read_text())
+    both = json.loads((batch / "known_answers.json").read_text())
+    # gold_source "both" (the default): the sets generated from the dataset come first.
+    generated = [s for s in both if s.get("generated")]
+    assert all(s["set_id"].startswith("gen") for s in generated)
+    assert json.loads((batch / "gold.json").read_text())["generated"] == len(generated)
+    sets = [s for s in both if not s.get("generated")]
     assert [s["set_id"] for s in sets] == ["known1", "known2", "known3"]
     assert {name for s in sets for name in (s["target"], s["correct"], *s["wrong"])} == names
     published = json.loads((batch / "published.json").read_text()).values()
