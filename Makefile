@@ -30,7 +30,7 @@ SANDBOX_PORT ?= 8911
 SANDBOX_STATE ?= $(CURDIR)/.crowd/sandbox.sqlite
 SANDBOX_WORKERS ?= diligent:6,careless:3,spammer:1
 
-.PHONY: help install demo test test-stack lint unit benchmark benchmark-hits benchmark-scale lock clean sandbox
+.PHONY: help install demo test test-stack lint unit benchmark benchmark-hits benchmark-crowd benchmark-scale lock clean sandbox
 
 help:
 	@echo "make demo       generate sample data offline and run the image_similarity_mturk DAG on it"
@@ -40,6 +40,7 @@ help:
 	@echo "make sandbox    start the local crowd sandbox (MTurk API + worker page) on 127.0.0.1:$(SANDBOX_PORT)"
 	@echo "make benchmark  embedding throughput and recall (benchmarks/embedding.py)"
 	@echo "make benchmark-hits  HIT creation rate and the sensor's wait (benchmarks/hits.py)"
+	@echo "make benchmark-crowd crowd accuracy vs truth: fixed-3/5 vs adaptive, 30/50% bad workers (benchmarks/crowd_quality.py)"
 	@echo "make benchmark-scale sharded embedding on 1 vs 2 Celery workers, top-k at 1e5/1e6 (benchmarks/scale.py)"
 	@echo "make lock       re-resolve constraints.txt from requirements*.txt"
 
@@ -86,6 +87,9 @@ benchmark: $(STAMP)
 
 benchmark-hits: $(STAMP)
 	$(BIN)/python benchmarks/hits.py
+
+benchmark-crowd: $(STAMP)
+	$(BIN)/python benchmarks/crowd_quality.py
 
 benchmark-scale: $(STAMP)
 	$(BIN)/python benchmarks/scale.py

@@ -43,8 +43,8 @@ strategic    yes       per image question: where the option      0.5 x ``seconds
 
 The strategic worker games known-answer checks the way people do: it answers the questions
 that look easy well and guesses on the hard ones. It tells them apart only by what the page
-shows: it loads every option picture of every image question and scores each pair of them as
-it scores an option against the target (``perception.options_alike``); clearly different
+shows: it loads every option picture of every image question and scores each pair of them at
+a glance, 32x32 ZNCC or colour (``perception.options_alike``); clearly different
 pictures score about -0.4 to 0.2, frames a few percent of a pan apart about 0.7 to 0.95. It
 never reads field names, option order or attributes to find the known-answer question.
 
@@ -103,12 +103,16 @@ If nothing but ``assignmentId`` would be sent, a field ``answer=<sentence>`` is 
        </fieldset>
 
 3. the worker fetches the target and option images (``http``/``https`` URLs on this machine, or
-   ``data:`` URLs; anything else counts as unavailable, like a picture that fails to load),
-   reduces each to a 32x32 greyscale thumbnail and scores each option by zero-mean normalised
-   cross-correlation (ZNCC) with the target, or by colour (8x8x8 RGB histogram intersection,
-   mapped to [-1, 1]) when that says "alike" more. The most similar option is the right one, except
-   that when the best score is below ``NONE_THRESHOLD`` (in ``perception``) and the group has an
-   option without an image ("None of these"), that option is. Options whose image fails to load
+   ``data:`` URLs; anything else counts as unavailable, like a picture that fails to load) and
+   lines each option up with the target, as a careful person does (``perception.look``): the
+   whole target fitted inside the option at 70 to 100 % of its width and any position, and the
+   target's central part likewise (zero-mean normalised cross-correlation, ZNCC, on 64-pixel
+   greyscale copies), beside their colours (8x8x8 RGB histogram intersection, mapped to
+   [-1, 1]). Of the options the whole target fits inside (``WHOLE_MATCH``), the best fit is
+   the right one: of neighbouring video frames, the one that holds all of a cropped view. Else
+   the option that resembles the target most is, except that when even it is below
+   ``NONE_THRESHOLD`` (in ``perception``) and the group has an option without an image ("None
+   of these"), that option is. Options whose image fails to load
    are never the right one; with no target (or no loadable option image) the question is
    answered as a guess. A strategic worker first scores the option images against each other
    (options without an image and images that fail to load are left out; with fewer than two

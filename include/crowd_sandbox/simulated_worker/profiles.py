@@ -40,7 +40,7 @@ class Profile:
     careful_below: float | None = None
     """Strategic workers: answer an image question carefully (as ``accuracy`` says) only when
     its option pictures look unrelated to each other, i.e. when their mean pairwise similarity
-    (``perception.options_alike``, the same score as against the target) is below this; any
+    (``perception.options_alike``: 32x32 ZNCC or colour, at a glance) is below this; any
     other image question gets a uniformly random option. None: every image question is
     answered carefully (when ``looks``)."""
 
