@@ -403,16 +403,7 @@ def _format_2_as_3(stored: dict[str, Any]) -> dict[str, Any]:
     posting = stored.get("posting")
     if isinstance(posting, dict) and "assignments" in posting:
         added += (("posting", "max_assignments", posting["assignments"]),)  # fixed overlap
-    for part, name, default in added:
-        holder = upgraded.get(part)
-        if not isinstance(holder, dict):
-            continue  # reading it names what is wrong
-        if name in holder:
-            raise SettingsError(
-                f"settings.json: format 2 has no field {part}.{name}; the file was not written "
-                "by this project"
-            )
-        upgraded[part] = {**holder, name: default}
+    _add_fields(upgraded, added, 2)
     description = upgraded.get("posting", {}).get("description")
     if isinstance(description, str):
         upgraded["posting"]["description"] = description.replace("{", "{{").replace("}", "}}")
@@ -430,17 +421,23 @@ def _format_3_as_4(stored: dict[str, Any]) -> dict[str, Any]:
         ("review", "exclude_below_gold_accuracy", DEFAULT_EXCLUDE_BELOW_GOLD_ACCURACY),
         ("workers", "max_hits_per_worker", DEFAULT_MAX_HITS_PER_WORKER),
     )
+    _add_fields(upgraded, added, 3)
+    return upgraded
+
+
+def _add_fields(upgraded: dict, added: tuple, old_format: int) -> None:
+    """Give the parts of ``upgraded`` the fields a later format added, with their defaults; a
+    file of ``old_format`` that already has one was not written by that format: refused."""
     for part, name, default in added:
         holder = upgraded.get(part)
         if not isinstance(holder, dict):
             continue  # reading it names what is wrong
         if name in holder:
             raise SettingsError(
-                f"settings.json: format 3 has no field {part}.{name}; the file was not written "
-                "by this project"
+                f"settings.json: format {old_format} has no field {part}.{name}; the file was "
+                "not written by this project"
             )
         upgraded[part] = {**holder, name: default}
-    return upgraded
 
 
 # --- texts with placeholders ----------------------------------------------------------------
