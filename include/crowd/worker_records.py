@@ -52,6 +52,7 @@ BATCH_ID = re.compile(BATCH_ID_PATTERN)
 OUTCOMES = {"right": True, "wrong": False}
 MAX_OBJECT_BYTES = 1024  # ours are under 200 bytes; a bigger object was not written here
 MAX_ANSWERS_PER_WORKER = 20_000  # bounds one worker's listing (20 pages of 1,000 keys)
+THREADS = 8  # under botocore's pool of 10 connections: more would discard connections, warning
 SHOWN_PROBLEMS = 10  # damaged records named per read; the rest are counted
 
 
@@ -166,7 +167,7 @@ class ExclusionPolicy:
 class WorkerRecords:
     """The gold records of the workers of one S3 prefix (``<prefix>/workers/``)."""
 
-    def __init__(self, s3, bucket: str, prefix: str, *, threads: int = 16) -> None:
+    def __init__(self, s3, bucket: str, prefix: str, *, threads: int = THREADS) -> None:
         self.s3 = s3
         self.bucket = bucket
         self.root = "/".join(p for p in (prefix.strip("/"), FOLDER) if p)
