@@ -26,6 +26,11 @@ _NOT_ID = re.compile(r"[^A-Za-z0-9._-]+")
 PER_RUN = "@run"  # the Param value that makes every run its own batch
 BATCH_PARAM_PATTERN = f"^$|^{PER_RUN}$|{BATCH_ID_PATTERN}"
 CAMPAIGN_PREFIX = "campaign-"
+GOLD_SOURCES = ("provided", "generated", "both")
+"""Where a batch's gold questions come from (the similarity stage writes it into the batch
+folder's ``gold.json``, the crowd stage plans HITs by it): the provided known-answer sets; sets
+generated from the dataset, one of its own per HIT; or both, generated first (each HIT its own
+while they last), the provided sets when the generated ones run out."""
 _HINT_CHARS = 24
 
 

@@ -29,6 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from include.common.batch import GOLD_SOURCES
 from include.common.files import read_json, write_bytes, write_json
 from include.crowd import costs, history, layout, quality
 from include.crowd import preflight as preflight_checks
@@ -316,7 +317,7 @@ def gold_source(batch_dir: Path) -> str:
     path = batch_dir / "gold.json"
     data = read_json(path) if path.exists() else {"source": "provided"}
     source = data.get("source") if isinstance(data, dict) else None
-    if source not in ("provided", "generated", "both"):
+    if source not in GOLD_SOURCES:
         raise ValueError(f"gold.json names an unknown gold source {source!r}")
     return source
 

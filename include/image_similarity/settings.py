@@ -18,15 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from include.common.batch import GOLD_SOURCES
 from include.common.files import write_json
 from include.common.strict import SettingsError, read_document, to_document
 
 FORMAT = 2  # similarity_settings.json's layout (2: sources.gold)
 STORED_NAME = "similarity_settings.json"
-GOLD_SOURCES = ("provided", "generated", "both")
-"""Where the gold questions come from (``Sources.gold``): the provided known-answer sets; sets
-generated from the dataset (``gold.py``), one of its own per HIT; or both, generated first (each
-HIT its own while they last), the provided sets when the generated ones run out."""
 
 
 @dataclass(frozen=True)
