@@ -72,8 +72,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402  (benchmarks/_common.py, next to this script)
 
 DEFAULT_WORKDIR = ROOT / ".cache" / "bench-crowd"
-DATA_VERSION = 1  # bump when the prepared data changes for the same parameters
-FRAMES_PER_SCENE = 30  # 8 scenes: 240 frames, so up to 240 queries
+DATA_VERSION = 2  # bump when the prepared data (or how gold is generated) changes
+FRAMES_PER_SCENE = 160  # 8 scenes: 1,280 frames; room for a gold set of its own per HIT
 PROVIDED_SETS = 8
 MIN_MISSING = 0.04
 NONE_SHARE = 0.10
@@ -275,6 +275,9 @@ def prepare(args: argparse.Namespace, embedder_factory) -> Bench:
         )
     else:
         embedder = embedder or embedder_factory()
+        # As the DAG's prepare_gold: no picture a model question shows, one set per HIT.
+        shown = {m["sha256"] for e in entries for m in e["matches"]}
+        shown |= {e["query"]["sha256"] for e in entries}
         result = generate_gold(
             dataset,
             vectors,
@@ -283,6 +286,7 @@ def prepare(args: argparse.Namespace, embedder_factory) -> Bench:
             len(queries),
             seed=args.seed,
             model_scores=model_scores,
+            exclude=shown,
         )
         generated_records = result.records
         generated_images = [_image_dict(i) for i in result.listing.images]
