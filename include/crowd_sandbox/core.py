@@ -20,7 +20,7 @@ from typing import Any
 from include.crowd_sandbox import money
 from include.crowd_sandbox.protocol import RequestError
 from include.crowd_sandbox.qualification_requirements import requires_masters
-from include.crowd_sandbox.store import Store
+from include.crowd_sandbox.store import AssignmentCounts, HITState, Store
 
 TOKEN_LIFETIME_S = 24 * 3600
 DEFAULT_PAGE_SIZE = 10
@@ -133,9 +133,12 @@ class SandboxCore:
         return assignment
 
     def _refresh(self) -> None:
-        """Apply what time did: abandoned assignments free their slot, auto-approvals happen."""
+        """Apply what time did: abandoned assignments free their slot, auto-approvals happen.
+
+        Only the assignments that are due are read (``Store.due_assignments``), so a call costs
+        what time changed, not the size of the state."""
         now = self._now()
-        for assignment in self.store.all_assignments():
+        for assignment in self.store.due_assignments(now):
             status = assignment["AssignmentStatus"]
             if status == "Accepted" and now >= assignment["Deadline"]:
                 self.store.delete_assignment(assignment["AssignmentId"])
@@ -156,32 +159,55 @@ class SandboxCore:
         reward = money.parse_amount(hit["Reward"])
         return reward + money.reward_fee(reward, hit["MaxAssignments"], requires_masters(hit))
 
-    def hit_view(self, hit: dict[str, Any]) -> dict[str, Any]:
-        """The HIT as GetHIT shows it now: status and assignment counts derived from state."""
-        now = self._now()
-        assignments = self.store.assignments_for_hit(hit["HITId"])
-        pending = sum(a["AssignmentStatus"] == "Accepted" for a in assignments)
-        completed = sum(a["AssignmentStatus"] in ("Approved", "Rejected") for a in assignments)
-        remaining = max(0, hit["MaxAssignments"] - len(assignments))
+    def hit_view(
+        self,
+        hit: dict[str, Any],
+        counts: AssignmentCounts | None = None,
+        now: float | None = None,
+    ) -> dict[str, Any]:
+        """The HIT as GetHIT shows it now: status and assignment counts derived from state.
+
+        A listing passes the ``counts`` (and one ``now``) it read for all its HITs at once."""
+        now = self._now() if now is None else now
+        if counts is None:
+            counts = self.store.assignment_counts(hit["HITId"])
+        remaining = max(0, hit["MaxAssignments"] - counts.assigned)
         expired = now >= hit["Expiration"]
-        if hit.get("Disposed"):
-            status = "Disposed"
-        elif not expired and remaining > 0:
-            status = "Assignable"
-        elif pending > 0:
-            status = "Unassignable"
-        else:
-            status = "Reviewing" if hit.get("Reviewing") else "Reviewable"
+        status = hit_status(
+            disposed=bool(hit.get("Disposed")),
+            expired=expired,
+            remaining=remaining,
+            pending=counts.pending,
+            reviewing=bool(hit.get("Reviewing")),
+        )
         view = {k: v for k, v in hit.items() if k not in ("Disposed", "Reviewing")}
         view.update(
             HITStatus=status,
-            NumberOfAssignmentsPending=pending,
+            NumberOfAssignmentsPending=counts.pending,
             NumberOfAssignmentsAvailable=0 if expired or hit.get("Disposed") else remaining,
-            NumberOfAssignmentsCompleted=completed,
+            NumberOfAssignmentsCompleted=counts.completed,
         )
         return view
 
+    def hit_state_status(self, state: HITState, now: float) -> str:
+        """A HIT's status from its columns (``Store.hit_states``), as ``hit_view`` derives it."""
+        return hit_status(
+            disposed=state.disposed,
+            expired=now >= state.expiration,
+            remaining=max(0, state.max_assignments - state.counts.assigned),
+            pending=state.counts.pending,
+            reviewing=state.reviewing,
+        )
+
     def _page(self, items: list, params: dict[str, Any], scope: str) -> tuple[list, str | None]:
+        start, size = self._page_window(params, scope)
+        page = items[start : start + size]
+        return page, self._next_token(start, size, scope, start + size < len(items))
+
+    @staticmethod
+    def _page_window(params: dict[str, Any], scope: str) -> tuple[int, int]:
+        """The offset and size of the page a listing call asks for (``NextToken``,
+        ``MaxResults``); a token of another listing is ``InvalidPaginationToken``."""
         size = params.get("MaxResults") or DEFAULT_PAGE_SIZE
         start = 0
         if params.get("NextToken"):
@@ -195,14 +221,28 @@ class SandboxCore:
                     "The NextToken is not valid for this request.",
                     "AWS.MechanicalTurk.InvalidPaginationToken",
                 ) from None
-        page = items[start : start + size]
-        more = start + size < len(items)
-        token = None
-        if more:
-            token = base64.urlsafe_b64encode(
-                json.dumps({"o": start + size, "s": scope}).encode()
-            ).decode()
-        return page, token
+        return start, size
+
+    @staticmethod
+    def _next_token(start: int, size: int, scope: str, more: bool) -> str | None:
+        if not more:
+            return None
+        token = json.dumps({"o": start + size, "s": scope}).encode()
+        return base64.urlsafe_b64encode(token).decode()
+
+
+def hit_status(
+    *, disposed: bool, expired: bool, remaining: int, pending: int, reviewing: bool
+) -> str:
+    """MTurk's HITStatus: Assignable while a slot is free and the HIT has not expired, then
+    Unassignable while assignments are being worked on, then Reviewable (or Reviewing)."""
+    if disposed:
+        return "Disposed"
+    if not expired and remaining > 0:
+        return "Assignable"
+    if pending > 0:
+        return "Unassignable"
+    return "Reviewing" if reviewing else "Reviewable"
 
 
 def check_range(name: str, value: int, low: int, high: int) -> None:

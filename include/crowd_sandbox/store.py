@@ -4,30 +4,46 @@ qualification and request token, so a restart on the same file loses nothing.
 Each kind of record is a JSON document in its own table, with the columns the queries filter on.
 Every API call runs in one transaction (``Store.transaction``): its side effects and the
 request token that guards them commit together or not at all.
+
+The hot queries read columns and indexes, never documents, to decide which records they need:
+a HIT's expiration, maximum assignments and flags (``_hit_columns``), an assignment's status and
+``due``, the time the sandbox must act on it (``_assignment_columns``). So the work of a call
+grows with what it returns, not with the whole state: the sandbox refreshes only the assignments
+that are due, and lists a page or a worker's HITs without reading every HIT and assignment.
+``put_hit`` and ``put_assignment`` write the columns with the document; a version 1 file gets
+them from its documents when it is opened (``_migrate_from_1``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Generator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+log = logging.getLogger(__name__)
+
+# SQLite's default limit on a statement's parameters (SQLITE_MAX_VARIABLE_NUMBER before 3.32).
+_MAX_SQL_ARGS = 999
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS hit_types (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS hits (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, hit_type_id TEXT NOT NULL,
-    doc TEXT NOT NULL);
+    doc TEXT NOT NULL, expiration REAL NOT NULL, max_assignments INTEGER NOT NULL,
+    disposed INTEGER NOT NULL, reviewing INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS assignments (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, hit_id TEXT NOT NULL,
-    worker_id TEXT NOT NULL, doc TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS assignments_hit ON assignments (hit_id);
+    worker_id TEXT NOT NULL, doc TEXT NOT NULL, status TEXT NOT NULL, due REAL);
 CREATE INDEX IF NOT EXISTS assignments_worker ON assignments (worker_id);
 CREATE TABLE IF NOT EXISTS bonuses (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, assignment_id TEXT NOT NULL, hit_id TEXT NOT NULL,
@@ -48,6 +64,65 @@ CREATE TABLE IF NOT EXISTS ledger (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, doc TEXT NOT NULL);
 """
 
+# Created after any migration (a version 1 file has not got the columns before it).
+# hits_state covers what a listing filters on, so a listing reads a HIT's document (with its
+# large Question) only when the HIT is on the page; assignments_hit_status covers the
+# per-HIT counts; assignments_due holds only the assignments time can still change.
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS hits_state ON hits "
+    "(disposed, seq, expiration, max_assignments, reviewing, hit_type_id, id)",
+    "CREATE INDEX IF NOT EXISTS assignments_hit_status ON assignments (hit_id, status)",
+    "CREATE INDEX IF NOT EXISTS assignments_due ON assignments (due) WHERE due IS NOT NULL",
+)
+
+# Every HIT with its assignment counts, from indexes only: no document is read (a scan of the
+# table itself would read every document, as the columns added by a migration follow it).
+_HIT_STATES = """
+SELECT h.seq, h.id, h.hit_type_id, h.expiration, h.max_assignments, h.disposed, h.reviewing,
+       ifnull(c.assigned, 0), ifnull(c.pending, 0), ifnull(c.completed, 0)
+FROM hits AS h INDEXED BY hits_state LEFT JOIN (
+    SELECT hit_id, count(*) AS assigned, sum(status = 'Accepted') AS pending,
+           sum(status IN ('Approved', 'Rejected')) AS completed
+    FROM assignments GROUP BY hit_id) AS c ON c.hit_id = h.id
+"""
+
+
+@dataclass(frozen=True)
+class AssignmentCounts:
+    """A HIT's assignments: all of them (every status), accepted ones, approved or rejected."""
+
+    assigned: int = 0
+    pending: int = 0
+    completed: int = 0
+
+
+@dataclass(frozen=True)
+class HITState:
+    """What a HIT's status is derived from, read from columns instead of its document."""
+
+    seq: int
+    hit_id: str
+    hit_type_id: str
+    expiration: float
+    max_assignments: int
+    disposed: bool
+    reviewing: bool
+    counts: AssignmentCounts
+
+    @classmethod
+    def from_row(cls, row: tuple) -> HITState:
+        seq, hit_id, hit_type_id, expiration, max_assignments, disposed, reviewing = row[:7]
+        return cls(
+            seq,
+            hit_id,
+            hit_type_id,
+            expiration,
+            max_assignments,
+            bool(disposed),
+            bool(reviewing),
+            AssignmentCounts(*row[7:10]),
+        )
+
 
 class Store:
     """A thread-safe handle on the state file (one connection, one lock, WAL journal)."""
@@ -64,13 +139,57 @@ class Store:
         self._depth = 0
         with self.transaction():
             found = self.meta("schema_version")
-            if found is None:
+            if found == "1":
+                self._migrate_from_1()
+            elif found is None:
                 self.set_meta("schema_version", str(SCHEMA_VERSION))
             elif found != str(SCHEMA_VERSION):
                 raise RuntimeError(
                     f"{self.path} holds crowd sandbox state version {found}; this sandbox "
-                    f"reads version {SCHEMA_VERSION}. Use a new --state file."
+                    f"reads versions 1 and {SCHEMA_VERSION}. Use a new --state file."
                 )
+            for statement in _INDEXES:
+                self._db.execute(statement)
+
+    def _migrate_from_1(self) -> None:
+        """Give a version 1 file the columns of version 2, filled from its documents.
+
+        Runs in the opening transaction: if anything fails the file stays as it was. The values
+        come from the documents through the same functions the writes use (``_hit_columns``,
+        ``_assignment_columns``), so a migrated file holds exactly what a new one would.
+        """
+        started = time.monotonic()
+        db = self._db
+        for column in (
+            "expiration REAL NOT NULL DEFAULT 0",
+            "max_assignments INTEGER NOT NULL DEFAULT 0",
+            "disposed INTEGER NOT NULL DEFAULT 0",
+            "reviewing INTEGER NOT NULL DEFAULT 0",
+        ):
+            db.execute(f"ALTER TABLE hits ADD COLUMN {column}")
+        db.execute("ALTER TABLE assignments ADD COLUMN status TEXT NOT NULL DEFAULT ''")
+        db.execute("ALTER TABLE assignments ADD COLUMN due REAL")
+        db.execute("DROP INDEX IF EXISTS assignments_hit")  # assignments_hit_status covers it
+        hits = db.execute("SELECT seq, doc FROM hits").fetchall()
+        db.executemany(
+            "UPDATE hits SET expiration = ?, max_assignments = ?, disposed = ?, reviewing = ? "
+            "WHERE seq = ?",
+            [(*_hit_columns(json.loads(doc)), seq) for seq, doc in hits],
+        )
+        assignments = db.execute("SELECT seq, doc FROM assignments").fetchall()
+        db.executemany(
+            "UPDATE assignments SET status = ?, due = ? WHERE seq = ?",
+            [(*_assignment_columns(json.loads(doc)), seq) for seq, doc in assignments],
+        )
+        self.set_meta("schema_version", str(SCHEMA_VERSION))
+        log.info(
+            "%s: state version 1 -> %d: %d HITs, %d assignments in %.2f s",
+            self.path,
+            SCHEMA_VERSION,
+            len(hits),
+            len(assignments),
+            time.monotonic() - started,
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -125,9 +244,12 @@ class Store:
 
     def put_hit(self, hit: dict[str, Any]) -> None:
         self.execute(
-            "INSERT INTO hits (id, hit_type_id, doc) VALUES (?, ?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
-            (hit["HITId"], hit["HITTypeId"], _dump(hit)),
+            "INSERT INTO hits (id, hit_type_id, doc, expiration, max_assignments, disposed, "
+            "reviewing) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, expiration = excluded.expiration, "
+            "max_assignments = excluded.max_assignments, disposed = excluded.disposed, "
+            "reviewing = excluded.reviewing",
+            (hit["HITId"], hit["HITTypeId"], _dump(hit), *_hit_columns(hit)),
         )
 
     def hit(self, hit_id: str) -> dict[str, Any] | None:
@@ -136,15 +258,72 @@ class Store:
     def hits(self) -> list[dict[str, Any]]:
         return self.docs("SELECT doc FROM hits ORDER BY seq")
 
+    def hits_by_seq(self, seqs: list[int]) -> list[dict[str, Any]]:
+        """The documents of these HITs (``HITState.seq``), in the order given."""
+        found: dict[int, dict[str, Any]] = {}
+        with self._lock:
+            for start in range(0, len(seqs), _MAX_SQL_ARGS):
+                chunk = seqs[start : start + _MAX_SQL_ARGS]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"SELECT seq, doc FROM hits WHERE seq IN ({marks})", tuple(chunk)
+                ).fetchall()
+                found.update((seq, json.loads(doc)) for seq, doc in rows)
+        return [found[seq] for seq in seqs]
+
+    def listed_hits(self, offset: int, limit: int) -> tuple[list[dict[str, Any]], bool]:
+        """A page of the HITs not disposed of, oldest first; and whether more follow it."""
+        docs = self.docs(
+            "SELECT doc FROM hits WHERE seq IN (SELECT seq FROM hits WHERE disposed = 0 "
+            "ORDER BY seq LIMIT ? OFFSET ?) ORDER BY seq",
+            (limit + 1, offset),
+        )
+        return docs[:limit], len(docs) > limit
+
+    def hit_states(self) -> list[HITState]:
+        """Every HIT's state and assignment counts, oldest first (no document is read)."""
+        with self._lock:
+            rows = self._db.execute(_HIT_STATES + " ORDER BY h.seq").fetchall()
+        return [HITState.from_row(row) for row in rows]
+
+    def open_hit_states(self, now: float, worker_id: str | None = None) -> list[HITState]:
+        """The HITs with a free assignment at ``now`` (not disposed of, not expired, fewer
+        assignments than ``MaxAssignments``), oldest first; with ``worker_id``, only those the
+        worker has no assignment of (in any status)."""
+        sql = (
+            _HIT_STATES + " WHERE h.disposed = 0 AND h.expiration > ? "
+            "AND h.max_assignments > ifnull(c.assigned, 0)"
+        )
+        args: tuple = (now,)
+        if worker_id is not None:
+            sql += " AND h.id NOT IN (SELECT hit_id FROM assignments WHERE worker_id = ?)"
+            args += (worker_id,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY h.seq", args).fetchall()
+        return [HITState.from_row(row) for row in rows]
+
+    def assignment_counts(self, hit_id: str) -> AssignmentCounts:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT count(*), ifnull(sum(status = 'Accepted'), 0), "
+                "ifnull(sum(status IN ('Approved', 'Rejected')), 0) "
+                "FROM assignments WHERE hit_id = ?",
+                (hit_id,),
+            ).fetchone()
+        return AssignmentCounts(*row)
+
     def put_assignment(self, assignment: dict[str, Any]) -> None:
         self.execute(
-            "INSERT INTO assignments (id, hit_id, worker_id, doc) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+            "INSERT INTO assignments (id, hit_id, worker_id, doc, status, due) "
+            "VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, status = excluded.status, "
+            "due = excluded.due",
             (
                 assignment["AssignmentId"],
                 assignment["HITId"],
                 assignment["WorkerId"],
                 _dump(assignment),
+                *_assignment_columns(assignment),
             ),
         )
 
@@ -164,6 +343,15 @@ class Store:
 
     def all_assignments(self) -> list[dict[str, Any]]:
         return self.docs("SELECT doc FROM assignments ORDER BY seq")
+
+    def due_assignments(self, now: float) -> list[dict[str, Any]]:
+        """The assignments time has acted on by ``now``: accepted ones past their deadline,
+        submitted ones past their auto-approval time; oldest first."""
+        return self.docs(
+            "SELECT doc FROM assignments WHERE seq IN "
+            "(SELECT seq FROM assignments INDEXED BY assignments_due WHERE due <= ?) ORDER BY seq",
+            (now,),
+        )
 
     def add_bonus(self, bonus: dict[str, Any]) -> None:
         self.execute(
@@ -220,6 +408,24 @@ class Store:
 
     def ledger(self) -> list[dict[str, Any]]:
         return self.docs("SELECT doc FROM ledger ORDER BY seq")
+
+
+def _hit_columns(hit: dict[str, Any]) -> tuple[float, int, int, int]:
+    """The columns of ``hits`` that hold a HIT's document's fields."""
+    return (
+        hit["Expiration"],
+        hit["MaxAssignments"],
+        int(bool(hit.get("Disposed"))),
+        int(bool(hit.get("Reviewing"))),
+    )
+
+
+def _assignment_columns(assignment: dict[str, Any]) -> tuple[str, float | None]:
+    """An assignment's status and when time acts on it: an accepted assignment is abandoned at
+    its Deadline, a submitted one approved at its AutoApprovalTime; others never change alone."""
+    status = assignment["AssignmentStatus"]
+    due = {"Accepted": "Deadline", "Submitted": "AutoApprovalTime"}.get(status)
+    return status, assignment[due] if due else None
 
 
 def _dump(doc: dict[str, Any]) -> str:

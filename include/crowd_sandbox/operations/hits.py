@@ -130,25 +130,32 @@ class HITOperations(SandboxCore):
         return {"HIT": self.hit_view(self._hit(params["HITId"]))}
 
     def op_ListHITs(self, params: dict[str, Any], request_id: str) -> dict[str, Any]:
-        hits = [h for h in self.store.hits() if not h.get("Disposed")]
-        page, token = self._page(hits, params, "ListHITs")  # views only for the page's HITs
+        start, size = self._page_window(params, "ListHITs")
+        if start >= 0:
+            page, more = self.store.listed_hits(start, size)  # only the page's documents
+        else:  # no token the sandbox gives out; sliced as a Python list is, as it always was
+            hits = [h for h in self.store.hits() if not h.get("Disposed")]
+            page, more = hits[start : start + size], start + size < len(hits)
+        now = self._now()
         return {
-            "HITs": [self.hit_view(h) for h in page],
-            "NextToken": token,
+            "HITs": [self.hit_view(h, now=now) for h in page],
+            "NextToken": self._next_token(start, size, "ListHITs", more),
             "NumResults": len(page),
         }
 
     def op_ListReviewableHITs(self, params: dict[str, Any], request_id: str):
         wanted = params.get("Status", "Reviewable")
-        hits = [self.hit_view(h) for h in self.store.hits()]
-        hits = [
-            h
-            for h in hits
-            if h["HITStatus"] == wanted
-            and (not params.get("HITTypeId") or h["HITTypeId"] == params["HITTypeId"])
+        now = self._now()
+        states = [
+            state
+            for state in self.store.hit_states()
+            if self.hit_state_status(state, now) == wanted
+            and (not params.get("HITTypeId") or state.hit_type_id == params["HITTypeId"])
         ]
-        page, token = self._page(hits, params, "ListReviewableHITs:" + wanted)
-        return {"HITs": page, "NextToken": token, "NumResults": len(page)}
+        page, token = self._page(states, params, "ListReviewableHITs:" + wanted)
+        hits = self.store.hits_by_seq([state.seq for state in page])
+        views = [self.hit_view(h, state.counts, now) for h, state in zip(hits, page, strict=True)]
+        return {"HITs": views, "NextToken": token, "NumResults": len(views)}
 
     def op_UpdateExpirationForHIT(self, params: dict[str, Any], request_id: str):
         hit = self._hit(params["HITId"])

@@ -51,25 +51,25 @@ class WorkerActions(SandboxCore):
         return unmet_requirements(self.store, worker, hit, action)
 
     def assignable_hits(self, worker_id: str | None = None) -> list[dict[str, Any]]:
-        """HITs a worker can find now (all assignable HITs when no worker is given)."""
+        """HITs a worker can find now (all assignable HITs when no worker is given).
+
+        The store picks the HITs with a free slot that the worker has not done from its
+        columns, so only the documents of HITs on the list are read."""
         with self.store.transaction():
             self._refresh()
             worker = self.worker(worker_id) if worker_id else None
-            found = []
-            for hit in self.store.hits():
-                view = self.hit_view(hit)
-                if view["HITStatus"] != "Assignable":
-                    continue
-                if worker is not None:
-                    if self.qualifies(worker, hit, "Discover"):
-                        continue
-                    if any(
-                        a["WorkerId"] == worker["WorkerId"]
-                        for a in self.store.assignments_for_hit(hit["HITId"])
-                    ):
-                        continue
-                found.append(view)
-            return found
+            now = self._now()
+            states = [
+                state
+                for state in self.store.open_hit_states(now, worker_id if worker else None)
+                if self.hit_state_status(state, now) == "Assignable"
+            ]
+            hits = self.store.hits_by_seq([state.seq for state in states])
+            return [
+                self.hit_view(hit, state.counts, now)
+                for hit, state in zip(hits, states, strict=True)
+                if worker is None or not self.qualifies(worker, hit, "Discover")
+            ]
 
     def hit_for_worker(self, hit_id: str) -> dict[str, Any]:
         with self.store.transaction():
