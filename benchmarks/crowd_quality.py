@@ -5,10 +5,13 @@ What is measured, in one run (``make benchmark-crowd`` runs this file)::
     python benchmarks/crowd_quality.py [--queries N] [--seed S] [--workers W]
                                        [--seconds-per-assignment T] [--mode-timeout M]
                                        [--bad 0.30,0.50] [--workdir DIR] [--quick]
+                                       [--confidence C] [--adaptive-max M]
+                                       [--modes fixed-3,fixed-5,adaptive]
+                                       [--golds provided,generated]
 
 1. Data with known truth (cached under ``--workdir``, default ``.cache/bench-crowd``): the
    demo's image generator (``include/demo/data.py``: every scene a slow camera pan, queries
-   altered views of random frames) makes ``8 x FRAMES_PER_SCENE`` frames and N queries (default
+   altered views of random frames) makes ``8 x frames_per_scene(N)`` frames and N queries (default
    200; ``--quick`` 40). Each query gets three candidates built directly, not through the model,
    that look like the model's: its source frame and the two frames of the same pan nearest to
    it that lack at least ``MIN_MISSING`` (4 %) of the query's width or height (a frame that
@@ -32,8 +35,8 @@ What is measured, in one run (``make benchmark-crowd`` runs this file)::
    from another mode) run by the product's crowd stage (``include.crowd.stage``: publish,
    create, then rounds of wait-for-all-assignments, review and, adaptive, ``extend``, then
    ``results``), as the DAG's tasks do, without the scheduler: *fixed-3* and *fixed-5*
-   (primary method ``majority``, the default) and *adaptive* (start 3, at most 5, confidence
-   target 0.95; primary ``gold_skill``, the posterior that drives the extensions), each with
+   (primary method ``majority``, the default) and *adaptive* (start 3, at most 7, confidence
+   target 0.99; primary ``gold_skill``, the posterior that drives the extensions), each with
    provided and with generated gold: the 6 batches of a crowd at once (threads; the workers
    pick among all their HITs, each HIT still gets distinct workers), which halves the wait.
 5. Per mode and crowd: accuracy of the primary winner against the truth (a tie or no votes is
@@ -54,6 +57,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import statistics
@@ -73,17 +77,26 @@ import _common  # noqa: E402  (benchmarks/_common.py, next to this script)
 
 DEFAULT_WORKDIR = ROOT / ".cache" / "bench-crowd"
 DATA_VERSION = 2  # bump when the prepared data (or how gold is generated) changes
-FRAMES_PER_SCENE = 160  # 8 scenes: 1,280 frames; room for a gold set of its own per HIT
+FRAMES_PER_QUERY = 6.4  # 8 scenes x 160 frames for 200 queries: a gold set of its own per HIT
+MAX_QUERIES = 1000
+
 PROVIDED_SETS = 8
 MIN_MISSING = 0.04
 NONE_SHARE = 0.10
 BUCKET = "bench-crowd"
-CONFIDENCE = 0.95
+CONFIDENCE = 0.99
+ADAPTIVE_MAX = 7
 REWARD, BONUS = "0.05", "0.05"
 BAD_SHARES = (0.30, 0.50)
 GOLDS = ("provided", "generated")
 PROFILES = ("diligent", "careless", "spammer", "strategic")
 NONE = "none"  # records.NONE_OF_THESE, the winner's name for "None of these"
+
+
+def frames_per_scene(queries: int) -> int:
+    """Frames of each of the 8 pans: model questions show up to 3 frames a query and every
+    HIT's own generated gold set 3 more, none shown twice (at least 30 a pan)."""
+    return max(30, math.ceil(queries * FRAMES_PER_QUERY / 8))
 
 
 @dataclass(frozen=True)
@@ -97,8 +110,19 @@ class Mode:
 MODES = (
     Mode("fixed-3", 3, 3, "majority"),
     Mode("fixed-5", 5, 5, "majority"),
-    Mode("adaptive", 3, 5, "gold_skill"),
+    Mode("adaptive", 3, ADAPTIVE_MAX, "gold_skill"),
 )
+
+
+def modes_of(args: argparse.Namespace) -> tuple[Mode, ...]:
+    """The modes this run measures (``--modes``), adaptive with ``--adaptive-max``."""
+    chosen = []
+    for mode in MODES:
+        if mode.name in args.modes:
+            if mode.name == "adaptive":
+                mode = Mode(mode.name, mode.start, args.adaptive_max, mode.primary)
+            chosen.append(mode)
+    return tuple(chosen)
 
 
 def worker_spec(total: int, bad: float) -> str:
@@ -173,7 +197,7 @@ def prepare(args: argparse.Namespace, embedder_factory) -> Bench:
     demo = generate_demo_data(
         data_dir / "demo",
         seed=args.seed,
-        frames_per_scene=FRAMES_PER_SCENE,
+        frames_per_scene=frames_per_scene(args.queries),
         n_queries=args.queries,
         n_known_sets=PROVIDED_SETS,
     )
@@ -411,7 +435,7 @@ def run_mode(stack, bench: Bench, bad: float, gold: str, mode: Mode, args) -> Ro
         s3_prefix=f"bench/{batch_id}",
         assignments_per_hit=mode.start,
         max_assignments_per_hit=mode.maximum if mode.maximum > mode.start else 0,
-        confidence_target=CONFIDENCE,
+        confidence_target=args.confidence,
         aggregation_method=mode.primary,
         reward_usd=REWARD,
         bonus_usd=BONUS,
@@ -465,7 +489,7 @@ def run_mode(stack, bench: Bench, bad: float, gold: str, mode: Mode, args) -> Ro
     row.gold_skill_accuracy = sum(
         right(m["winner"], q["query"]) for m, q in zip(skill, queries, strict=True)
     ) / len(queries)
-    row.unsure = sum((m.get("confidence") or 0.0) < CONFIDENCE for m in skill) / len(queries)
+    row.unsure = sum((m.get("confidence") or 0.0) < args.confidence for m in skill) / len(queries)
     submitted = [q["assignments"]["submitted"] for q in queries]
     row.mean_assignments = statistics.fmean(submitted)
     row.max_assignments = max(submitted)
@@ -497,7 +521,7 @@ def run_crowd(bench: Bench, bad: float, args) -> Crowd:
     from testsupport.platforms import mturk_platform
 
     spec = worker_spec(args.workers, bad)
-    jobs = [(gold, mode) for gold in GOLDS for mode in MODES]
+    jobs = [(gold, mode) for gold in args.golds for mode in modes_of(args)]
     with LocalStack(
         args.workdir / f"stack-{round(bad * 100)}",
         bucket=BUCKET,
@@ -640,20 +664,42 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     parser.add_argument("--quick", action="store_true", help="40 queries: a smoke run")
+    parser.add_argument(
+        "--confidence", type=float, default=CONFIDENCE, help=f"adaptive target ({CONFIDENCE})"
+    )
+    parser.add_argument(
+        "--adaptive-max",
+        type=int,
+        default=ADAPTIVE_MAX,
+        help=f"adaptive: most assignments per HIT ({ADAPTIVE_MAX})",
+    )
+    parser.add_argument(
+        "--modes", default=",".join(m.name for m in MODES), help="a subset, comma-separated"
+    )
+    parser.add_argument("--golds", default=",".join(GOLDS), help="a subset, comma-separated")
     args = parser.parse_args(argv)
     if args.queries is None:
         args.queries = 40 if args.quick else 200
-    most = 8 * FRAMES_PER_SCENE
-    if not 10 <= args.queries <= most:
-        parser.error(f"--queries must be 10 to {most} (the demo's frames)")
-    if args.workers < max(m.maximum for m in MODES):
-        parser.error("--workers must be at least 5: a HIT needs 5 distinct workers")
+    if not 10 <= args.queries <= MAX_QUERIES:
+        parser.error(f"--queries must be 10 to {MAX_QUERIES}")
+    if args.workers < max(5, args.adaptive_max):
+        parser.error("--workers must be at least the most assignments a HIT can get")
     try:
         args.bad = [float(x) for x in str(args.bad).split(",") if x.strip()]
     except ValueError:
         parser.error("--bad takes comma-separated shares, e.g. 0.30,0.50")
     if not args.bad or not all(0 <= b < 1 for b in args.bad):
         parser.error("--bad shares must be 0 to below 1")
+    args.modes = [m.strip() for m in str(args.modes).split(",") if m.strip()]
+    args.golds = [g.strip() for g in str(args.golds).split(",") if g.strip()]
+    if not args.modes or not set(args.modes) <= {m.name for m in MODES}:
+        parser.error(f"--modes takes some of {', '.join(m.name for m in MODES)}")
+    if not args.golds or not set(args.golds) <= set(GOLDS):
+        parser.error(f"--golds takes some of {', '.join(GOLDS)}")
+    if not 0.5 <= args.confidence < 1:
+        parser.error("--confidence must be 0.5 to below 1")
+    if not 3 <= args.adaptive_max < 10:
+        parser.error("--adaptive-max must be 3 to 9 (a HIT starts with 3; MTurk keeps it under 10)")
     args.workdir = args.workdir.resolve()
     return args
 
@@ -708,7 +754,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"+ the 2 nearest frames of its pan lacking >= {MIN_MISSING:.0%} of it; "
         f"{args.workers} workers per crowd (diligent + careless/spammer/strategic in equal "
         f"shares), {args.seconds_per_assignment:g} s per assignment, seed {args.seed}; reward "
-        f"${REWARD}, bonus ${BONUS}; adaptive: start 3, max 5, confidence {CONFIDENCE}; gold: "
+        f"${REWARD}, bonus ${BONUS}; adaptive: start 3, max {args.adaptive_max}, confidence "
+        f"{args.confidence}; gold: "
         f"{bench.gold_sets['provided']} provided sets, {bench.gold_sets['generated']} generated "
         f"(shared in rotation when fewer than the HITs); generated gold's cosine gaps "
         f"{json.dumps(bench.gaps)}"
@@ -716,7 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         "accuracy: the primary method's winner against the truth (tie or no votes: wrong); "
         "gold_skill acc: the gold-anchored posterior's; unsure: gold_skill confidence below "
-        f"{CONFIDENCE}; strategic pass / w, diligent w: gold pass rate and mean skill (the "
+        f"{args.confidence}; strategic pass / w, diligent w: gold pass rate and mean skill (the "
         "weight of their votes in gold_skill); money: sandbox balance change = ledger total"
     )
     for crowd in crowds:
@@ -725,8 +772,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"money, {crowd.bad:.0%} bad: sandbox balance change "
             f"${crowd.balance_change_cents / 100:.2f}, ledgers' total ${ledger / 100:.2f}: "
             f"{'equal to the cent' if crowd.money_ok else 'MISMATCH (failed)'}; the crowd's "
-            f"6 batches ran at once in {crowd.seconds:.0f} s (wall s: each batch's own, with "
-            "the others competing for the same workers)"
+            f"{len(crowd.rows)} batches ran at once in {crowd.seconds:.0f} s (wall s: each "
+            "batch's own, with the others competing for the same workers)"
         )
     for text in kinds_lines(rows):
         print(text)
