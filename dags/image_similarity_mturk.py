@@ -108,7 +108,8 @@ PARAMS = {
         DEFAULTS.sources.known_answers, type="string", minLength=1, section=SOURCES,
         title="Known-answer (gold) sets",
         description="knownN.jpg, knownN_1st_match.jpg (correct), knownN_2nd_match.jpg, "
-        "knownN_3rd_match.jpg. Local folder or gdrive://FOLDER_ID.",
+        "knownN_3rd_match.jpg. Local folder or gdrive://FOLDER_ID. Not read when gold_source is "
+        "generated.",
     ),
     "gold_source": Param(
         DEFAULTS.sources.gold, type="string", enum=list(GOLD_SOURCES), section=SOURCES,
@@ -670,7 +671,7 @@ def image_similarity_mturk():
             return stage_drive_folder(hook, spec.location, staging)
 
         try:
-            pipeline.list_sources(batch_dir, sources.locations(), resolve)
+            pipeline.list_sources(batch_dir, sources.used(), resolve)
         except (FileNotFoundError, ValueError) as exc:  # wrong settings: retrying cannot help
             raise AirflowFailException(str(exc)) from exc
         settings.store(batch_dir)

@@ -25,7 +25,7 @@ SOURCE_PARAMS = {
 def problems(settings: SimilaritySettings, base_dir: Path) -> list[str]:
     """The problems of the local sources and the model (Drive folders: ``drive_folders``)."""
     found = []
-    for collection, text in settings.sources.locations().items():
+    for collection, text in settings.sources.used().items():
         param = SOURCE_PARAMS[collection]
         try:
             spec = SourceSpec.parse(text, base_dir=base_dir)
@@ -51,7 +51,7 @@ def problems(settings: SimilaritySettings, base_dir: Path) -> list[str]:
 def drive_folders(settings: SimilaritySettings) -> dict[str, str]:
     """The Drive folder ids among the sources, by the Param that names them."""
     folders = {}
-    for collection, text in settings.sources.locations().items():
+    for collection, text in settings.sources.used().items():
         try:
             spec = SourceSpec.parse(text)
         except ValueError:

@@ -51,6 +51,15 @@ class Sources:
             "known_answers": self.known_answers,
         }
 
+    def used(self) -> dict[str, str]:
+        """The sources a run lists and checks, by collection (``pipeline.list_sources`` takes
+        them): with generated gold only, the known-answers folder is not read at all, so it
+        need not exist (``locations`` still names it: it is part of a campaign's identity)."""
+        found = self.locations()
+        if self.gold == "generated":
+            del found["known_answers"]
+        return found
+
 
 @dataclass(frozen=True)
 class Embedding:

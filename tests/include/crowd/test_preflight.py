@@ -140,6 +140,21 @@ def test_missing_unreadable_and_non_folder_sources_each_name_their_param(tmp_pat
     assert found[1].startswith("Param known_answers_source") and "not a folder" in found[1]
 
 
+def test_with_generated_gold_only_the_known_answers_folder_is_not_checked(tmp_path):
+    (tmp_path / "ok").mkdir()
+    for gold, named in (("generated", False), ("both", True), ("provided", True)):
+        settings = similarity(
+            dataset=str(tmp_path / "ok"), queries=str(tmp_path / "ok"), known_answers="missing",
+            gold=gold,
+        )  # fmt: skip
+        found = checks.problems(settings, tmp_path)
+        assert any(p.startswith("Param known_answers_source") for p in found) is named, gold
+        assert ("known_answers" in settings.sources.used()) is named
+        assert "known_answers" in settings.sources.locations()  # the campaign's identity
+    drive = similarity(known_answers="gdrive://abc", gold="generated")
+    assert "known_answers_source" not in checks.drive_folders(drive)
+
+
 def test_drive_sources_are_left_to_the_google_connection_and_bad_ids_named(tmp_path):
     settings = similarity(dataset="gdrive://abc_DEF-1", queries="gdrive://a/b", known_answers=".")
     found = checks.problems(settings, tmp_path)
