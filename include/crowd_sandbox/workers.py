@@ -7,8 +7,10 @@ by the largest remainder (ties: the larger share, then the profile named first; 
 rounds to 0 starts nobody), here 14 diligent and 2 each of the others. At most 1000 workers
 in all.
 
-Each one loops: list the HITs it can find (``GET /?workerId=W``), open one it has not done,
-accept it (the preview page's ``form#accept``), load the question frame (the
+Each one loops: list the HITs it can find (``GET /?workerId=W``), pick up to
+``HITS_PER_LIST`` of those it has not done, in a random order, and for each in turn (the list
+is loaded again when they are done): open it, accept it (a HIT that filled up meanwhile is
+skipped for a while), (the preview page's ``form#accept``), load the question frame (the
 ``iframe#question`` of the page the accept redirects to), look at the pictures, think for a
 while, fill the form and post it to the form's action (the site's ``/mturk/externalSubmit``).
 Workers read nothing but the HTML and images a browser would load; they never touch the
@@ -178,6 +180,9 @@ THINK_JITTER = (0.7, 1.3)
 IDLE_SECONDS = 1.0
 """How long (times a random factor in [0.5, 1.5]) a worker waits when it has nothing to do."""
 MAX_BACKOFF_SECONDS = 30.0
+HITS_PER_LIST = 5
+"""How many HITs of one look at the list a worker goes through before loading the list again
+(as a person works down a page; it also spares a big sandbox most of its list pages)."""
 
 
 class SkipHit(Exception):
@@ -210,6 +215,7 @@ class SimulatedWorker(threading.Thread):
         self.answered = 0
         self.done: set[str] = set()
         self._skip_until: dict[str, tuple[float, int]] = {}
+        self._picked: list[str] = []  # HITs of the last look at the list, still to try
 
     @property
     def style(self) -> str:
@@ -243,17 +249,19 @@ class SimulatedWorker(threading.Thread):
         return f"{self.browser.base_url}/?{urlencode({'workerId': self.worker_id})}"
 
     def step(self) -> bool:
-        """Do one HIT if there is one to do; return whether there was."""
-        page_url, html = self.browser.get(self._list_url())
-        now = time.monotonic()
-        todo = [
-            hit_id
-            for hit_id in hits_on_list_page(html, page_url)
-            if hit_id not in self.done and self._skip_until.get(hit_id, (0.0, 0))[0] <= now
-        ]
-        if not todo:
-            return False
-        hit_id = self.rng.choice(todo)
+        """Try one HIT if there is one to do; return whether there was."""
+        if not self._picked:
+            page_url, html = self.browser.get(self._list_url())
+            now = time.monotonic()
+            todo = [
+                hit_id
+                for hit_id in hits_on_list_page(html, page_url)
+                if hit_id not in self.done and self._skip_until.get(hit_id, (0.0, 0))[0] <= now
+            ]
+            if not todo:
+                return False
+            self._picked = self.rng.sample(todo, min(HITS_PER_LIST, len(todo)))
+        hit_id = self._picked.pop(0)
         try:
             self.do_hit(hit_id)
         except SkipHit as reason:
