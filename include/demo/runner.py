@@ -173,10 +173,12 @@ def _run_dag(demo_dir: Path, folders: Folders, batch_id: str, output_dir: Path, 
         "output_dir": str(output_dir),
         "batch_id": batch_id,
         "s3_bucket": stack.bucket,
-        # Adaptive overlap: 3 workers per HIT, more (up to 7) where the winner is unsure.
+        # Adaptive overlap: 3 workers per HIT, more (up to 7) where the winner is unsure, and
+        # the winner the posterior that drives it (benchmarks/crowd_quality.py measured it).
         "assignments_per_hit": 3,
         "max_assignments_per_hit": 7,
-        "confidence_target": 0.95,
+        "confidence_target": 0.99,
+        "aggregation_method": "gold_skill",
         "hit_lifetime_hours": 1,
         "assignment_duration_minutes": 5,
         "wait_timeout_hours": 0.25,
