@@ -39,6 +39,7 @@ import logging
 import math
 import re
 import tempfile
+from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,9 @@ DEFAULT_PREFIX = "gen"
 DEFAULT_WRONG_OPTIONS = 2  # the model question offers 3 matches (layout.MAX_MATCHES)
 DEFAULT_NEIGHBOURS = 8
 POOL_FACTOR = 3
+THUMB_CACHE = 4096
+"""Thumbnails kept between candidates (about 37 KB each): neighbours recur from one candidate to
+the next, and a large dataset's thumbnails would not fit in memory."""
 """The re-ranker looks at up to ``POOL_FACTOR x neighbours`` of a source's nearest pictures and
 keeps the nearest ``neighbours`` it can tell from the source as the candidates for wrong answers
 (a pan's next frames often show all of the reference: they would be second right answers)."""
@@ -427,20 +431,25 @@ class _Generator:
         self.max_pixels = max_pixels
         self.problems: list[Problem] = []
         self.bad: set[int] = set()
-        self._thumbs: dict[int, np.ndarray] = {}
+        self._thumbs: OrderedDict[int, np.ndarray] = OrderedDict()  # the latest THUMB_CACHE
 
     def _leave_out(self, index: int, reason: str) -> None:
         self.bad.add(index)
         self.problems.append(Problem(self.pictures[index].image.name, reason, STAGE))
 
     def _thumb(self, index: int) -> np.ndarray | None:
-        if index not in self._thumbs and index not in self.bad:
+        if index in self._thumbs:
+            self._thumbs.move_to_end(index)
+        elif index not in self.bad:
             image = self.pictures[index].image
             try:
                 source = open_thumbnail_source(image.path, image.name, max_pixels=self.max_pixels)
                 self._thumbs[index] = thumbnail(source)
             except DecodeError as exc:
                 self._leave_out(index, f"{exc.reason}; not used as a gold picture")
+                return None
+            while len(self._thumbs) > THUMB_CACHE:
+                self._thumbs.popitem(last=False)
         return self._thumbs.get(index)
 
     def _reference(self, index: int, seed: int, scratch: Path) -> tuple[bytes, np.ndarray] | None:
@@ -491,7 +500,8 @@ class _Generator:
                 )  # fmt: skip
             )
             return None
-        if self._thumb(source) is None:
+        source_thumb = self._thumb(source)
+        if source_thumb is None:
             return None
         made = self._reference(source, seed, scratch)
         if made is None:
@@ -501,11 +511,12 @@ class _Generator:
         reference_thumb = thumbnail(Image.open(io.BytesIO(data)))
         # The nearest pictures first, as far as POOL_FACTOR x neighbours of them: the wrong
         # answers are the nearest ones the re-ranker can tell from the right answer.
-        pool = [i for i in nearest[: self.neighbours * POOL_FACTOR] if self._thumb(i) is not None]
+        thumbs = {i: self._thumb(i) for i in nearest[: self.neighbours * POOL_FACTOR]}
+        pool = [i for i, thumb in thumbs.items() if thumb is not None]
         pool_cosines = [float(c) for c in self.matrix[pool] @ reference]
         result = rerank(
             reference_thumb,
-            [self._thumbs[i] for i in (source, *pool)],
+            [source_thumb, *(thumbs[i] for i in pool)],
             [right, *pool_cosines],
             self.config,
         )

@@ -409,3 +409,17 @@ def test_generated_only_needs_no_provided_sets(demo_batch, embedder, tmp_path):
         pipeline.prepare_gold(copy, embedder, "provided", seed=1)
     summary = pipeline.prepare_gold(copy, embedder, "generated", seed=1)
     assert summary["generated"] == pipeline.gold_count(5) and summary["provided"] == 0
+
+
+def test_the_bounded_thumbnail_cache_changes_no_set(demo_batch, generated, embedder, tmp_path):
+    from include.image_similarity import gold
+
+    _, batch = demo_batch
+    result, _ = generated
+    images, vectors, scores = batch_inputs(batch)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gold, "THUMB_CACHE", 1)  # every thumbnail read again when next needed
+        again = generate_gold(
+            images, vectors, embedder, tmp_path / "out", 6, seed=3, model_scores=scores
+        )
+    assert [r["hashes"] for r in again.records] == [r["hashes"] for r in result.records]
