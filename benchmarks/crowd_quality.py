@@ -65,7 +65,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -120,7 +120,7 @@ def modes_of(args: argparse.Namespace) -> tuple[Mode, ...]:
     for mode in MODES:
         if mode.name in args.modes:
             if mode.name == "adaptive":
-                mode = Mode(mode.name, mode.start, args.adaptive_max, mode.primary)
+                mode = replace(mode, maximum=args.adaptive_max)
             chosen.append(mode)
     return tuple(chosen)
 
@@ -189,7 +189,7 @@ def prepare(args: argparse.Namespace, embedder_factory) -> Bench:
     import numpy as np
 
     from include.demo.data import generate_demo_data
-    from include.image_similarity.gold import generate_gold
+    from include.image_similarity.gold import generate_gold, shown_pictures
     from include.image_similarity.sources import list_local_images
 
     started = time.perf_counter()
@@ -300,8 +300,6 @@ def prepare(args: argparse.Namespace, embedder_factory) -> Bench:
     else:
         embedder = embedder or embedder_factory()
         # As the DAG's prepare_gold: no picture a model question shows, one set per HIT.
-        shown = {m["sha256"] for e in entries for m in e["matches"]}
-        shown |= {e["query"]["sha256"] for e in entries}
         result = generate_gold(
             dataset,
             vectors,
@@ -310,7 +308,7 @@ def prepare(args: argparse.Namespace, embedder_factory) -> Bench:
             len(queries),
             seed=args.seed,
             model_scores=model_scores,
-            exclude=shown,
+            exclude=shown_pictures(similarity),
         )
         generated_records = result.records
         generated_images = [_image_dict(i) for i in result.listing.images]

@@ -9,8 +9,8 @@ in all.
 
 Each one loops: list the HITs it can find (``GET /?workerId=W``), pick up to
 ``HITS_PER_LIST`` of those it has not done, in a random order, and for each in turn (the list
-is loaded again when they are done): open it, accept it (a HIT that filled up meanwhile is
-skipped for a while), (the preview page's ``form#accept``), load the question frame (the
+is loaded again when they are done): open it, accept it (the preview page's ``form#accept``;
+a HIT that filled up meanwhile is skipped for a while), load the question frame (the
 ``iframe#question`` of the page the accept redirects to), look at the pictures, think for a
 while, fill the form and post it to the form's action (the site's ``/mturk/externalSubmit``).
 Workers read nothing but the HTML and images a browser would load; they never touch the

@@ -202,6 +202,13 @@ def model_question_scores(similarity: Mapping, options: int = DEFAULT_WRONG_OPTI
     ]
 
 
+def shown_pictures(similarity: Mapping) -> set[str]:
+    """The content hashes of every picture a model question shows (its query and its matches),
+    from ``similarity.json``'s content: generated gold never uses them (``exclude``)."""
+    shown = {m["sha256"] for q in similarity["queries"] for m in q["matches"]}
+    return shown | {q["query"]["sha256"] for q in similarity["queries"]}
+
+
 def batch_inputs(batch_dir: Path) -> tuple[list[ImageFile], dict[str, np.ndarray], list[list]]:
     """The dataset images, their vectors by content hash and the model questions' cosines of a
     batch folder the similarity stage has matched (``sources.json``, ``vectors.npz``,
@@ -513,11 +520,11 @@ class _Generator:
         # answers are the nearest ones the re-ranker can tell from the right answer.
         thumbs = {i: self._thumb(i) for i in nearest[: self.neighbours * POOL_FACTOR]}
         pool = [i for i, thumb in thumbs.items() if thumb is not None]
-        pool_cosines = [float(c) for c in self.matrix[pool] @ reference]
+        cosine = dict(zip(pool, (float(c) for c in self.matrix[pool] @ reference), strict=True))
         result = rerank(
             reference_thumb,
             [source_thumb, *(thumbs[i] for i in pool)],
-            [right, *pool_cosines],
+            [right, *(cosine[i] for i in pool)],
             self.config,
         )
         if not result.alignment.ncc[0] >= self.config.min_ncc:
@@ -541,11 +548,11 @@ class _Generator:
             )
             return None
         shortlist = [pool[j] for j in separable[: self.neighbours]]
-        to_reference = np.array([pool_cosines[j] for j in separable[: self.neighbours]])
+        to_reference = np.array([cosine[i] for i in shortlist])
         same = (self.matrix[shortlist] @ self.matrix[shortlist].T) >= SAME_PICTURE_COSINE
         wrong = _closest_gaps(shortlist, to_reference, right, target, wrong_options, same)
         options = [source, *wrong]
-        option_cosines = [right, *(pool_cosines[pool.index(i)] for i in wrong)]
+        option_cosines = [right, *(cosine[i] for i in wrong)]
         return data, options, option_cosines
 
     def write_set(

@@ -241,7 +241,12 @@ def prepare_gold(
     :raises ValueError: ``generated`` and fewer sets than queries could be made (nothing is
         spent yet: choose ``both`` or ``provided``, or add dataset images), or no gold at all.
     """
-    from include.image_similarity.gold import GoldError, batch_inputs, generate_gold
+    from include.image_similarity.gold import (
+        GoldError,
+        batch_inputs,
+        generate_gold,
+        shown_pictures,
+    )
 
     provided = [r for r in read_json(batch_dir / "known_answers.json") if not r.get("generated")]
     summary: dict = {"source": source, "provided": len(provided), "generated": 0}
@@ -251,8 +256,6 @@ def prepare_gold(
         images, vectors, scores = batch_inputs(batch_dir)
         similarity = read_json(batch_dir / "similarity.json")
         queries = len(similarity["queries"])
-        shown = {m["sha256"] for q in similarity["queries"] for m in q["matches"]}
-        shown |= {q["query"]["sha256"] for q in similarity["queries"]}
         wanted = gold_count(queries)
         try:
             result = generate_gold(
@@ -263,7 +266,7 @@ def prepare_gold(
                 wanted,
                 seed=seed,
                 model_scores=scores,
-                exclude=shown,
+                exclude=shown_pictures(similarity),
                 rerank_config=rerank_config,
             )
         except GoldError as exc:
