@@ -341,9 +341,6 @@ class Store:
             "SELECT doc FROM assignments WHERE worker_id = ? ORDER BY seq", (worker_id,)
         )
 
-    def all_assignments(self) -> list[dict[str, Any]]:
-        return self.docs("SELECT doc FROM assignments ORDER BY seq")
-
     def due_assignments(self, now: float) -> list[dict[str, Any]]:
         """The assignments time has acted on by ``now``: accepted ones past their deadline,
         submitted ones past their auto-approval time; oldest first."""
