@@ -41,7 +41,7 @@ import re
 import tempfile
 from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import median
 
@@ -345,7 +345,9 @@ def generate_gold(
         )
     if not prefix.isidentifier() or prefix.lower().startswith("known"):
         raise ValueError(f"prefix {prefix!r} must be a plain word not starting with 'known'")
-    config = rerank_config or RerankConfig()
+    # The exhaustive search, whatever the batch's re-ranker: a near twin of the right answer whose
+    # score a local search under-estimated would become a wrong answer.
+    config = replace(rerank_config or RerankConfig(), method="exhaustive")
     pictures, problems = _usable_pictures(dataset, vectors, set(exclude))
     needed = wrong_options + 1
     if len(pictures) < needed:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
 from include.image_similarity.rerank import (
     DEFAULT_THUMB_SIDE,
+    METHODS,
     RerankConfig,
     align,
     rerank,
@@ -72,96 +75,158 @@ def test_thumbnail_rejects_bad_input():
         thumbnail(Image.new("RGB", (10, 10)), long_side=2)
 
 
-def test_query_crop_is_found_in_its_source(pan):
+@pytest.fixture(params=METHODS)
+def config(request) -> RerankConfig:
+    """Every test of the search runs with both: the pyramid (default) and the exhaustive one."""
+    return RerankConfig(method=request.param)
+
+
+def test_query_crop_is_found_in_its_source(pan, config):
     query = thumbnail(_altered(pan[2], scale=0.85, fx=0.9, fy=0.1))
-    found = align(query, [thumbnail(frame) for frame in pan])
+    found = align(query, [thumbnail(frame) for frame in pan], config)
     assert found.ncc[2] > 0.95
     assert found.inside_candidate[2]
     assert found.scale[2] == pytest.approx(0.85, abs=0.03)
     assert found.ncc.argmax() == 2
 
 
-def test_rerank_puts_true_source_first_when_cosine_order_is_wrong(pan):
+def test_rerank_puts_true_source_first_when_cosine_order_is_wrong(pan, config):
     query = thumbnail(_altered(pan[3], scale=0.82, fx=0.5, fy=0.6))
     thumbs = [thumbnail(frame) for frame in pan]
     shortlist = [0, 5, 1, 4, 3, 2]  # the true frame (3) ranked fifth by the cosine
     cosines = np.array([0.86, 0.855, 0.85, 0.85, 0.849, 0.848])
-    result = rerank(query, [thumbs[i] for i in shortlist], cosines)
+    result = rerank(query, [thumbs[i] for i in shortlist], cosines, config)
     assert shortlist[result.order[0]] == 3
     assert sorted(result.order.tolist()) == list(range(6))
     assert np.all(np.isfinite(result.scores))
 
 
-def test_candidate_inside_query_is_found(pan):
+def test_candidate_inside_query_is_found(pan, config):
     # The dataset image is the tighter view: the query is wider than the candidate.
     wide = thumbnail(pan[1])
     tight = thumbnail(_altered(pan[1], scale=0.8, fx=0.2, fy=0.7))
     thumbs = [thumbnail(pan[0]), tight, thumbnail(pan[2])]
-    found = align(wide, thumbs)
+    found = align(wide, thumbs, config)
     assert found.ncc.argmax() == 1
     assert not found.inside_candidate[1]
-    one_way = align(wide, thumbs, RerankConfig(both_directions=False))
+    one_way = align(wide, thumbs, replace(config, both_directions=False))
     assert one_way.ncc[1] < found.ncc[1]
 
 
-def test_unrelated_candidates_are_not_promoted(pan):
+def test_unrelated_candidates_are_not_promoted(pan, config):
     query = thumbnail(_altered(pan[2], scale=0.85, fx=0.0, fy=1.0))
     unrelated = thumbnail(_frame(_texture(seed=7), 100, 100))
     # The unrelated image has a far lower cosine: it stays below the related ones, whatever
     # its correlation, and the related ones are re-ordered among themselves.
     cosines = np.array([0.80, 0.79, 0.40])
-    result = rerank(query, [thumbnail(pan[0]), thumbnail(pan[2]), unrelated], cosines)
+    result = rerank(query, [thumbnail(pan[0]), thumbnail(pan[2]), unrelated], cosines, config)
     assert result.order.tolist() == [1, 0, 2]
 
 
-def test_constant_images_give_no_nan():
+def test_constant_images_give_no_nan(config):
     flat = np.full((72, 128), 128, np.uint8)
     black = np.zeros((72, 128), np.uint8)
     textured = thumbnail(_frame(_texture(), 0, 0))
     for query in (flat, textured):
-        result = rerank(query, [flat, black, textured], [0.5, 0.5, 0.5])
+        result = rerank(query, [flat, black, textured], [0.5, 0.5, 0.5], config)
         assert np.all(np.isfinite(result.scores))
         assert np.all(np.isfinite(result.alignment.ncc))
-    found = align(flat, [flat, black])
+    found = align(flat, [flat, black], config)
     np.testing.assert_array_equal(found.ncc, [0.0, 0.0])
 
 
-def test_ties_keep_the_shortlist_order():
+def test_ties_keep_the_shortlist_order(config):
     flat = np.full((36, 64), 200, np.uint8)
-    result = rerank(flat, [flat] * 4, [0.7, 0.7, 0.7, 0.7])
+    result = rerank(flat, [flat] * 4, [0.7, 0.7, 0.7, 0.7], config)
     assert result.order.tolist() == [0, 1, 2, 3]
 
 
-def test_result_is_deterministic(pan):
+def test_result_is_deterministic(pan, config):
     query = thumbnail(_altered(pan[4], scale=0.88, fx=0.75, fy=0.25))
     thumbs = [thumbnail(frame) for frame in pan]
     cosines = np.linspace(0.9, 0.85, len(thumbs))
-    first = rerank(query, thumbs, cosines)
-    second = rerank(query.copy(), [t.copy() for t in thumbs], cosines.copy())
+    first = rerank(query, thumbs, cosines, config)
+    second = rerank(query.copy(), [t.copy() for t in thumbs], cosines.copy(), config)
     np.testing.assert_array_equal(first.order, second.order)
     np.testing.assert_array_equal(first.scores, second.scores)
 
 
-def test_mixed_shapes_and_edge_cases(pan):
+def test_mixed_shapes_and_edge_cases(pan, config):
     query = thumbnail(pan[0])
     portrait = thumbnail(Image.new("RGB", (40, 200), "blue"))
     tiny = np.zeros((4, 4), np.uint8)  # too small for any scale: simply unverified
-    result = rerank(query, [portrait, thumbnail(pan[0]), tiny], [0.9, 0.8, 0.7])
+    result = rerank(query, [portrait, thumbnail(pan[0]), tiny], [0.9, 0.8, 0.7], config)
     assert result.order.tolist() == [1, 0, 2]
     assert result.alignment.ncc[2] == 0.0
 
-    empty = rerank(query, [], [])
+    empty = rerank(query, [], [], config)
     assert empty.order.shape == (0,)
 
-    missing = rerank(query, [thumbnail(pan[1]), thumbnail(pan[2])], [0.9, -np.inf])
+    missing = rerank(query, [thumbnail(pan[1]), thumbnail(pan[2])], [0.9, -np.inf], config)
     assert np.all(~np.isnan(missing.scores))
     assert missing.order.tolist() == [0, 1]
 
     with pytest.raises(ValueError):
-        rerank(query, [query], [0.5, 0.4])
+        rerank(query, [query], [0.5, 0.4], config)
     with pytest.raises(ValueError):
-        rerank(np.zeros((3, 3, 3)), [query], [0.5])
+        rerank(np.zeros((3, 3, 3)), [query], [0.5], config)
     with pytest.raises(ValueError):
-        align(query, [np.zeros((5, 5, 3))])
+        align(query, [np.zeros((5, 5, 3))], config)
     with pytest.raises(ValueError):
         RerankConfig(min_scale=0).scales()
+
+
+def test_pyramid_agrees_with_the_exhaustive_search(pan):
+    """The coarse-to-fine search finds what trying every offset finds, on every frame."""
+    thumbs = [thumbnail(frame) for frame in pan]
+    for source, (scale, fx, fy) in enumerate(
+        [(0.85, 0.9, 0.1), (0.75, 0.2, 0.8), (0.95, 0.5, 0.5)] * 2
+    ):
+        query = thumbnail(_altered(pan[source], scale=scale, fx=fx, fy=fy))
+        fast = align(query, thumbs, RerankConfig(method="pyramid", refine_top=None))
+        full = align(query, thumbs, RerankConfig(method="exhaustive"))
+        assert fast.ncc.argmax() == full.ncc.argmax() == source
+        np.testing.assert_allclose(fast.ncc[source], full.ncc[source], atol=0.02)
+        assert fast.scale[source] == pytest.approx(full.scale[source], abs=0.03)
+        assert abs(fast.offset[source] - full.offset[source]).max() <= 2
+
+
+def test_pyramid_refines_only_the_best_coarse_candidates(pan):
+    query = thumbnail(_altered(pan[2], scale=0.85, fx=0.3, fy=0.3))
+    unrelated = [thumbnail(_frame(_texture(seed=s), 50, 50)) for s in (11, 12, 13)]
+    found = align(query, [*unrelated, thumbnail(pan[2])], RerankConfig(refine_top=1))
+    assert found.ncc[3] > 0.95
+    np.testing.assert_array_equal(found.ncc[:3], [0.0, 0.0, 0.0])  # not refined: not verified
+
+
+def test_pyramid_aligns_images_too_thin_for_the_coarse_copies(pan):
+    # 128x12: its 32-pixel copy is 3 pixels high, too small for any template; the search falls
+    # back to the thumbnails themselves.
+    strip = np.asarray(pan[1].convert("L").resize((128, 72)))[30:42]
+    query = strip[:, 10:118]
+    found = align(query, [strip, np.asarray(pan[3].convert("L").resize((128, 72)))[30:42]])
+    assert found.ncc[0] > 0.95
+    assert found.ncc[0] > found.ncc[1]
+
+
+def test_flat_windows_never_correlate(pan):
+    """A letterboxed candidate: windows inside its black bar are flat, not a perfect match."""
+    query = thumbnail(_altered(pan[2], scale=0.8, fx=0.5, fy=0.5))
+    letterboxed = thumbnail(pan[4]).copy()
+    letterboxed[:40] = 0
+    for method in METHODS:
+        found = align(query, [letterboxed, thumbnail(pan[2])], RerankConfig(method=method))
+        assert found.ncc[1] > 0.95
+        assert found.ncc[0] < 0.9
+
+
+def test_config_is_checked():
+    for bad in (
+        {"method": "fft"},
+        {"coarse_side": 4},
+        {"coarse_scales": 0},
+        {"refine_top": 0},
+        {"refine_radius": -1},
+    ):
+        with pytest.raises(ValueError):
+            align(np.zeros((8, 8), np.uint8), [], RerankConfig(**bad))
