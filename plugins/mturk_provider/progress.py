@@ -1,4 +1,4 @@
-"""How far a batch of HITs has got, read with GetHIT (and ListAssignmentsForHIT when needed).
+"""How far a batch of HITs has got, read with ListHITs (GetHIT, ListAssignmentsForHIT if needed).
 
 A HIT is *final* when no more work can arrive: all its assignments are submitted, or it has
 expired (MTurk says Reviewable / Reviewing / Disposed, or its expiry has passed) with nobody still
@@ -8,7 +8,8 @@ A batch is complete when every HIT is final.
 GetHIT's counts cannot tell the two final cases apart: once a HIT expires MTurk reports no
 assignment available, exactly as when all were taken. So the submitted assignments of a HIT that
 is no longer Assignable are counted with ListAssignmentsForHIT, once per final HIT (the count of
-a final HIT cannot change, so it is kept in ``final_counts`` between polls).
+a final HIT cannot change, so it is kept in ``final_counts`` between polls). The service's clock,
+not ours, decides expiry, so no final HIT is assumed complete from our clock.
 
 Only reads: sensors and triggers call this, and a trigger may run more than once.
 """
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 FINAL_HIT_STATUSES = frozenset({"Reviewable", "Reviewing", "Disposed"})
 # Assignment statuses that count as submitted work.
 SUBMITTED_STATUSES = ("Submitted", "Approved", "Rejected")
+
+# HITs per ListHITs page (MTurk's maximum).
+LIST_PAGE_SIZE = 100
 
 FinalCounts = MutableMapping[tuple[str, int, str], int]
 
@@ -136,7 +140,15 @@ def read_batch_progress(
     final_counts: FinalCounts | None = None,
     now: datetime | None = None,
 ) -> BatchProgress:
-    """Read every HIT (GetHIT), counting the submitted work of final HITs once.
+    """Read every HIT of the batch, in about one call per 100 HITs.
+
+    The requester's HITs are listed 100 a page (ListHITs) until every HIT of the batch has been
+    seen; the listing stops early at that point, and after as many pages as the batch has HITs
+    (an account holding far more HITs than the batch is then never dearer than one GetHIT per
+    HIT, the old cost). A HIT the listing did not show is read with GetHIT. The submitted work of
+    a HIT that became final is counted once with ListAssignmentsForHIT and kept in
+    ``final_counts``. A poll over N HITs in an account that holds only them makes ceil(N / 100)
+    calls, plus one per HIT that became final since the last poll.
 
     :param hook: the MTurk hook to read with.
     :param hit_ids: the HITs of the batch.
@@ -145,9 +157,11 @@ def read_batch_progress(
     """
     now = now or datetime.now(UTC)
     final_counts = {} if final_counts is None else final_counts
+    wanted = list(hit_ids)
+    listed = _listed_hits(hook, set(wanted))
     hits: list[HITProgress] = []
-    for hit_id in hit_ids:
-        hit = hook.get_hit(hit_id)["HIT"]
+    for hit_id in wanted:
+        hit = listed.get(hit_id) or hook.get_hit(hit_id)["HIT"]
         progress = hit_progress(hit, now=now)
         if progress.final and hit["HITStatus"] != "Assignable":
             key = (hit_id, progress.expected, str(hit.get("Expiration")))
@@ -158,6 +172,22 @@ def read_batch_progress(
             progress = hit_progress(hit, now=now, submitted=final_counts[key])
         hits.append(progress)
     return BatchProgress(tuple(hits))
+
+
+def _listed_hits(hook: MTurkHook, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    """List the requester's HITs until all of ``wanted`` are seen, at most len(wanted) pages."""
+    found: dict[str, dict[str, Any]] = {}
+    if not wanted:
+        return found
+    page_budget = len(wanted) * LIST_PAGE_SIZE
+    for seen, hit in enumerate(hook.list_hits(page_size=LIST_PAGE_SIZE), start=1):
+        if hit.get("HITId") in wanted:
+            found[hit["HITId"]] = hit
+            if len(found) == len(wanted):
+                break
+        if seen >= page_budget:
+            break
+    return found
 
 
 def _aware(moment: datetime) -> datetime:
