@@ -11,6 +11,7 @@ hash), is never its own match.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,3 +116,53 @@ def top_k(
             best_idx, best_score = _merge(best_idx, best_score, cand_idx, cand_score, k)
         indices[q0:q1], scores[q0:q1] = best_idx, best_score
     return TopK(indices=indices, scores=scores)
+
+
+def merge_top_k(parts: Sequence[tuple[TopK, int]], k: int) -> TopK:
+    """Merge the top-k of dataset shards into the top-k of the whole dataset.
+
+    ``parts`` holds each shard's result (from ``top_k`` over that shard alone, same queries in
+    the same order) with the dataset row its shard starts at. Ties go to the lower dataset row,
+    as in one search over everything, so the merge gives the unsharded result (scores may differ
+    in their last bit: BLAS rounds a product of another shape its own way).
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, not {k}")
+    if not parts:
+        raise ValueError("no shard to merge")
+    n_queries = parts[0][0].indices.shape[0]
+    indices = np.full((n_queries, k), -1, dtype=np.int64)
+    scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
+    for found, start in parts:
+        if found.indices.shape[0] != n_queries or start < 0:
+            raise ValueError("every shard must answer the same queries, from a row >= 0")
+        shifted = np.where(found.indices >= 0, found.indices + start, -1)
+        indices, scores = _merge(indices, scores, shifted, found.scores.astype(np.float32), k)
+    return TopK(indices=indices, scores=scores)
+
+
+def top_k_sharded(
+    queries: np.ndarray,
+    shards: Iterable[tuple[np.ndarray, list[str] | None]],
+    k: int,
+    *,
+    query_hashes: list[str] | None = None,
+) -> TopK:
+    """Search shard after shard (each ``(vectors, hashes or None)``, e.g. memory-mapped, float16
+    allowed) and merge as it goes: memory holds one shard, never the whole dataset."""
+    start = 0
+    merged: TopK | None = None
+    for vectors, hashes in shards:
+        found = top_k(
+            queries,
+            np.asarray(vectors, dtype=np.float32),
+            k,
+            query_hashes=query_hashes if hashes is not None else None,
+            dataset_hashes=hashes if query_hashes is not None else None,
+        )
+        parts = [(found, start)] if merged is None else [(merged, 0), (found, start)]
+        merged = merge_top_k(parts, k)
+        start += len(vectors)
+    if merged is None:
+        raise ValueError("no shard to search")
+    return merged
