@@ -80,7 +80,9 @@ def top_k(
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
     queries = np.asarray(queries, dtype=np.float32)
-    dataset = np.asarray(dataset, dtype=np.float32)
+    # The dataset is converted one block at a time: a float16 or memory-mapped dataset is never
+    # copied whole into float32.
+    dataset = np.asarray(dataset)
     if queries.ndim != 2 or dataset.ndim != 2 or queries.shape[1] != dataset.shape[1]:
         raise ValueError(
             f"vector shapes do not fit: queries {queries.shape}, dataset {dataset.shape}"
@@ -106,7 +108,7 @@ def top_k(
         best_idx, best_score = indices[q0:q1], scores[q0:q1]
         for d0 in range(0, n_dataset, dataset_block):
             d1 = min(d0 + dataset_block, n_dataset)
-            block = queries[q0:q1] @ dataset[d0:d1].T
+            block = queries[q0:q1] @ dataset[d0:d1].astype(np.float32, copy=False).T
             if hash_codes is not None:
                 same = hash_codes[0][q0:q1, None] == hash_codes[1][None, d0:d1]
                 block[same] = -np.inf
@@ -155,7 +157,7 @@ def top_k_sharded(
     for vectors, hashes in shards:
         found = top_k(
             queries,
-            np.asarray(vectors, dtype=np.float32),
+            vectors,
             k,
             query_hashes=query_hashes if hashes is not None else None,
             dataset_hashes=hashes if query_hashes is not None else None,
