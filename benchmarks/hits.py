@@ -30,7 +30,8 @@ What is measured, in one run (``make benchmark-hits`` runs ``python benchmarks/h
 5. Waiting, measured directly: H (default 50) incomplete HITs; ``MTurkHITsTrigger.run()`` until
    its deadline S seconds later (default 30) with ``poll_interval`` P (default 5), against the
    non-deferrable sensor (``mode="poke"``, ``timeout`` S, ``timeout_policy="partial"``) for the
-   same time: polls, GetHIT calls per poll (from the sandbox's log), API calls per second and
+   same time: polls, MTurk calls per poll (ListHITs pages, GetHIT and ListAssignmentsForHIT, from
+   the sandbox's log), API calls per second and
    the CPU time of each process (``getrusage``, all threads). Both cost the same calls; the
    difference is where the wait runs: the poke loop holds its worker slot for the whole wait.
 6. Waiting under Airflow: a DAG file with one ``MTurkHITsSensor`` over the same HITs, deferrable
@@ -774,6 +775,14 @@ def _per_min(value: float, seconds: float) -> float:
     return 60 * value / seconds if seconds else 0.0
 
 
+READ_CALLS = ("ListHITs", "GetHIT", "ListAssignmentsForHIT")
+
+
+def _reads(result: dict | None) -> int:
+    """MTurk read calls a wait made (sandbox log): ListHITs pages, GetHIT, assignment counts."""
+    return sum(_n(result, "sandbox", op) for op in READ_CALLS)
+
+
 def _calls(result: dict | None) -> int:
     return sum(int(v["n"]) for v in (result or {}).get("sandbox", {}).values())
 
@@ -785,7 +794,7 @@ def wait_rows(
     hits = args.wait_hits
     if poke and trigger:
         both = (("poke", poke), ("trigger", trigger))
-        per_poll = {k: _n(r, "sandbox", "GetHIT") / max(1, len(r["polls"])) for k, r in both}
+        per_poll = {k: _reads(r) / max(1, len(r["polls"])) for k, r in both}
         cpu = {k: steady_cpu(r) for k, r in both}
         rows += [
             Row(
@@ -796,7 +805,7 @@ def wait_rows(
                 f"poll_interval {args.poll:g} s, timeout/deadline {args.wait_seconds:g} s",
             ),
             Row(
-                "GetHIT calls per poll",
+                "MTurk calls per poll (ListHITs pages, GetHIT, ListAssignmentsForHIT)",
                 f"{per_poll['poke']:.1f}",
                 f"{per_poll['trigger']:.1f}",
                 f"{per_poll['trigger'] / per_poll['poke']:.2f}×" if per_poll["poke"] else "—",
@@ -845,9 +854,9 @@ def wait_rows(
                     f"{a:.2f} s/min ({poked['window_polls']} polls in {poked['window_s']:.0f} s)",
                     f"{b:.2f} s/min ({defer['window_polls']} polls in {defer['window_s']:.0f} s)",
                     f"{b / a:.2f}×" if a else "—",
-                    "dags test process tree; GetHIT per read "
-                    f"{_n(poked, 'sandbox', 'GetHIT') / max(1, poked['sensor_reads']):.1f} vs "
-                    f"{_n(defer, 'sandbox', 'GetHIT') / max(1, reads):.1f}",
+                    "dags test process tree; MTurk calls per read "
+                    f"{_reads(poked) / max(1, poked['sensor_reads']):.1f} vs "
+                    f"{_reads(defer) / max(1, reads):.1f}",
                 )
             )
     rows.append(
@@ -1035,7 +1044,7 @@ def notes(
             for k, r in (("poke", poke), ("trigger", trigger))
         }
         lines.append(
-            f"wait, direct: one poll reads the {args.wait_hits} HITs one GetHIT at a time "
+            f"wait, direct: one poll lists the {args.wait_hits} HITs 100 a page (ListHITs) "
             f"({read['poke']:.2f} s per poll in poke mode, {read['trigger']:.2f} s in the "
             "trigger, which runs it in a thread); both children peak at "
             f"{poke['peak_rss'] / 1024**2:.0f} / {trigger['peak_rss'] / 1024**2:.0f} MB RSS: in a "
@@ -1049,9 +1058,9 @@ def notes(
             f"airflow dags test: db migrate {dags['migrate_s']:.0f} s; deferrable rc "
             f"{defer['rc']} in {defer['wall_s']:.0f} s ({defer['sensor_reads']} sensor reads + "
             f"{defer['trigger_polls']} trigger polls, "
-            f"{_n(defer, 'sandbox', 'GetHIT')} GetHIT); poke rc {poked['rc']} in "
+            f"{_reads(defer)} MTurk calls); poke rc {poked['rc']} in "
             f"{poked['wall_s']:.0f} s ({poked['sensor_reads']} sensor reads, "
-            f"{_n(poked, 'sandbox', 'GetHIT')} GetHIT); logs {defer['log']}, {poked['log']}"
+            f"{_reads(poked)} MTurk calls); logs {defer['log']}, {poked['log']}"
         )
     lines.append(slot_line(dags))
     lines.append(_common.load_line(args.load_before))

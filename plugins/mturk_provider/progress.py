@@ -17,6 +17,7 @@ Only reads: sensors and triggers call this, and a trigger may run more than once
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, MutableMapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -143,12 +144,13 @@ def read_batch_progress(
     """Read every HIT of the batch, in about one call per 100 HITs.
 
     The requester's HITs are listed 100 a page (ListHITs) until every HIT of the batch has been
-    seen; the listing stops early at that point, and after as many pages as the batch has HITs
-    (an account holding far more HITs than the batch is then never dearer than one GetHIT per
-    HIT, the old cost). A HIT the listing did not show is read with GetHIT. The submitted work of
-    a HIT that became final is counted once with ListAssignmentsForHIT and kept in
-    ``final_counts``. A poll over N HITs in an account that holds only them makes ceil(N / 100)
-    calls, plus one per HIT that became final since the last poll.
+    seen, for at most ceil(N / 100) + 1 pages; a HIT the listing did not show is read with
+    GetHIT. So an account that holds little but the batch costs ceil(N / 100) calls a poll, and
+    one whose older HITs fill the first pages costs at most ceil(N / 100) + 1 more than one
+    GetHIT per HIT (MTurk does not document the listing's order; the sandbox lists oldest first).
+    The submitted work of a HIT that became final is counted once with ListAssignmentsForHIT
+    and kept in ``final_counts``: a poll also costs one call per HIT that became final since the
+    last one.
 
     :param hook: the MTurk hook to read with.
     :param hit_ids: the HITs of the batch.
@@ -175,11 +177,13 @@ def read_batch_progress(
 
 
 def _listed_hits(hook: MTurkHook, wanted: set[str]) -> dict[str, dict[str, Any]]:
-    """List the requester's HITs until all of ``wanted`` are seen, at most len(wanted) pages."""
+    """List the requester's HITs until all of ``wanted`` are seen, at most ceil(N/100) + 1 pages."""
     found: dict[str, dict[str, Any]] = {}
     if not wanted:
         return found
-    page_budget = len(wanted) * LIST_PAGE_SIZE
+    # ceil(N / 100) pages hold the batch when the account holds little else; one more page of
+    # slack, then whatever was not seen is read with GetHIT.
+    page_budget = (math.ceil(len(wanted) / LIST_PAGE_SIZE) + 1) * LIST_PAGE_SIZE
     for seen, hit in enumerate(hook.list_hits(page_size=LIST_PAGE_SIZE), start=1):
         if hit.get("HITId") in wanted:
             found[hit["HITId"]] = hit

@@ -91,13 +91,13 @@ def test_listing_stops_once_the_batch_is_seen():
     assert hook.calls == {"ListHITs": 2}
 
 
-def test_a_crowded_account_is_never_dearer_than_one_gethit_per_hit():
-    """Two batch HITs among 5,000 others listed first: the listing gives up after 2 pages."""
-    batch = [_hit("B0"), _hit("B1")]
+def test_a_crowded_account_costs_at_most_the_listing_slack_more_than_gethit_per_hit():
+    """150 batch HITs after 5,000 older ones: 3 pages (ceil(150/100) + 1), then GetHIT each."""
+    batch = [_hit(f"B{i}") for i in range(150)]
     hook = CountingHook([_hit(f"O{i}") for i in range(5_000)] + batch)
-    progress = read_batch_progress(hook, ["B0", "B1"], now=NOW)
-    assert hook.calls == {"ListHITs": 2, "GetHIT": 2}
-    assert [hit.hit_id for hit in progress.hits] == ["B0", "B1"]
+    progress = read_batch_progress(hook, [h["HITId"] for h in batch], now=NOW)
+    assert hook.calls == {"ListHITs": 3, "GetHIT": 150}
+    assert [hit.hit_id for hit in progress.hits] == [h["HITId"] for h in batch]
 
 
 def test_a_hit_the_listing_misses_is_read_with_gethit():
