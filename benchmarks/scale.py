@@ -1,10 +1,11 @@
-"""Scale benchmark: sharded embedding through the DAG on 1 and 2 Celery workers; top-k at 10^5-10^6.
+"""Scale benchmark: sharded embedding on 1 and 2 Celery workers; top-k in memory and sharded (10^7).
 
 What is measured, in one run (``make benchmark-scale`` runs ``python benchmarks/scale.py``)::
 
     python benchmarks/scale.py [--images N] [--shard-size S] [--topk-queries Q]
                                [--topk-sizes 100000,1000000] [--skip-dag] [--skip-topk]
-                               [--workdir DIR] [--quick]
+                               [--topk-sharded-sizes 1000000,10000000] [--shard-rows R]
+                               [--topk-check C] [--workdir DIR] [--quick]
 
 1. Test images (not timed): N - 4 video-like 1280x720 JPEG frames (the embedding benchmark's
    generator, reused from ``DIR/frames``) as the dataset, plus the 4 queries and 2 known-answer
@@ -20,6 +21,13 @@ What is measured, in one run (``make benchmark-scale`` runs ``python benchmarks/
 3. Top-k: ``index.top_k`` for Q random unit queries over 10^5 and 10^6 random unit vectors of
    1280 dimensions (EfficientNet-Lite0's), each size in a fresh child process: time and peak
    RSS (``VmHWM``), next to the size of the vectors themselves.
+4. Sharded top-k: Q queries over 10^6 and 10^7 random unit vectors stored as float16 files of R
+   rows (default 10^6) in ``DIR/topk_vectors`` (generated once, not timed; 10^7 is 25.6 GB).
+   One process per shard, one after the other, as the mapped tasks of one worker would run:
+   ``index.top_k_sharded`` over the shard read 16,384 rows at a time, its top-3 saved; then
+   one process merges them (``index.merge_top_k``). Each process's peak RSS is kept; the target
+   is under 2 GB each. The first C (default 20) queries are then searched again by a plain
+   float32 scan with a stable sort, independent of ``index.py``: the matches must be equal.
 
 The 2-worker run shares the machine's cores with the 1-worker run's settings: on a 2-core
 machine a single worker already runs TensorFlow on both cores, so the gain from a second worker
