@@ -252,16 +252,8 @@ def child_topk(size: int, queries: int) -> dict[str, Any]:
 
 
 def spawn_topk(size: int, queries: int) -> dict[str, Any] | None:
-    import subprocess
-
     print(f"top-k: {queries} queries over {size:,} vectors ...", flush=True)
-    command = [sys.executable, __file__, "--child-topk", str(size), "--topk-queries", str(queries)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    for line in done.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX) :])
-    print(f"top-k over {size} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
-    return None
+    return _child(["--child-topk", str(size), "--topk-queries", str(queries)])
 
 
 # --- sharded top-k over vectors on disk -----------------------------------------------------

@@ -224,6 +224,13 @@ def _window_sums(images: np.ndarray, th: int, tw: int) -> tuple[np.ndarray, np.n
     return box(images), box(images * images)
 
 
+def _window_spread(images: np.ndarray, th: int, tw: int) -> np.ndarray:
+    """Return each ``th x tw`` window's sum of squared deviations from its mean (valid offsets):
+    its variance times the window's pixel count; below ``count * FLAT_STD**2`` it is flat."""
+    sums, squares = _window_sums(images, th, tw)
+    return np.maximum(squares - sums * sums / (th * tw), 0.0)
+
+
 def _zncc_maps(images: np.ndarray, spectra: np.ndarray, templates: np.ndarray) -> np.ndarray:
     """Return ZNCC of each template at every valid offset of the matching image.
 
@@ -239,9 +246,8 @@ def _zncc_maps(images: np.ndarray, spectra: np.ndarray, templates: np.ndarray) -
     t_spectra = np.fft.rfft2(zero_mean, s=(height, width))
     corr = np.fft.irfft2(spectra * np.conj(t_spectra), s=(height, width))
     corr = corr[:, : height - th + 1, : width - tw + 1]
-    sums, squares = _window_sums(images, th, tw)
     count = th * tw
-    variance = np.maximum(squares - sums * sums / count, 0.0)
+    variance = _window_spread(images, th, tw)
     denominator = np.sqrt(variance) * t_norm[:, None, None]
     flat = (variance < count * FLAT_STD**2) | (t_norm[:, None, None] < np.sqrt(count) * FLAT_STD)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -448,7 +454,7 @@ class _Pyramid:
         ladder = np.geomspace(1.0, self.config.min_scale, self.config.coarse_scales)
         for (ch, cw), rows in groups.items():
             tiled = np.vstack([self.coarse[i] for i in rows])
-            sums = cv2.integral2(tiled.astype(np.float64), sdepth=cv2.CV_64F)
+            stacked = tiled.astype(np.float64)[None]
             for scale in ladder:
                 size = _template_size(scale, (ch, cw), self.query_coarse.shape)
                 if size is None:
@@ -458,7 +464,7 @@ class _Pyramid:
                 if _is_flat(template):
                     continue
                 scores = cv2.matchTemplate(tiled, template, cv2.TM_CCOEFF_NORMED)
-                scores[_flat_windows(sums, th, tw)] = -np.inf
+                scores[_window_spread(stacked, th, tw)[0] < th * tw * FLAT_STD**2] = -np.inf
                 # Rows whose window crosses from one tile into the next are not offsets.
                 padded = np.full((len(rows) * ch, scores.shape[1]), -np.inf, np.float32)
                 padded[: scores.shape[0]] = scores
@@ -536,19 +542,6 @@ class _Pyramid:
             if value > self.ncc[i] + 1e-12:  # strictly better: the earlier scale wins ties
                 self.ncc[i], self.scale[i], self.inside[i] = value, scale, into
                 self.offset[i] = (y + y0, x + x0)
-
-
-def _flat_windows(sums: tuple[np.ndarray, np.ndarray], th: int, tw: int) -> np.ndarray:
-    """Return which ``th x tw`` windows (valid offsets) are flat, from ``cv2.integral2``."""
-    total, squares = sums
-    count = th * tw
-
-    def box(table: np.ndarray) -> np.ndarray:
-        return table[th:, tw:] - table[:-th, tw:] - table[th:, :-tw] + table[:-th, :-tw]
-
-    window_sum = box(total)
-    variance = np.maximum(box(squares) - window_sum * window_sum / count, 0.0)
-    return variance < count * FLAT_STD**2
 
 
 def rerank(
