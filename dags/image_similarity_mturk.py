@@ -160,13 +160,25 @@ PARAMS = {
         DEFAULTS.matching.rerank, type="boolean", section=MODEL,
         title="Re-rank by spatial verification",
         description="Re-order the nearest images by how well the query lines up with each "
-        "(tells neighbouring video frames apart; about 0.25 s per query). Off: cosine order.",
+        "(tells neighbouring video frames apart; about 20 ms per query). Off: cosine order.",
     ),
     "rerank_shortlist": Param(
         DEFAULTS.matching.rerank_shortlist, type="integer", minimum=1, maximum=200,
         section=MODEL,
         title="Images re-ranked per query",
         description="How many nearest images by cosine the re-ranker verifies (at least k).",
+    ),
+    "match_fan_out_above_images": Param(
+        DEFAULTS.matching.fan_out_above_images, type="integer", minimum=0, section=MODEL,
+        title="Search fans out above (dataset images)",
+        description="Up to this many dataset images are searched by one task; above, the "
+        "dataset is cut into shards searched in parallel, each task holding only its shard's "
+        "vectors, and each query's nearest images of all shards are merged.",
+    ),
+    "match_shard_size": Param(
+        DEFAULTS.matching.shard_size, type="integer", minimum=1, section=MODEL,
+        title="Dataset images per search shard",
+        description="100,000 vectors of 1280 floats take 512 MB in a search task.",
     ),
     # HIT
     "hit_title": Param(
@@ -556,6 +568,13 @@ def _embedder(embedding: Embedding):
     )
 
 
+def _rerank_config(matching):
+    """The re-ranker's settings, or None when the run ranks by cosine alone."""
+    from include.image_similarity.rerank import RerankConfig
+
+    return RerankConfig(shortlist=matching.rerank_shortlist) if matching.rerank else None
+
+
 def _settings(params: dict, batch_dir: str):
     from include.crowd.settings import CrowdSettings
 
@@ -752,17 +771,50 @@ def image_similarity_mturk():
         return batch_dir
 
     @task
-    def match_queries(batch_dir: str) -> str:
-        """Find the k most similar dataset images per query; write matches.json."""
+    def plan_search(batch_dir: str) -> list[dict]:
+        """Cut the top-k search into dataset shards: one, or above the threshold, several."""
         from airflow.sdk.exceptions import AirflowFailException
 
         from include.image_similarity import pipeline
-        from include.image_similarity.rerank import RerankConfig
 
         matching = _similarity_settings(get_current_context()["params"]).matching
-        config = RerankConfig(shortlist=matching.rerank_shortlist) if matching.rerank else None
         try:
-            pipeline.match_queries(Path(batch_dir), matching.k, rerank_config=config)
+            shards = pipeline.plan_search(
+                Path(batch_dir), matching.shard_size, matching.fan_out_above_images
+            )
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        return [{"batch_dir": batch_dir, **shard} for shard in shards]
+
+    @task(map_index_template="shard {{ shard_label }}")
+    def search_dataset(shard: dict) -> dict:
+        """Find every query's nearest images by cosine in one dataset shard."""
+        from include.image_similarity import pipeline
+
+        context = get_current_context()
+        context["shard_label"] = f"{shard['shard'] + 1} of {shard['shards']}"
+        matching = _similarity_settings(context["params"]).matching
+        shortlist = pipeline.search_shortlist(matching.k, _rerank_config(matching))
+        return pipeline.search_shard(
+            Path(shard["batch_dir"]), shard["shard"], shard["shards"], shortlist
+        )
+
+    @task
+    def match_queries(batch_dir: str, searched: list[dict]) -> str:
+        """Merge the shards' nearest images, re-rank them; write matches.json."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.image_similarity import pipeline
+
+        matching = _similarity_settings(get_current_context()["params"]).matching
+        shards = len(searched[:])  # one slice request, as in merge_embeddings
+        try:
+            pipeline.match_queries(
+                Path(batch_dir),
+                matching.k,
+                rerank_config=_rerank_config(matching),
+                searched=shards,
+            )
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from exc
         return batch_dir
@@ -866,7 +918,8 @@ def image_similarity_mturk():
     check_settings() >> listed
     checked = validate_known_answers(listed)
     shard_stats = embed_images.expand(shard=plan_embedding(checked))
-    matched = match_queries(merge_embeddings(checked, shard_stats))
+    merged = merge_embeddings(checked, shard_stats)
+    matched = match_queries(merged, search_dataset.expand(shard=plan_search(merged)))
     batch_dir = write_contact_sheets(prepare_gold(matched))
     published = publish_images(batch_dir)
     hit_ids = create_hits(published)

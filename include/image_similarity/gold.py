@@ -211,14 +211,17 @@ def shown_pictures(similarity: Mapping) -> set[str]:
 
 def batch_inputs(batch_dir: Path) -> tuple[list[ImageFile], dict[str, np.ndarray], list[list]]:
     """The dataset images, their vectors by content hash and the model questions' cosines of a
-    batch folder the similarity stage has matched (``sources.json``, ``vectors.npz``,
-    ``similarity.json``): ``generate_gold``'s first inputs."""
+    batch folder the similarity stage has matched (``sources.json``, the merged vectors,
+    ``similarity.json``): ``generate_gold``'s first inputs (a vector is read from disk when
+    used: the matrix is memory-mapped)."""
+    from include.image_similarity.pipeline import load_vectors
+
     listing = read_json(batch_dir / "sources.json")["dataset"]
     images = [
         ImageFile(i["name"], Path(i["path"]), i["sha256"], i["size"]) for i in listing["images"]
     ]
-    with np.load(batch_dir / "vectors.npz", allow_pickle=False) as archive:
-        vectors = {str(h): v for h, v in zip(archive["hashes"], archive["vectors"], strict=True)}
+    stored = load_vectors(batch_dir)
+    vectors = dict(zip(stored.hashes, stored.vectors, strict=True))
     similarity_path = batch_dir / "similarity.json"
     scores = model_question_scores(read_json(similarity_path)) if similarity_path.exists() else []
     return images, vectors, scores

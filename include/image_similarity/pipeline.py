@@ -16,8 +16,10 @@ Files in a batch folder:
 - ``shards.json`` and ``vectors/shard-*.npz``: how the images to embed were cut into shards
   (one unless the batch is large; each shard may run on another worker) and each shard's
   vectors and left-out files;
-- ``vectors.npz``: the embeddings of the dataset and the queries, by content hash (the shards
-  merged);
+- ``vectors.npy`` and ``vector_hashes.npz``: the embeddings of the dataset and the queries (the
+  shards merged; a float32 matrix read memory-mapped) and the content hash of each row;
+- ``matching/search-*.npz``: on a large dataset, each dataset shard's top-k search (one task
+  each), merged by ``match_queries``;
 - ``matches.json``: ``{query name: [{"name": dataset name, "score": cosine}, ...]}``, best first
   (best by the re-ranker when it is on, so a lower cosine may come before a higher one);
 - ``similarity.json``: the same matches with hashes, ranks and alignment scores, the model id,
@@ -33,9 +35,10 @@ import json
 import logging
 import math
 import time
+import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +47,7 @@ from include.common.files import atomic_file, read_json, write_json
 from include.common.images import DecodeError, InputSize, open_image
 from include.image_similarity.cache import EmbeddingCache
 from include.image_similarity.embedding import Embedder
-from include.image_similarity.index import top_k
+from include.image_similarity.index import TopK, merge_top_k, top_k
 from include.image_similarity.known_answers import parse_known_answer_sets
 from include.image_similarity.rerank import (
     RerankConfig,
@@ -59,6 +62,9 @@ log = logging.getLogger(__name__)
 
 COLLECTIONS = ("dataset", "queries", "known_answers")
 SHARDS_DIR = "vectors"
+VECTORS_FILE = "vectors.npy"
+VECTOR_HASHES_FILE = "vector_hashes.npz"
+MATCHING_DIR = "matching"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -425,16 +431,21 @@ def embed_shard(
     return stats
 
 
-def _save_vectors(path: Path, hashes: list[str], vectors: np.ndarray, model_id: str, **extra):
-    """Write a vectors archive atomically (a temporary file, then a rename)."""
+def _save_vectors(
+    path: Path, hashes: list[str], vectors: np.ndarray | None, model_id: str, **extra
+) -> None:
+    """Write a vectors archive atomically (a temporary file, then a rename); without vectors,
+    the hashes and model id alone (``vector_hashes.npz``)."""
     with atomic_file(path) as handle:
-        hashes_array = np.array(hashes, dtype="U64")
-        np.savez(handle, hashes=hashes_array, vectors=vectors, model_id=model_id, **extra)
+        arrays = {"hashes": np.array(hashes, dtype="U64"), "model_id": model_id, **extra}
+        np.savez(handle, **arrays, **({} if vectors is None else {"vectors": vectors}))
 
 
 def merge_shards(batch_dir: Path) -> dict[str, int]:
-    """Merge the planned shards' vectors into ``vectors.npz`` and their problems into
-    ``problems.json``; a missing shard or a shard of another model is an error."""
+    """Merge the planned shards' vectors into ``vectors.npy`` (``vector_hashes.npz`` names each
+    row) and their problems into ``problems.json``; a missing shard or a shard of another model
+    is an error. Rows are copied one shard at a time into the memory-mapped file, so memory
+    holds one shard's vectors, never the whole dataset's."""
     plan = read_json(batch_dir / "shards.json")
     shards = plan["shards"]
     paths = [shard_path(batch_dir, i, shards) for i in range(shards)]
@@ -444,15 +455,12 @@ def merge_shards(batch_dir: Path) -> dict[str, int]:
             f"{len(missing)} of {shards} embedding shards are missing: {', '.join(missing[:5])}"
         )
     hashes: list[str] = []
-    blocks: list[np.ndarray] = []
     model_ids: set[str] = set()
     problems: list[dict] = []
-    for path in paths:
+    for path in paths:  # an npz member is read when asked for: the vectors are not read here
         with np.load(path, allow_pickle=False) as archive:
             model_ids.add(str(archive["model_id"]))
-            if len(archive["hashes"]):
-                hashes += [str(h) for h in archive["hashes"]]
-                blocks.append(archive["vectors"])
+            hashes += [str(h) for h in archive["hashes"]]
             problems += json.loads(str(archive["problems"]))
     if len(model_ids) > 1:
         raise ValueError(f"the shards were embedded with different models: {sorted(model_ids)}")
@@ -460,8 +468,9 @@ def merge_shards(batch_dir: Path) -> dict[str, int]:
         found = [Problem(p["name"], p["reason"], p["stage"]) for p in problems
                  if p["collection"] == collection]  # fmt: skip
         _record_problems(batch_dir, found, collection)
-    matrix = np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32)
-    _save_vectors(batch_dir / "vectors.npz", hashes, matrix, model_ids.pop())
+    with atomic_file(batch_dir / VECTORS_FILE) as handle:
+        _copy_shard_vectors(paths, len(hashes), Path(handle.name))
+    _save_vectors(batch_dir / VECTOR_HASHES_FILE, hashes, None, model_ids.pop())
     log.info(
         "merged %d shard%s: %d vectors, %d files left out",
         shards,
@@ -470,6 +479,64 @@ def merge_shards(batch_dir: Path) -> dict[str, int]:
         len(problems),
     )
     return {"shards": shards, "vectors": len(hashes), "failed": len(problems)}
+
+
+def _copy_shard_vectors(paths: list[Path], rows: int, target: Path) -> None:
+    """Write the shards' vectors, in order, as one float32 ``.npy`` matrix of ``rows`` rows."""
+    matrix = None
+    start = 0
+    for path in paths:
+        with np.load(path, allow_pickle=False) as archive:
+            block = archive["vectors"]
+        if not len(block):
+            continue
+        if matrix is None:
+            matrix = np.lib.format.open_memmap(
+                target, mode="w+", dtype=np.float32, shape=(rows, block.shape[1])
+            )
+        matrix[start : start + len(block)] = block
+        start += len(block)
+    if matrix is None:
+        np.save(target, np.zeros((0, 0), np.float32))
+        return
+    matrix.flush()
+    del matrix
+
+
+def write_vectors(batch_dir: Path, hashes: list[str], vectors: np.ndarray, model_id: str) -> None:
+    """Write a batch's vectors from one matrix in memory (``load_vectors`` reads them back)."""
+    with atomic_file(batch_dir / VECTORS_FILE) as handle:
+        np.save(handle, np.asarray(vectors, np.float32), allow_pickle=False)
+    _save_vectors(batch_dir / VECTOR_HASHES_FILE, list(hashes), None, model_id)
+
+
+@dataclass(frozen=True)
+class BatchVectors:
+    """A batch's merged embeddings: ``vectors[i]`` is the image whose content hash is
+    ``hashes[i]`` (memory-mapped: rows are read from disk when used)."""
+
+    hashes: list[str]
+    vectors: np.ndarray
+    model_id: str
+
+    def rows(self) -> dict[str, int]:
+        return {h: i for i, h in enumerate(self.hashes)}
+
+
+def load_vectors(batch_dir: Path) -> BatchVectors:
+    """The batch's merged embeddings (``merge_shards``'s output), checked against each other."""
+    with np.load(batch_dir / VECTOR_HASHES_FILE, allow_pickle=False) as archive:
+        hashes = [str(h) for h in archive["hashes"]]
+        model_id = str(archive["model_id"])
+    path = batch_dir / VECTORS_FILE
+    vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+    if vectors.ndim != 2 or vectors.dtype != np.float32 or len(vectors) != len(hashes):
+        raise ValueError(
+            f"{VECTORS_FILE} ({vectors.dtype}, {vectors.shape}) does not hold one float32 vector "
+            f"for each of the {len(hashes)} images of {VECTOR_HASHES_FILE}: merge the embeddings "
+            "again (task merge_embeddings)"
+        )
+    return BatchVectors(hashes, vectors, model_id)
 
 
 def embed_collections(
@@ -552,14 +619,158 @@ def _verify(
     return indices, scores, alignment
 
 
+@dataclass(frozen=True)
+class _MatchInputs:
+    """What a top-k search reads: the dataset and the queries that have a vector (listing
+    order: ties go to the earlier dataset image) and the vectors (memory-mapped)."""
+
+    dataset: list[ImageFile]
+    queries: list[ImageFile]
+    vectors: BatchVectors
+    row_of: dict[str, int]
+
+    def rows(self, images: list[ImageFile]) -> np.ndarray:
+        """Their vectors, read from disk into memory (float32, one row per image)."""
+        return np.asarray(self.vectors.vectors[[self.row_of[i.sha256] for i in images]])
+
+
+def _match_inputs(batch_dir: Path) -> _MatchInputs:
+    listings = load_listings(batch_dir)
+    vectors = load_vectors(batch_dir)
+    row_of = vectors.rows()
+    dataset = [i for i in listings["dataset"].images if i.sha256 in row_of]
+    queries = [i for i in listings["queries"].images if i.sha256 in row_of]
+    if not dataset:
+        raise ValueError("no dataset image could be decoded; see problems.json")
+    return _MatchInputs(dataset, queries, vectors, row_of)
+
+
+def _search(inputs: _MatchInputs, start: int, stop: int, shortlist: int) -> TopK:
+    """The ``shortlist`` nearest of dataset images ``start:stop`` for every query (indices are
+    relative to ``start``). Memory holds those rows' vectors and the queries', no more."""
+    part = inputs.dataset[start:stop]
+    return top_k(
+        inputs.rows(inputs.queries),
+        inputs.rows(part) if part else np.zeros((0, inputs.vectors.vectors.shape[1]), np.float32),
+        shortlist,
+        query_hashes=[q.sha256 for q in inputs.queries],
+        dataset_hashes=[d.sha256 for d in part],
+    )
+
+
+def search_shortlist(k: int, rerank_config: RerankConfig | None) -> int:
+    """How many nearest images by cosine the search keeps per query: the re-ranker's shortlist
+    (at least ``k``) when it is on, else ``k``."""
+    return max(k, rerank_config.shortlist) if rerank_config else k
+
+
+def _shard_bounds(images: int, shard: int, shards: int) -> tuple[int, int]:
+    return shard * images // shards, (shard + 1) * images // shards
+
+
+def search_path(batch_dir: Path, shard: int, shards: int) -> Path:
+    return batch_dir / MATCHING_DIR / f"search-{shard:05d}-of-{shards:05d}.npz"
+
+
+def plan_search(
+    batch_dir: Path,
+    shard_size: int = DEFAULTS.matching.shard_size,
+    fan_out_above: int = DEFAULTS.matching.fan_out_above_images,
+) -> list[dict[str, int]]:
+    """Cut the top-k search into dataset shards: one, or above ``fan_out_above`` dataset images,
+    shards of at most ``shard_size`` (balanced), which Airflow maps to parallel tasks
+    (``search_shard``); ``match_queries(searched=...)`` merges them. Search files of an
+    earlier plan are removed, so the merge never mixes two plans."""
+    if shard_size < 1 or fan_out_above < 0:
+        raise ValueError(
+            f"search shard size must be at least 1 and the fan-out threshold not negative, "
+            f"not {shard_size} and {fan_out_above}"
+        )
+    images = len(_match_inputs(batch_dir).dataset)
+    shards = 1 if images <= fan_out_above else math.ceil(images / shard_size)
+    keep = {search_path(batch_dir, i, shards).name for i in range(shards)}
+    for stale in (batch_dir / MATCHING_DIR).glob("search-*.npz"):
+        if stale.name not in keep:
+            stale.unlink(missing_ok=True)
+    if shards > 1:
+        log.info("%d dataset images to search: %d shards of about %d", images, shards,
+                 images // shards)  # fmt: skip
+    return [{"shard": i, "shards": shards} for i in range(shards)]
+
+
+def search_shard(batch_dir: Path, shard: int, shards: int, shortlist: int) -> dict[str, int]:
+    """Search one dataset shard for every query's ``shortlist`` nearest images; write its
+    ``matching/search-*.npz`` (read back by ``match_queries(searched=shards)``)."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"search shard {shard} of {shards} does not exist")
+    if shortlist < 1:
+        raise ValueError(f"the shortlist must be at least 1, not {shortlist}")
+    inputs = _match_inputs(batch_dir)
+    start, stop = _shard_bounds(len(inputs.dataset), shard, shards)
+    found = _search(inputs, start, stop, shortlist)
+    with atomic_file(search_path(batch_dir, shard, shards)) as handle:
+        np.savez(
+            handle,
+            indices=found.indices,
+            scores=found.scores,
+            start=start,
+            stop=stop,
+            queries=np.array([q.sha256 for q in inputs.queries], dtype="U64"),
+        )
+    return {"dataset_images": stop - start, "queries": len(inputs.queries)}
+
+
+def _merge_searched(batch_dir: Path, inputs: _MatchInputs, shards: int, shortlist: int) -> TopK:
+    """Merge the ``shards`` search files into one top-k; a file missing, of another plan, other
+    queries or another shortlist, or with rows out of its shard is an error naming it."""
+    if shards < 1:
+        raise ValueError(f"at least one search shard is needed, not {shards}")
+    expected_queries = [q.sha256 for q in inputs.queries]
+    parts = []
+    for shard in range(shards):
+        path = search_path(batch_dir, shard, shards)
+        start, stop = _shard_bounds(len(inputs.dataset), shard, shards)
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                indices, scores = archive["indices"], archive["scores"]
+                bounds = (int(archive["start"]), int(archive["stop"]))
+                queries = [str(h) for h in archive["queries"]]
+        except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as exc:
+            raise ValueError(
+                f"the search of shard {shard + 1} of {shards} cannot be read ({path.name}: "
+                f"{exc}): run that search again"
+            ) from exc
+        valid = (
+            bounds == (start, stop)
+            and queries == expected_queries
+            and indices.dtype == np.int64
+            and scores.dtype == np.float32
+            and indices.shape == scores.shape == (len(expected_queries), shortlist)
+            and bool(np.all((indices >= -1) & (indices < stop - start)))
+            and not np.isnan(scores).any()
+        )
+        if not valid:
+            raise ValueError(
+                f"{path.name} is not the search of shard {shard + 1} of {shards} for these "
+                f"{len(expected_queries)} queries with a shortlist of {shortlist}: run that "
+                "search again"
+            )
+        parts.append((TopK(indices, scores), start))
+    return merge_top_k(parts, shortlist)
+
+
 def match_queries(
     batch_dir: Path,
     k: int = DEFAULTS.matching.k,
     *,
     rerank_config: RerankConfig | None = DEFAULT_RERANK,
     max_pixels: int | None = None,
+    searched: int | None = None,
 ) -> dict[str, list[dict]]:
     """Find each query's ``k`` nearest dataset images; write matches.json and similarity.json.
+
+    With ``searched`` (the shard count of ``plan_search``), the top-k is merged from the files
+    ``search_shard`` wrote, each shard searched by its own task; without, it is searched here.
 
     The nearest ``rerank_config.shortlist`` images by cosine are re-ordered by spatial
     verification (``rerank.py``), which tells neighbouring video frames apart; the score reported
@@ -567,25 +778,15 @@ def match_queries(
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
-    listings = load_listings(batch_dir)
-    with np.load(batch_dir / "vectors.npz", allow_pickle=False) as archive:
-        row_of = {str(h): i for i, h in enumerate(archive["hashes"])}
-        all_vectors = archive["vectors"]
-        model_id = str(archive["model_id"])
-    dataset = [i for i in listings["dataset"].images if i.sha256 in row_of]
-    queries = [i for i in listings["queries"].images if i.sha256 in row_of]
-    if not dataset:
-        raise ValueError("no dataset image could be decoded; see problems.json")
+    inputs = _match_inputs(batch_dir)
+    dataset, queries = inputs.dataset, inputs.queries
     if len(dataset) < k:
         log.warning("only %d dataset images for k=%d: queries get fewer matches", len(dataset), k)
-    shortlist = max(k, rerank_config.shortlist) if rerank_config else k
-    found = top_k(
-        all_vectors[[row_of[q.sha256] for q in queries]],
-        all_vectors[[row_of[d.sha256] for d in dataset]],
-        shortlist,
-        query_hashes=[q.sha256 for q in queries],
-        dataset_hashes=[d.sha256 for d in dataset],
-    )
+    shortlist = search_shortlist(k, rerank_config)
+    if searched is None:
+        found = _search(inputs, 0, len(dataset), shortlist)
+    else:
+        found = _merge_searched(batch_dir, inputs, searched, shortlist)
     if rerank_config:
         indices, scores, alignment = _verify(queries, dataset, found, k, rerank_config, max_pixels)
     else:
@@ -620,7 +821,7 @@ def match_queries(
     write_json(
         batch_dir / "similarity.json",
         {
-            "model_id": model_id,
+            "model_id": inputs.vectors.model_id,
             "k": k,
             "dataset_size": len(dataset),
             "rerank": asdict(rerank_config) if rerank_config else None,

@@ -22,7 +22,7 @@ from include.common.batch import GOLD_SOURCES
 from include.common.files import write_json
 from include.common.strict import SettingsError, read_document, to_document
 
-FORMAT = 2  # similarity_settings.json's layout (2: sources.gold)
+FORMAT = 3  # similarity_settings.json's layout (2: sources.gold; 3: matching shards)
 STORED_NAME = "similarity_settings.json"
 
 
@@ -75,11 +75,14 @@ class Embedding:
 
 @dataclass(frozen=True)
 class Matching:
-    """How many matches each query gets, and whether the re-ranker re-orders them."""
+    """How many matches each query gets, whether the re-ranker re-orders them, and how the
+    top-k search is cut into dataset shards on a large dataset."""
 
     k: int
     rerank: bool
     rerank_shortlist: int  # the nearest images by cosine the re-ranker verifies per query
+    fan_out_above_images: int  # up to this many dataset images are searched by one task
+    shard_size: int  # dataset images per search shard above that
 
 
 PARTS: dict[str, type] = {"sources": Sources, "embedding": Embedding, "matching": Matching}
@@ -100,6 +103,8 @@ PARAM_FIELDS: dict[str, tuple[str, str]] = {
     "k": ("matching", "k"),
     "rerank": ("matching", "rerank"),
     "rerank_shortlist": ("matching", "rerank_shortlist"),
+    "match_fan_out_above_images": ("matching", "fan_out_above_images"),
+    "match_shard_size": ("matching", "shard_size"),
 }
 
 
@@ -175,5 +180,8 @@ DEFAULTS = SimilaritySettings(
         k=3,  # a HIT offers a query's three best matches
         rerank=True,
         rerank_shortlist=20,
+        # 100,000 vectors of 1280 float32 are 512 MB: a search task stays well under 2 GB.
+        fan_out_above_images=200_000,
+        shard_size=100_000,
     ),
 )

@@ -137,9 +137,12 @@ def test_whole_run_then_a_rerun_embeds_and_creates_nothing(airflow_env, sample, 
     assert "HITs created 4/4" in log and "assignments submitted" in log
     balance = mturk.get_account_balance()["AvailableBalance"]
 
-    # The rerun fans the embedding out over mapped shards (a different plan than the first
-    # run's single shard): every vector comes from the cache and the merged matches are the same.
-    second = dags_test(airflow_env, {**conf, "fan_out_above_images": 5, "shard_size": 7})
+    # The rerun fans the embedding and the search out over mapped shards (a different plan than
+    # the first run's single shard): every vector comes from the cache, and the matches merged
+    # from the dataset shards' searches are the same as those of one search.
+    fanned = {"fan_out_above_images": 5, "shard_size": 7}
+    searched = {"match_fan_out_above_images": 5, "match_shard_size": 9}
+    second = dags_test(airflow_env, {**conf, **fanned, **searched})
     assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
     assert_no_error_logged(second)
     rerun_log = second.stdout + second.stderr
@@ -149,6 +152,8 @@ def test_whole_run_then_a_rerun_embeds_and_creates_nothing(airflow_env, sample, 
     assert (
         shards["shards"] >= 3 and f"(shard {shards['shards']} of {shards['shards']})" in rerun_log
     )
+    searches = sorted(p.name for p in (batch / "matching").iterdir())
+    assert len(searches) >= 3 and re.search(r"\d+ dataset images to search: \d+ shards", rerun_log)
     assert json.loads((batch / "matches.json").read_text()) == matches
     assert "all 4 HITs of batch e2e already exist" in rerun_log
     assert len(mturk.list_hits(MaxResults=100)["HITs"]) == len(hits)
@@ -249,7 +254,7 @@ def test_misnamed_known_answer_set_stops_before_embedding(airflow_env, sample, t
     run = dags_test(airflow_env, conf_for(sample, tmp_path, known_answers=broken))
     log = run.stdout + run.stderr
     assert "known2_first_match.jpg" in log and "set 'known2' has no known2_1st_match" in log
-    assert not (tmp_path / "output" / "e2e" / "vectors.npz").exists()
+    assert not (tmp_path / "output" / "e2e" / "vectors.npy").exists()
     assert not (tmp_path / "cache").exists()
 
 

@@ -99,6 +99,9 @@ def test_a_run_triggered_through_the_rest_api_waits_in_the_triggerer_and_succeed
         # sharing an embedding cache in S3 (moto).
         "fan_out_above_images": 10,
         "shard_size": 8,
+        # and the top-k search over dataset shards of at most 10, merged.
+        "match_fan_out_above_images": 10,
+        "match_shard_size": 10,
         "embedding_cache": f"s3://{local_stack.bucket}/embedding-cache",
         "batch_id": BATCH,
         "s3_bucket": local_stack.bucket,

@@ -73,12 +73,7 @@ def batch(tmp_path):
     query_vector[0] = 1.0
     hashes.append(listings["queries"].images[0].sha256)
     vectors.append(query_vector)
-    np.savez(
-        batch_dir / "vectors.npz",
-        hashes=np.array(hashes, dtype="U64"),
-        vectors=np.stack(vectors),
-        model_id="hand-made",
-    )
+    pipeline.write_vectors(batch_dir, hashes, np.stack(vectors), "hand-made")
     return batch_dir
 
 
@@ -191,8 +186,8 @@ def listed(tmp_path):
 
 
 def _vectors(batch_dir):
-    with np.load(batch_dir / "vectors.npz", allow_pickle=False) as archive:
-        return dict(zip((str(h) for h in archive["hashes"]), archive["vectors"], strict=True))
+    stored = pipeline.load_vectors(batch_dir)
+    return dict(zip(stored.hashes, stored.vectors, strict=True))
 
 
 def test_small_batches_are_one_shard(listed):
@@ -322,3 +317,151 @@ def test_a_listing_without_known_answers_names_no_placeholder(tmp_path, caplog):
         str(tmp_path / "dataset"),
         str(tmp_path / "queries"),
     ]
+
+
+# --- the top-k search cut into dataset shards (vectors by hand, no re-ranker) -----------------
+
+
+@pytest.fixture
+def wide(tmp_path):
+    """A listed batch with vectors: 60 dataset images, 6 queries. Every third dataset image
+    holds one of a few vectors whose dot products are exact (halves and ones), so exact ties
+    straddle every shard boundary; a query is a byte copy of a dataset image (never its own
+    match), and two dataset files share a content."""
+    dataset, queries, known = tmp_path / "dataset", tmp_path / "queries", tmp_path / "known"
+    for folder in (dataset, queries, known):
+        folder.mkdir()
+    for i in range(60):
+        (dataset / f"img{i:02d}.png").write_bytes(f"image {i}".encode())
+    (dataset / "twin.png").write_bytes(b"image 7")
+    for i in range(5):
+        (queries / f"q{i}.png").write_bytes(f"query {i}".encode())
+    (queries / "copy.png").write_bytes(b"image 30")
+    batch_dir = tmp_path / "batch"
+    from include.image_similarity.sources import ImageFile, Listing
+
+    def resolve(_collection, folder):
+        images = [
+            ImageFile(p.name, p, hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size)
+            for p in sorted(Path(folder).iterdir())
+        ]
+        return Listing(str(folder), images, [])
+
+    pipeline.list_sources(
+        batch_dir, {"dataset": dataset, "queries": queries, "known_answers": known}, resolve
+    )
+    exact = np.array(
+        [[1, 0, 0, 0, 0, 0, 0, 0], [0.5, 0.5, 0.5, 0.5, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0, 0, 0]],
+        np.float32,
+    )
+    rng = np.random.default_rng(7)
+    rows: dict[str, np.ndarray] = {}
+    listings = pipeline.load_listings(batch_dir)
+    for n, image in enumerate(listings["dataset"].images):
+        if image.sha256 not in rows:
+            vector = exact[n // 3 % 3] if n % 3 == 0 else rng.normal(size=8).astype(np.float32)
+            rows[image.sha256] = vector / np.linalg.norm(vector)
+    for n, image in enumerate(listings["queries"].images):
+        rows.setdefault(image.sha256, exact[n % 3])
+    pipeline.write_vectors(batch_dir, list(rows), np.stack(list(rows.values())), "hand-made")
+    return batch_dir
+
+
+def _search_in_shards(batch_dir, shard_size, k):
+    plan = pipeline.plan_search(batch_dir, shard_size=shard_size, fan_out_above=0)
+    for shard in reversed(plan):  # the order the tasks run in does not matter
+        pipeline.search_shard(batch_dir, **shard, shortlist=k)
+    return len(plan)
+
+
+@pytest.mark.parametrize("shard_size", [1, 7, 13, 30, 61])
+def test_the_search_in_dataset_shards_gives_the_matches_of_one_search(wide, shard_size):
+    whole = pipeline.match_queries(wide, k=5, rerank_config=None)
+    detailed = pipeline.read_json(wide / "similarity.json")
+    shards = _search_in_shards(wide, shard_size, 5)
+    assert shards == -(-61 // shard_size)
+    merged = pipeline.match_queries(wide, k=5, rerank_config=None, searched=shards)
+    assert merged == whole
+    assert pipeline.read_json(wide / "similarity.json") == detailed
+    # The ties (cosine 1 with 7 images) went to the earlier images; the query copied from
+    # img30 never matches it.
+    first = [m["name"] for m in merged["q0.png"]]
+    assert first == ["img03.png", "img12.png", "img21.png", "img30.png", "img39.png"]
+    assert "img30.png" not in [m["name"] for m in merged["copy.png"]]
+
+
+def test_small_datasets_are_searched_by_one_task_and_a_new_plan_drops_the_old(wide):
+    assert pipeline.plan_search(wide, shard_size=5, fan_out_above=61) == [{"shard": 0, "shards": 1}]
+    _search_in_shards(wide, 20, 3)
+    assert len(list((wide / "matching").iterdir())) == 4
+    _search_in_shards(wide, 40, 3)
+    assert sorted(p.name for p in (wide / "matching").iterdir()) == [
+        "search-00000-of-00002.npz",
+        "search-00001-of-00002.npz",
+    ]
+    with pytest.raises(ValueError, match="search shard size must be at least 1"):
+        pipeline.plan_search(wide, shard_size=0)
+    with pytest.raises(ValueError, match="search shard 2 of 2 does not exist"):
+        pipeline.search_shard(wide, 2, 2, shortlist=3)
+
+
+def _damage_search(batch_dir, name, **changes):
+    path = batch_dir / "matching" / name
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    arrays.update(changes)
+    with path.open("wb") as handle:
+        np.savez(handle, **arrays)
+
+
+@pytest.mark.parametrize(
+    ("damage", "refusal"),
+    [
+        (lambda d: (d / "matching" / "search-00001-of-00003.npz").unlink(), "cannot be read"),
+        (
+            lambda d: (d / "matching" / "search-00002-of-00003.npz").write_bytes(b"PK"),
+            "cannot be read",
+        ),
+        (
+            lambda d: _damage_search(d, "search-00000-of-00003.npz", start=np.int64(1)),
+            "is not the search of shard 1 of 3",
+        ),
+        (
+            lambda d: _damage_search(d, "search-00001-of-00003.npz", indices=np.full((6, 4), 20)),
+            "is not the search of shard 2 of 3",
+        ),
+        (
+            lambda d: _damage_search(
+                d, "search-00002-of-00003.npz", scores=np.full((6, 4), np.nan, np.float32)
+            ),
+            "is not the search of shard 3 of 3",
+        ),
+        (
+            lambda d: _damage_search(d, "search-00000-of-00003.npz", queries=np.array(["x"] * 6)),
+            "for these 6 queries",
+        ),
+        (lambda d: pipeline.search_shard(d, 1, 3, shortlist=2), "with a shortlist of 4"),
+        (
+            lambda d: _damage_search(d, "search-00000-of-00003.npz", indices=np.array("a")),
+            "is not the search",
+        ),
+    ],
+)
+def test_a_missing_stale_or_damaged_search_is_refused_naming_it(wide, damage, refusal):
+    assert _search_in_shards(wide, 21, 4) == 3
+    damage(wide)
+    with pytest.raises(ValueError, match=refusal) as caught:
+        pipeline.match_queries(wide, k=4, rerank_config=None, searched=3)
+    assert "run that search again" in str(caught.value)
+    assert not (wide / "matches.json").exists()
+
+
+def test_vectors_that_do_not_fit_their_hashes_are_refused(wide):
+    stored = pipeline.load_vectors(wide)
+    assert len(stored.hashes) == len(stored.vectors) == 65 and stored.model_id == "hand-made"
+    np.save(wide / "vectors.npy", np.zeros((64, 8), np.float32))
+    with pytest.raises(ValueError, match="merge the embeddings again"):
+        pipeline.match_queries(wide, k=3, rerank_config=None)
+    np.save(wide / "vectors.npy", np.zeros((65, 8), np.float64))
+    with pytest.raises(ValueError, match="does not hold one float32 vector"):
+        pipeline.load_vectors(wide)
