@@ -365,6 +365,162 @@ def child_merge(workdir: Path, size: int, shard_rows: int, queries: int, check: 
     }
 
 
+# --- the DAG's own search tasks over a batch folder -----------------------------------------
+
+
+def _batch_dir(workdir: Path, size: int, queries: int) -> Path:
+    return workdir / "topk_batch" / f"{size}x{DIMENSIONS}_q{queries}"
+
+
+def child_batch_generate(workdir: Path, size: int, queries: int) -> dict[str, Any]:
+    """A matched-to-be batch folder as the DAG leaves it after ``merge_embeddings``: a
+    ``sources.json`` of ``size`` dataset images and ``queries`` queries (names, paths and
+    hashes only: with the re-ranker off no file is opened) and their float32 vectors."""
+    import hashlib
+
+    import numpy as np
+
+    from include.common.files import write_json
+    from include.image_similarity import pipeline
+
+    started = time.perf_counter()
+    batch = _batch_dir(workdir, size, queries)
+    done = batch / "generated"
+    if done.exists():
+        return {"seconds": 0.0, "peak_rss": peak_rss_bytes()}
+    batch.mkdir(parents=True, exist_ok=True)
+    names = [f"frame{i:08d}.jpg" for i in range(size)] + [
+        f"query{i:05d}.jpg" for i in range(queries)
+    ]
+    hashes = [hashlib.sha256(name.encode()).hexdigest() for name in names]
+
+    def listing(folder: str, start: int, stop: int) -> dict:
+        images = [
+            {"name": names[i], "path": f"/data/{folder}/{names[i]}", "sha256": hashes[i],
+             "size": 1}
+            for i in range(start, stop)
+        ]  # fmt: skip
+        return {"source": f"/data/{folder}", "images": images, "problems": []}
+
+    write_json(
+        batch / "sources.json",
+        {
+            "dataset": listing("dataset", 0, size),
+            "queries": listing("queries", size, size + queries),
+            "known_answers": {"source": "/data/known", "images": [], "problems": []},
+        },
+    )
+    rng = np.random.default_rng(size)
+    path = batch / pipeline.VECTORS_FILE
+    matrix = np.lib.format.open_memmap(
+        path, mode="w+", dtype=np.float32, shape=(size + queries, DIMENSIONS)
+    )
+    for start in range(0, size + queries, 65_536):
+        matrix[start : start + 65_536] = _unit_vectors(rng, min(65_536, size + queries - start))
+    matrix.flush()
+    del matrix
+    pipeline._save_vectors(batch / pipeline.VECTOR_HASHES_FILE, hashes, None, "random")
+    done.touch()
+    return {"seconds": time.perf_counter() - started, "peak_rss": peak_rss_bytes()}
+
+
+def child_batch_task(workdir: Path, size: int, queries: int, shard_size: int, index: int):
+    """One ``search_dataset`` task (``index`` >= 0: ``pipeline.search_shard``), or the
+    ``match_queries`` task that merges them (``index`` -1; re-ranker off) with the plan
+    made first (``plan_search``) and an exact check of the first matches."""
+    import numpy as np
+
+    from include.image_similarity import pipeline
+
+    batch = _batch_dir(workdir, size, queries)
+    started = time.perf_counter()
+    if index >= 0:
+        (shards,) = {s["shards"] for s in pipeline.plan_search(batch, shard_size, 0)}
+        pipeline.search_shard(batch, index, shards, 3)
+        return {"seconds": time.perf_counter() - started, "peak_rss": peak_rss_bytes()}
+    plan = pipeline.plan_search(batch, shard_size, 0)
+    matches = pipeline.match_queries(batch, 3, rerank_config=None, searched=len(plan))
+    seconds, peak = time.perf_counter() - started, peak_rss_bytes()
+    vectors = np.load(batch / pipeline.VECTORS_FILE, mmap_mode="r")
+    check = 20
+    query = np.asarray(vectors[size : size + check])
+    best = np.full((check, 0), -np.inf, np.float32), np.zeros((check, 0), np.int64)
+    for start in range(0, size, 100_000):
+        scores = query @ np.asarray(vectors[start : min(start + 100_000, size)]).T
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :3]
+        best = (
+            np.hstack([best[0], np.take_along_axis(scores, top, axis=1)]),
+            np.hstack([best[1], top + start]),
+        )
+    order = np.lexsort((best[1], -best[0]), axis=1)[:, :3]
+    exact = np.take_along_axis(best[1], order, axis=1)
+    found = [[int(m["name"][5:13]) for m in matches[f"query{q:05d}.jpg"]] for q in range(check)]
+    return {
+        "seconds": seconds,
+        "peak_rss": peak,
+        "shards": len(plan),
+        "checked": check,
+        "equal": found == exact.tolist(),
+    }
+
+
+def run_batch_search(args: argparse.Namespace, size: int) -> dict[str, Any] | None:
+    """The DAG's search tasks (``search_dataset`` mapped over shards, then ``match_queries``)
+    over a generated batch folder, each in its own process, one after the other."""
+    shared = [
+        "--workdir", str(args.workdir), "--child-size", str(size),
+        "--topk-queries", str(args.topk_queries), "--match-shard-size", str(args.match_shard_size),
+    ]  # fmt: skip
+    shards = -(-size // args.match_shard_size)
+    print(f"DAG search tasks: {size:,} images in {shards} shards ...", flush=True)
+    if not _child(["--child-sharded", "batch-generate", *shared]):
+        return None
+    tasks = []
+    for index in [*range(shards), -1]:
+        task = _child(["--child-sharded", "batch-task", "--child-index", str(index), *shared])
+        if not task:
+            return None
+        tasks.append(task)
+    merge = tasks.pop()
+    return {
+        "size": size,
+        "shards": merge["shards"],
+        "queries": args.topk_queries,
+        "task_seconds": [t["seconds"] for t in tasks],
+        "task_peak_rss": max(t["peak_rss"] for t in tasks),
+        "merge_seconds": merge["seconds"],
+        "merge_peak_rss": merge["peak_rss"],
+        "checked": merge["checked"],
+        "equal": merge["equal"],
+    }
+
+
+def batch_search_table(results: list[dict[str, Any] | None]) -> str:
+    rows = []
+    for r in results:
+        if not r:
+            rows.append(["failed"] + [""] * 5)
+            continue
+        total = sum(r["task_seconds"])
+        rows.append(
+            [
+                f"{r['size']:,} images (vectors.npy {r['size'] * DIMENSIONS * 4 / 1e9:.1f} GB)",
+                f"{r['shards']} × search_dataset, {r['queries']:,} queries",
+                f"{total:.0f} s ({max(r['task_seconds']):.0f} s the longest) + merge "
+                f"{r['merge_seconds']:.0f} s",
+                f"{r['task_peak_rss'] / 1024**2:,.0f} MB / {r['merge_peak_rss'] / 1024**2:,.0f} MB",
+                "under 2 GB: "
+                + ("yes" if max(r["task_peak_rss"], r["merge_peak_rss"]) < 2 * 1024**3 else "NO"),
+                f"{r['checked']} queries: " + ("equal" if r["equal"] else "DIFFERENT"),
+            ]
+        )
+    header = [
+        "batch", "tasks", "time (tasks one after another)", "peak RSS: worst search / merge",
+        "memory target", "exact search check",
+    ]  # fmt: skip
+    return render(header, rows)
+
+
 def _child(args: list[str]) -> dict[str, Any] | None:
     import subprocess
 
@@ -526,6 +682,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--shard-rows", type=int, default=1_000_000, help="vectors per shard")
     parser.add_argument("--topk-check", type=int, default=20, help="queries checked exactly")
+    parser.add_argument(
+        "--batch-sizes",
+        default="1000000",
+        help="dataset sizes searched by the DAG's own tasks over a batch folder ('' to skip)",
+    )
+    parser.add_argument(
+        "--match-shard-size", type=int, default=100_000, help="dataset images per search task"
+    )
     parser.add_argument("--child-topk", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-sharded", help=argparse.SUPPRESS)
     parser.add_argument("--child-size", type=int, help=argparse.SUPPRESS)
@@ -534,12 +698,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.images, args.shard_size, args.topk_sizes = 2000, 250, "100000"
         args.topk_sharded_sizes, args.shard_rows = "200000", 50_000
+        args.batch_sizes, args.match_shard_size = "200000", 50_000
     if args.images <= QUERIES or args.shard_size < 1 or args.topk_queries < 1:
         parser.error(f"--images must exceed {QUERIES}; sizes must be positive")
     args.sizes = [int(s) for s in args.topk_sizes.split(",") if s.strip()]
     args.sharded_sizes = [int(s) for s in args.topk_sharded_sizes.split(",") if s.strip()]
-    if args.shard_rows < 1 or args.topk_check < 1:
-        parser.error("--shard-rows and --topk-check must be positive")
+    args.batch_search_sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
+    if args.shard_rows < 1 or args.topk_check < 1 or args.match_shard_size < 1:
+        parser.error("--shard-rows, --match-shard-size and --topk-check must be positive")
     args.workdir = args.workdir.resolve()
     return args
 
@@ -556,6 +722,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "generate": lambda: child_generate(*where),
             "shard": lambda: child_shard(*where, args.child_index),
             "merge": lambda: child_merge(*where, args.topk_check),
+            "batch-generate": lambda: child_batch_generate(
+                args.workdir, args.child_size, args.topk_queries
+            ),
+            "batch-task": lambda: child_batch_task(
+                args.workdir,
+                args.child_size,
+                args.topk_queries,
+                args.match_shard_size,
+                args.child_index,
+            ),  # fmt: skip
         }[args.child_sharded]()
         print(RESULT_PREFIX + json.dumps(result))
         return 0
@@ -577,6 +753,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ok = ok and all(topk)
     sharded = [] if args.skip_topk else [run_sharded(args, size) for size in args.sharded_sizes]
     ok = ok and all(r and r["equal"] for r in sharded)
+    batch_search = (
+        [] if args.skip_topk else [run_batch_search(args, n) for n in args.batch_search_sizes]
+    )
+    ok = ok and all(r and r["equal"] for r in batch_search)
 
     print()
     print(machine_line(("Airflow", "apache-airflow"), ("TensorFlow", "tensorflow-cpu")))
@@ -617,6 +797,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"file read {SHARD_BLOCK:,} float16 rows at a time), then index.merge_top_k in one "
             "more process; the check is a plain float32 search with a stable sort over 100,000-"
             "row slices, independent of index.py; vector generation not timed"
+        )
+    if batch_search:
+        from include.image_similarity.index import DEFAULT_DATASET_BLOCK
+
+        print()
+        print(batch_search_table(batch_search))
+        print()
+        print(
+            "the DAG's task functions over a batch folder as merge_embeddings leaves it "
+            "(sources.json, vectors.npy float32 memory-mapped): pipeline.search_shard per "
+            f"shard of {args.match_shard_size:,} images (read {DEFAULT_DATASET_BLOCK:,} rows at "
+            "a time), then "
+            "pipeline.match_queries(searched=shards) with the re-ranker off; each in its own "
+            "process, one after the other; the check is a plain float32 search with a stable "
+            "sort, independent of index.py; batch generation not timed"
         )
     print(f"{load_line(load_before)}; total {time.perf_counter() - started:.0f} s")
     return 0 if ok else 1

@@ -221,7 +221,7 @@ def batch_inputs(batch_dir: Path) -> tuple[list[ImageFile], dict[str, np.ndarray
         ImageFile(i["name"], Path(i["path"]), i["sha256"], i["size"]) for i in listing["images"]
     ]
     stored = load_vectors(batch_dir)
-    vectors = dict(zip(stored.hashes, stored.vectors, strict=True))
+    vectors = dict(zip(stored.hashes, stored.read_all(), strict=True))
     similarity_path = batch_dir / "similarity.json"
     scores = model_question_scores(read_json(similarity_path)) if similarity_path.exists() else []
     return images, vectors, scores
@@ -321,7 +321,7 @@ def generate_gold(
     """Generate up to ``count`` gold sets from the dataset; write their files into ``out_dir``.
 
     :param dataset: the dataset's images (``sources.json``; ``batch_inputs`` reads a batch).
-    :param vectors: their embedding vectors by content hash (``vectors.npz``, or an
+    :param vectors: their embedding vectors by content hash (``batch_inputs``, or an
         ``EmbedResult.vectors``); an image without one is left out.
     :param embedder: the model the dataset was embedded with; it embeds each reference.
     :param count: how many sets (one per HIT, for ``layout.plan_hits(own_gold=True)``).

@@ -31,6 +31,7 @@ Files in a batch folder:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -47,7 +48,12 @@ from include.common.files import atomic_file, read_json, write_json
 from include.common.images import DecodeError, InputSize, open_image
 from include.image_similarity.cache import EmbeddingCache
 from include.image_similarity.embedding import Embedder
-from include.image_similarity.index import TopK, merge_top_k, top_k
+from include.image_similarity.index import (
+    DEFAULT_DATASET_BLOCK,
+    TopK,
+    merge_top_k,
+    top_k_sharded,
+)
 from include.image_similarity.known_answers import parse_known_answer_sets
 from include.image_similarity.rerank import (
     RerankConfig,
@@ -65,6 +71,7 @@ SHARDS_DIR = "vectors"
 VECTORS_FILE = "vectors.npy"
 VECTOR_HASHES_FILE = "vector_hashes.npz"
 MATCHING_DIR = "matching"
+SEARCH_PLAN = "plan.npz"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -395,7 +402,7 @@ def embed_shard(
     """Embed one shard's images into ``vectors/shard-*.npz``; returns counts for the log.
 
     Shards only write their own file (problems included), so parallel shards never touch a
-    shared file; ``merge_shards`` assembles ``vectors.npz`` and ``problems.json``.
+    shared file; ``merge_shards`` assembles ``vectors.npy`` and ``problems.json``.
     """
     if not 0 <= shard < shards:
         raise ValueError(f"shard {shard} of {shards} does not exist")
@@ -512,37 +519,58 @@ def write_vectors(batch_dir: Path, hashes: list[str], vectors: np.ndarray, model
 
 @dataclass(frozen=True)
 class BatchVectors:
-    """A batch's merged embeddings: ``vectors[i]`` is the image whose content hash is
-    ``hashes[i]`` (memory-mapped: rows are read from disk when used)."""
+    """A batch's merged embeddings: row ``i`` of ``path`` (a float32 ``.npy`` matrix of
+    ``shape``) is the image whose content hash is ``hashes[i]``. Rows are read when asked for,
+    through a mapping closed after each read, so what a task read once does not stay resident."""
 
     hashes: list[str]
-    vectors: np.ndarray
+    path: Path
+    shape: tuple[int, int]
     model_id: str
 
     def rows(self) -> dict[str, int]:
         return {h: i for i, h in enumerate(self.hashes)}
 
+    def read(self, rows: list[int] | np.ndarray) -> np.ndarray:
+        """These rows, in this order, as a float32 array in memory."""
+        if len(rows) == 0:
+            return np.zeros((0, self.shape[1]), np.float32)
+        matrix = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        try:
+            return np.array(matrix[np.asarray(rows, np.int64)], dtype=np.float32)
+        finally:
+            del matrix  # unmaps the file
 
-def load_vectors(batch_dir: Path) -> BatchVectors:
-    """The batch's merged embeddings (``merge_shards``'s output), checked against each other."""
+    def read_all(self) -> np.ndarray:
+        return self.read(np.arange(self.shape[0]))
+
+
+def load_vectors(batch_dir: Path, *, with_hashes: bool = True) -> BatchVectors:
+    """The batch's merged embeddings (``merge_shards``'s output), checked against each other.
+
+    ``with_hashes=False`` reads no hash (a search task needs rows only): ``hashes`` is empty.
+    """
     with np.load(batch_dir / VECTOR_HASHES_FILE, allow_pickle=False) as archive:
-        hashes = [str(h) for h in archive["hashes"]]
+        hashes = [str(h) for h in archive["hashes"]] if with_hashes else []
         model_id = str(archive["model_id"])
     path = batch_dir / VECTORS_FILE
-    vectors = np.load(path, mmap_mode="r", allow_pickle=False)
-    if vectors.ndim != 2 or vectors.dtype != np.float32 or len(vectors) != len(hashes):
+    matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+    shape, dtype = matrix.shape, matrix.dtype
+    del matrix
+    count = len(hashes) if with_hashes else shape[0] if len(shape) == 2 else -1
+    if len(shape) != 2 or dtype != np.float32 or shape[0] != count:
         raise ValueError(
-            f"{VECTORS_FILE} ({vectors.dtype}, {vectors.shape}) does not hold one float32 vector "
-            f"for each of the {len(hashes)} images of {VECTOR_HASHES_FILE}: merge the embeddings "
+            f"{VECTORS_FILE} ({dtype}, {shape}) does not hold one float32 vector "
+            f"for each of the {count} images of {VECTOR_HASHES_FILE}: merge the embeddings "
             "again (task merge_embeddings)"
         )
-    return BatchVectors(hashes, vectors, model_id)
+    return BatchVectors(hashes, path, (int(shape[0]), int(shape[1])), model_id)
 
 
 def embed_collections(
     batch_dir: Path, embedder: Embedder, cache: EmbeddingCache | None
 ) -> dict[str, int]:
-    """Embed the dataset and the queries into ``vectors.npz`` in this process (one shard)."""
+    """Embed the dataset and the queries into the batch's vectors in this process (one shard)."""
     (shard,) = plan_shards(batch_dir, fan_out_above=math.inf)
     stats = embed_shard(batch_dir, embedder, cache, **shard)
     merge_shards(batch_dir)
@@ -622,39 +650,63 @@ def _verify(
 @dataclass(frozen=True)
 class _MatchInputs:
     """What a top-k search reads: the dataset and the queries that have a vector (listing
-    order: ties go to the earlier dataset image) and the vectors (memory-mapped)."""
+    order: ties go to the earlier dataset image) and each one's row in the vectors file."""
 
     dataset: list[ImageFile]
     queries: list[ImageFile]
     vectors: BatchVectors
-    row_of: dict[str, int]
+    dataset_rows: np.ndarray
+    query_rows: np.ndarray
 
-    def rows(self, images: list[ImageFile]) -> np.ndarray:
-        """Their vectors, read from disk into memory (float32, one row per image)."""
-        return np.asarray(self.vectors.vectors[[self.row_of[i.sha256] for i in images]])
+    def digest(self) -> str:
+        """Names this search: the dataset's and the queries' rows, in order."""
+        return _rows_digest(self.dataset_rows, self.query_rows, self.vectors.shape)
+
+
+def _rows_digest(dataset_rows: np.ndarray, query_rows: np.ndarray, shape: tuple) -> str:
+    digest = hashlib.sha256(repr(shape).encode())
+    for rows in (dataset_rows, query_rows):
+        digest.update(len(rows).to_bytes(8, "little"))
+        digest.update(np.ascontiguousarray(rows, np.int64).tobytes())
+    return digest.hexdigest()
 
 
 def _match_inputs(batch_dir: Path) -> _MatchInputs:
     listings = load_listings(batch_dir)
     vectors = load_vectors(batch_dir)
     row_of = vectors.rows()
+    if len(row_of) != len(vectors.hashes):
+        raise ValueError(
+            f"{VECTOR_HASHES_FILE} names a content twice: merge the embeddings again "
+            "(task merge_embeddings)"
+        )
     dataset = [i for i in listings["dataset"].images if i.sha256 in row_of]
     queries = [i for i in listings["queries"].images if i.sha256 in row_of]
     if not dataset:
         raise ValueError("no dataset image could be decoded; see problems.json")
-    return _MatchInputs(dataset, queries, vectors, row_of)
+    return _MatchInputs(
+        dataset,
+        queries,
+        vectors,
+        np.array([row_of[i.sha256] for i in dataset], np.int64),
+        np.array([row_of[i.sha256] for i in queries], np.int64),
+    )
 
 
-def _search(inputs: _MatchInputs, start: int, stop: int, shortlist: int) -> TopK:
-    """The ``shortlist`` nearest of dataset images ``start:stop`` for every query (indices are
-    relative to ``start``). Memory holds those rows' vectors and the queries', no more."""
-    part = inputs.dataset[start:stop]
-    return top_k(
-        inputs.rows(inputs.queries),
-        inputs.rows(part) if part else np.zeros((0, inputs.vectors.vectors.shape[1]), np.float32),
-        shortlist,
-        query_hashes=[q.sha256 for q in inputs.queries],
-        dataset_hashes=[d.sha256 for d in part],
+def _search(
+    vectors: BatchVectors, query_rows: np.ndarray, dataset_rows: np.ndarray, shortlist: int
+) -> TopK:
+    """The ``shortlist`` nearest of these dataset rows for every query row (indices are
+    positions in ``dataset_rows``). A row is one content, so a query never matches its own
+    content. The rows are read from disk one block at a time and merged as they come
+    (``top_k_sharded``): memory holds one block's vectors and the queries', whatever the size."""
+    block = DEFAULT_DATASET_BLOCK
+    blocks = (
+        (vectors.read(dataset_rows[i : i + block]), dataset_rows[i : i + block].tolist())
+        for i in range(0, len(dataset_rows), block)
+    )
+    return top_k_sharded(
+        vectors.read(query_rows), blocks, shortlist, query_hashes=query_rows.tolist()
     )
 
 
@@ -679,19 +731,31 @@ def plan_search(
 ) -> list[dict[str, int]]:
     """Cut the top-k search into dataset shards: one, or above ``fan_out_above`` dataset images,
     shards of at most ``shard_size`` (balanced), which Airflow maps to parallel tasks
-    (``search_shard``); ``match_queries(searched=...)`` merges them. Search files of an
+    (``search_shard``); ``match_queries(searched=...)`` merges them.
+
+    Writes ``matching/plan.npz``: the vectors-file row of every dataset image and query, so a
+    shard task reads its slice of them and its vectors, never the listing. Search files of an
     earlier plan are removed, so the merge never mixes two plans."""
     if shard_size < 1 or fan_out_above < 0:
         raise ValueError(
             f"search shard size must be at least 1 and the fan-out threshold not negative, "
             f"not {shard_size} and {fan_out_above}"
         )
-    images = len(_match_inputs(batch_dir).dataset)
+    inputs = _match_inputs(batch_dir)
+    images = len(inputs.dataset)
     shards = 1 if images <= fan_out_above else math.ceil(images / shard_size)
     keep = {search_path(batch_dir, i, shards).name for i in range(shards)}
     for stale in (batch_dir / MATCHING_DIR).glob("search-*.npz"):
         if stale.name not in keep:
             stale.unlink(missing_ok=True)
+    with atomic_file(batch_dir / MATCHING_DIR / SEARCH_PLAN) as handle:
+        np.savez(
+            handle,
+            dataset_rows=inputs.dataset_rows,
+            query_rows=inputs.query_rows,
+            shards=shards,
+            digest=inputs.digest(),
+        )
     if shards > 1:
         log.info("%d dataset images to search: %d shards of about %d", images, shards,
                  images // shards)  # fmt: skip
@@ -699,33 +763,49 @@ def plan_search(
 
 
 def search_shard(batch_dir: Path, shard: int, shards: int, shortlist: int) -> dict[str, int]:
-    """Search one dataset shard for every query's ``shortlist`` nearest images; write its
-    ``matching/search-*.npz`` (read back by ``match_queries(searched=shards)``)."""
+    """Search one dataset shard of ``plan_search``'s plan for every query's ``shortlist``
+    nearest images; write its ``matching/search-*.npz`` (``match_queries(searched=shards)``
+    merges them). Reads the plan's rows and the vectors of its shard, not the listing."""
     if not 0 <= shard < shards:
         raise ValueError(f"search shard {shard} of {shards} does not exist")
     if shortlist < 1:
         raise ValueError(f"the shortlist must be at least 1, not {shortlist}")
-    inputs = _match_inputs(batch_dir)
-    start, stop = _shard_bounds(len(inputs.dataset), shard, shards)
-    found = _search(inputs, start, stop, shortlist)
+    vectors = load_vectors(batch_dir, with_hashes=False)
+    plan_path = batch_dir / MATCHING_DIR / SEARCH_PLAN
+    try:
+        with np.load(plan_path, allow_pickle=False) as plan:
+            planned, digest = int(plan["shards"]), str(plan["digest"])
+            dataset_rows, query_rows = plan["dataset_rows"], plan["query_rows"]
+    except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"the search plan cannot be read ({exc}): plan the search again") from exc
+    if (
+        planned != shards
+        or digest != _rows_digest(dataset_rows, query_rows, vectors.shape)
+        or dataset_rows.dtype != np.int64
+        or query_rows.dtype != np.int64
+        or dataset_rows.ndim != 1
+        or query_rows.ndim != 1
+        or not all(((r >= 0) & (r < vectors.shape[0])).all() for r in (dataset_rows, query_rows))
+    ):
+        raise ValueError(
+            f"{SEARCH_PLAN} is not a plan of {shards} search shards over these vectors: plan "
+            "the search again (task plan_search)"
+        )
+    start, stop = _shard_bounds(len(dataset_rows), shard, shards)
+    found = _search(vectors, query_rows, dataset_rows[start:stop], shortlist)
     with atomic_file(search_path(batch_dir, shard, shards)) as handle:
         np.savez(
-            handle,
-            indices=found.indices,
-            scores=found.scores,
-            start=start,
-            stop=stop,
-            queries=np.array([q.sha256 for q in inputs.queries], dtype="U64"),
+            handle, indices=found.indices, scores=found.scores, start=start, stop=stop, plan=digest
         )
-    return {"dataset_images": stop - start, "queries": len(inputs.queries)}
+    return {"dataset_images": stop - start, "queries": len(query_rows)}
 
 
 def _merge_searched(batch_dir: Path, inputs: _MatchInputs, shards: int, shortlist: int) -> TopK:
-    """Merge the ``shards`` search files into one top-k; a file missing, of another plan, other
-    queries or another shortlist, or with rows out of its shard is an error naming it."""
+    """Merge the ``shards`` search files into one top-k; a file missing, of another plan or
+    another shortlist, or with rows out of its shard is an error naming it."""
     if shards < 1:
         raise ValueError(f"at least one search shard is needed, not {shards}")
-    expected_queries = [q.sha256 for q in inputs.queries]
+    digest = inputs.digest()
     parts = []
     for shard in range(shards):
         path = search_path(batch_dir, shard, shards)
@@ -734,7 +814,7 @@ def _merge_searched(batch_dir: Path, inputs: _MatchInputs, shards: int, shortlis
             with np.load(path, allow_pickle=False) as archive:
                 indices, scores = archive["indices"], archive["scores"]
                 bounds = (int(archive["start"]), int(archive["stop"]))
-                queries = [str(h) for h in archive["queries"]]
+                plan = str(archive["plan"])
         except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as exc:
             raise ValueError(
                 f"the search of shard {shard + 1} of {shards} cannot be read ({path.name}: "
@@ -742,17 +822,17 @@ def _merge_searched(batch_dir: Path, inputs: _MatchInputs, shards: int, shortlis
             ) from exc
         valid = (
             bounds == (start, stop)
-            and queries == expected_queries
+            and plan == digest
             and indices.dtype == np.int64
             and scores.dtype == np.float32
-            and indices.shape == scores.shape == (len(expected_queries), shortlist)
+            and indices.shape == scores.shape == (len(inputs.queries), shortlist)
             and bool(np.all((indices >= -1) & (indices < stop - start)))
             and not np.isnan(scores).any()
         )
         if not valid:
             raise ValueError(
                 f"{path.name} is not the search of shard {shard + 1} of {shards} for these "
-                f"{len(expected_queries)} queries with a shortlist of {shortlist}: run that "
+                f"{len(inputs.queries)} queries with a shortlist of {shortlist}: run that "
                 "search again"
             )
         parts.append((TopK(indices, scores), start))
@@ -784,7 +864,7 @@ def match_queries(
         log.warning("only %d dataset images for k=%d: queries get fewer matches", len(dataset), k)
     shortlist = search_shortlist(k, rerank_config)
     if searched is None:
-        found = _search(inputs, 0, len(dataset), shortlist)
+        found = _search(inputs.vectors, inputs.query_rows, inputs.dataset_rows, shortlist)
     else:
         found = _merge_searched(batch_dir, inputs, searched, shortlist)
     if rerank_config:

@@ -187,7 +187,7 @@ def listed(tmp_path):
 
 def _vectors(batch_dir):
     stored = pipeline.load_vectors(batch_dir)
-    return dict(zip(stored.hashes, stored.vectors, strict=True))
+    return dict(zip(stored.hashes, stored.read_all(), strict=True))
 
 
 def test_small_batches_are_one_shard(listed):
@@ -375,9 +375,12 @@ def _search_in_shards(batch_dir, shard_size, k):
 
 
 @pytest.mark.parametrize("shard_size", [1, 7, 13, 30, 61])
-def test_the_search_in_dataset_shards_gives_the_matches_of_one_search(wide, shard_size):
+def test_the_search_in_dataset_shards_gives_the_matches_of_one_search(
+    wide, shard_size, monkeypatch
+):
     whole = pipeline.match_queries(wide, k=5, rerank_config=None)
     detailed = pipeline.read_json(wide / "similarity.json")
+    monkeypatch.setattr(pipeline, "DEFAULT_DATASET_BLOCK", 4)  # a shard read in blocks of 4
     shards = _search_in_shards(wide, shard_size, 5)
     assert shards == -(-61 // shard_size)
     merged = pipeline.match_queries(wide, k=5, rerank_config=None, searched=shards)
@@ -393,9 +396,10 @@ def test_the_search_in_dataset_shards_gives_the_matches_of_one_search(wide, shar
 def test_small_datasets_are_searched_by_one_task_and_a_new_plan_drops_the_old(wide):
     assert pipeline.plan_search(wide, shard_size=5, fan_out_above=61) == [{"shard": 0, "shards": 1}]
     _search_in_shards(wide, 20, 3)
-    assert len(list((wide / "matching").iterdir())) == 4
+    assert len(list((wide / "matching").glob("search-*.npz"))) == 4
     _search_in_shards(wide, 40, 3)
     assert sorted(p.name for p in (wide / "matching").iterdir()) == [
+        "plan.npz",
         "search-00000-of-00002.npz",
         "search-00001-of-00002.npz",
     ]
@@ -437,7 +441,7 @@ def _damage_search(batch_dir, name, **changes):
             "is not the search of shard 3 of 3",
         ),
         (
-            lambda d: _damage_search(d, "search-00000-of-00003.npz", queries=np.array(["x"] * 6)),
+            lambda d: _damage_search(d, "search-00000-of-00003.npz", plan=np.array("0" * 64)),
             "for these 6 queries",
         ),
         (lambda d: pipeline.search_shard(d, 1, 3, shortlist=2), "with a shortlist of 4"),
@@ -458,10 +462,52 @@ def test_a_missing_stale_or_damaged_search_is_refused_naming_it(wide, damage, re
 
 def test_vectors_that_do_not_fit_their_hashes_are_refused(wide):
     stored = pipeline.load_vectors(wide)
-    assert len(stored.hashes) == len(stored.vectors) == 65 and stored.model_id == "hand-made"
+    assert len(stored.hashes) == stored.shape[0] == 65 and stored.model_id == "hand-made"
     np.save(wide / "vectors.npy", np.zeros((64, 8), np.float32))
     with pytest.raises(ValueError, match="merge the embeddings again"):
         pipeline.match_queries(wide, k=3, rerank_config=None)
     np.save(wide / "vectors.npy", np.zeros((65, 8), np.float64))
     with pytest.raises(ValueError, match="does not hold one float32 vector"):
         pipeline.load_vectors(wide)
+
+
+def test_a_search_task_reads_its_plan_and_vectors_not_the_listing(wide):
+    pipeline.match_queries(wide, k=3, rerank_config=None)
+    whole = pipeline.read_json(wide / "matches.json")
+    plan = pipeline.plan_search(wide, shard_size=25, fan_out_above=0)
+    listing = (wide / "sources.json").read_bytes()
+    (wide / "sources.json").unlink()
+    for shard in plan:
+        pipeline.search_shard(wide, **shard, shortlist=3)
+    (wide / "sources.json").write_bytes(listing)
+    assert pipeline.match_queries(wide, k=3, rerank_config=None, searched=3) == whole
+
+
+def test_a_plan_of_other_vectors_or_another_listing_is_refused(wide):
+    plan = pipeline.plan_search(wide, shard_size=25, fan_out_above=0)
+    with pytest.raises(ValueError, match="is not a plan of 2 search shards"):
+        pipeline.search_shard(wide, 0, 2, shortlist=3)
+    stored = pipeline.load_vectors(wide)
+    pipeline.write_vectors(wide, stored.hashes + ["f" * 64], np.vstack(
+        [stored.read_all(), np.eye(1, 8, dtype=np.float32)]), "hand-made")  # fmt: skip
+    with pytest.raises(ValueError, match="is not a plan of 3 search shards over these vectors"):
+        pipeline.search_shard(wide, **plan[0], shortlist=3)
+    (wide / "matching" / "plan.npz").write_bytes(b"not a plan")
+    with pytest.raises(ValueError, match="the search plan cannot be read"):
+        pipeline.search_shard(wide, **plan[0], shortlist=3)
+    # Searched, then the listing changes (a query left out): the merge refuses the searches.
+    for shard in pipeline.plan_search(wide, shard_size=25, fan_out_above=0):
+        pipeline.search_shard(wide, **shard, shortlist=3)
+    sources = pipeline.read_json(wide / "sources.json")
+    sources["queries"]["images"].pop()
+    pipeline.write_json(wide / "sources.json", sources)
+    with pytest.raises(ValueError, match="for these 5 queries"):
+        pipeline.match_queries(wide, k=3, rerank_config=None, searched=3)
+
+
+def test_vectors_naming_a_content_twice_are_refused(wide):
+    stored = pipeline.load_vectors(wide)
+    hashes = stored.hashes[:-1] + [stored.hashes[0]]
+    pipeline.write_vectors(wide, hashes, stored.read_all(), "hand-made")
+    with pytest.raises(ValueError, match="names a content twice"):
+        pipeline.plan_search(wide)
