@@ -425,21 +425,23 @@ def child_batch_generate(workdir: Path, size: int, queries: int) -> dict[str, An
 
 
 def child_batch_task(workdir: Path, size: int, queries: int, shard_size: int, index: int):
-    """One ``search_dataset`` task (``index`` >= 0: ``pipeline.search_shard``), or the
-    ``match_queries`` task that merges them (``index`` -1; re-ranker off) with the plan
-    made first (``plan_search``) and an exact check of the first matches."""
+    """One task of the DAG's search: ``plan_search`` (``index`` -2), a ``search_dataset``
+    (``index`` >= 0: ``pipeline.search_shard``) or the ``match_queries`` task that merges them
+    (``index`` -1; re-ranker off), followed by an exact check of the first matches."""
     import numpy as np
 
     from include.image_similarity import pipeline
 
     batch = _batch_dir(workdir, size, queries)
     started = time.perf_counter()
+    if index == -2:
+        pipeline.plan_search(batch, shard_size, 0)
+        return {"seconds": time.perf_counter() - started, "peak_rss": peak_rss_bytes()}
+    shards = -(-size // shard_size)
     if index >= 0:
-        (shards,) = {s["shards"] for s in pipeline.plan_search(batch, shard_size, 0)}
         pipeline.search_shard(batch, index, shards, 3)
         return {"seconds": time.perf_counter() - started, "peak_rss": peak_rss_bytes()}
-    plan = pipeline.plan_search(batch, shard_size, 0)
-    matches = pipeline.match_queries(batch, 3, rerank_config=None, searched=len(plan))
+    matches = pipeline.match_queries(batch, 3, rerank_config=None, searched=shards)
     seconds, peak = time.perf_counter() - started, peak_rss_bytes()
     vectors = np.load(batch / pipeline.VECTORS_FILE, mmap_mode="r")
     check = 20
@@ -458,7 +460,7 @@ def child_batch_task(workdir: Path, size: int, queries: int, shard_size: int, in
     return {
         "seconds": seconds,
         "peak_rss": peak,
-        "shards": len(plan),
+        "shards": shards,
         "checked": check,
         "equal": found == exact.tolist(),
     }
@@ -476,13 +478,15 @@ def run_batch_search(args: argparse.Namespace, size: int) -> dict[str, Any] | No
     if not _child(["--child-sharded", "batch-generate", *shared]):
         return None
     tasks = []
-    for index in [*range(shards), -1]:
+    for index in [-2, *range(shards), -1]:
         task = _child(["--child-sharded", "batch-task", "--child-index", str(index), *shared])
         if not task:
             return None
         tasks.append(task)
-    merge = tasks.pop()
+    plan, merge = tasks.pop(0), tasks.pop()
     return {
+        "plan_seconds": plan["seconds"],
+        "plan_peak_rss": plan["peak_rss"],
         "size": size,
         "shards": merge["shards"],
         "queries": args.topk_queries,
@@ -506,16 +510,21 @@ def batch_search_table(results: list[dict[str, Any] | None]) -> str:
             [
                 f"{r['size']:,} images (vectors.npy {r['size'] * DIMENSIONS * 4 / 1e9:.1f} GB)",
                 f"{r['shards']} × search_dataset, {r['queries']:,} queries",
-                f"{total:.0f} s ({max(r['task_seconds']):.0f} s the longest) + merge "
-                f"{r['merge_seconds']:.0f} s",
-                f"{r['task_peak_rss'] / 1024**2:,.0f} MB / {r['merge_peak_rss'] / 1024**2:,.0f} MB",
+                f"plan {r['plan_seconds']:.0f} s + {total:.0f} s ({max(r['task_seconds']):.0f} s "
+                f"the longest) + merge {r['merge_seconds']:.0f} s",
+                " / ".join(
+                    f"{r[key] / 1024**2:,.0f} MB"
+                    for key in ("plan_peak_rss", "task_peak_rss", "merge_peak_rss")
+                ),
                 "under 2 GB: "
-                + ("yes" if max(r["task_peak_rss"], r["merge_peak_rss"]) < 2 * 1024**3 else "NO"),
+                + ("yes" if r["task_peak_rss"] < 2 * 1024**3 else "NO")
+                + " (search)",
                 f"{r['checked']} queries: " + ("equal" if r["equal"] else "DIFFERENT"),
             ]
         )
     header = [
-        "batch", "tasks", "time (tasks one after another)", "peak RSS: worst search / merge",
+        "batch", "tasks", "time (tasks one after another)",
+        "peak RSS: plan / worst search / merge",
         "memory target", "exact search check",
     ]  # fmt: skip
     return render(header, rows)

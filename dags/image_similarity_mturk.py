@@ -13,7 +13,9 @@ For every **query image**, find the 3 most similar images of a **dataset** with 
    Celery workers above *Fan out above*) → `merge_embeddings`: embed dataset and queries
    (cached by content hash: a rerun on the same images embeds nothing); corrupt, truncated
    and empty files are reported and left out;
-4. `match_queries`: the k nearest dataset images per query → `matches.json`: the nearest by
+4. `plan_search` → `search_dataset` (mapped over dataset shards: one, or several in parallel
+   above *Search fans out above*) → `match_queries`: the k nearest dataset images per query →
+   `matches.json`: the nearest by
    cosine similarity (as many as *Images re-ranked per query*), re-ordered by spatial
    verification (the query lined up against each candidate on thumbnails, which tells
    neighbouring video frames apart); scores stay cosines;
