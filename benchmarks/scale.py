@@ -530,11 +530,98 @@ def batch_search_table(results: list[dict[str, Any] | None]) -> str:
     return render(header, rows)
 
 
-def _child(args: list[str]) -> dict[str, Any] | None:
+# --- one wait poll over many HITs, against the crowd sandbox --------------------------------
+
+
+def child_poll(ids_file: Path) -> dict[str, Any]:
+    """One poll of the batch, as the trigger makes it (``read_batch_progress`` with the hook)."""
+    import airflow  # noqa: F401  (puts the plugins folder on sys.path)
+
+    from mturk_provider.hooks.mturk import MTurkHook
+    from mturk_provider.progress import read_batch_progress
+
+    ids = json.loads(ids_file.read_text())
+    hook = MTurkHook(aws_conn_id="aws_default")
+    started = time.perf_counter()
+    batch = read_batch_progress(hook, ids)
+    return {
+        "seconds": time.perf_counter() - started,
+        "hits": len(batch.hits),
+        "final": sum(h.final for h in batch.hits),
+        "peak_rss": peak_rss_bytes(),
+    }
+
+
+def run_wait_poll(args: argparse.Namespace) -> dict[str, Any] | None:
+    """A fresh sandbox holding only the batch: create ``--wait-hits`` HITs nobody works on
+    (four clients at once, not timed), then one poll in a child process; its MTurk calls are
+    read from the sandbox's log of API calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import hits
+
+    from include.crowd_sandbox.stack import LocalStack
+
+    count, writers = args.wait_hits, 4
+    print(f"wait poll: creating {count:,} HITs in the crowd sandbox ...", flush=True)
+    folder = args.workdir / "wait_poll"
+    shutil.rmtree(folder, ignore_errors=True)
+    with LocalStack(folder / "stack", bucket="bench-scale", workers=None) as stack:
+        parts = [count * i // writers for i in range(writers + 1)]
+        started = time.perf_counter()
+        with ThreadPoolExecutor(writers) as pool:
+            made = pool.map(
+                lambda i: hits.create_wait_hits(
+                    stack.mturk_client(), parts[i + 1] - parts[i], f"scale-wait-{i}"
+                ),
+                range(writers),
+            )
+            ids = [hit_id for part in made for hit_id in part]
+        create_s = time.perf_counter() - started
+        ids_file = folder / "hit-ids.json"
+        ids_file.write_text(json.dumps(ids))
+        log = hits.SandboxLog(folder / "stack" / "sandbox.log")
+        log.mark()
+        env = hits.airflow_env(stack, folder / "home", folder / "dags")
+        poll = _child(["--child-sharded", "poll", "--hit-ids-file", str(ids_file)], env=env)
+        calls = log.calls()
+    if not poll:
+        return None
+    return {
+        **poll,
+        "create_seconds": create_s,
+        "calls": {op: int(entry["n"]) for op, entry in calls.items()},
+        "errors": sum(int(entry["errors"]) for entry in calls.values()),
+    }
+
+
+def wait_poll_table(result: dict[str, Any] | None, wanted: int) -> str:
+    import math
+
+    budget = math.ceil(wanted / 100) + 1
+    if not result:
+        return render(["wait poll"], [["failed"]])
+    calls = result["calls"]
+    total = sum(calls.values())
+    spread = ", ".join(f"{op} {n}" for op, n in sorted(calls.items())) or "none"
+    rows = [
+        [
+            f"{result['hits']:,} HITs (none final)",
+            f"{total} ({spread})",
+            f"{budget}: " + ("met" if total <= budget and not result["errors"] else "MISSED"),
+            f"{result['seconds']:.1f} s",
+            f"{result['peak_rss'] / 1024**2:,.0f} MB",
+        ]
+    ]
+    header = ["batch", "MTurk calls in one poll", "target ceil(N/100)+1", "poll time", "peak RSS"]
+    return render(header, rows)
+
+
+def _child(args: list[str], env: dict[str, str] | None = None) -> dict[str, Any] | None:
     import subprocess
 
     done = subprocess.run(
-        [sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT, env=env
     )
     for line in done.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
@@ -699,6 +786,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--match-shard-size", type=int, default=100_000, help="dataset images per search task"
     )
+    parser.add_argument(
+        "--wait-hits", type=int, default=10_000, help="HITs one wait poll reads (0: skip)"
+    )
+    parser.add_argument("--hit-ids-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-topk", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-sharded", help=argparse.SUPPRESS)
     parser.add_argument("--child-size", type=int, help=argparse.SUPPRESS)
@@ -708,6 +799,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.images, args.shard_size, args.topk_sizes = 2000, 250, "100000"
         args.topk_sharded_sizes, args.shard_rows = "200000", 50_000
         args.batch_sizes, args.match_shard_size = "200000", 50_000
+        args.wait_hits = 1000
     if args.images <= QUERIES or args.shard_size < 1 or args.topk_queries < 1:
         parser.error(f"--images must exceed {QUERIES}; sizes must be positive")
     args.sizes = [int(s) for s in args.topk_sizes.split(",") if s.strip()]
@@ -731,6 +823,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "generate": lambda: child_generate(*where),
             "shard": lambda: child_shard(*where, args.child_index),
             "merge": lambda: child_merge(*where, args.topk_check),
+            "poll": lambda: child_poll(args.hit_ids_file),
             "batch-generate": lambda: child_batch_generate(
                 args.workdir, args.child_size, args.topk_queries
             ),
@@ -766,6 +859,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         [] if args.skip_topk else [run_batch_search(args, n) for n in args.batch_search_sizes]
     )
     ok = ok and all(r and r["equal"] for r in batch_search)
+    wait_poll = run_wait_poll(args) if args.wait_hits else None
+    ok = ok and (not args.wait_hits or bool(wait_poll))
 
     print()
     print(machine_line(("Airflow", "apache-airflow"), ("TensorFlow", "tensorflow-cpu")))
@@ -821,6 +916,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "pipeline.match_queries(searched=shards) with the re-ranker off; each in its own "
             "process, one after the other; the check is a plain float32 search with a stable "
             "sort, independent of index.py; batch generation not timed"
+        )
+    if args.wait_hits:
+        print()
+        print(wait_poll_table(wait_poll, args.wait_hits))
+        print()
+        created = f"{wait_poll['create_seconds']:.0f} s" if wait_poll else "-"
+        print(
+            "read_batch_progress (the trigger's poll) with MTurkHook in a fresh process, against "
+            f"a fresh crowd sandbox holding only the batch ({args.wait_hits:,} HITs x 3 "
+            f"assignments, created by 4 clients at once in {created}, not timed); calls counted "
+            "from the sandbox's log of API calls"
         )
     print(f"{load_line(load_before)}; total {time.perf_counter() - started:.0f} s")
     return 0 if ok else 1
