@@ -208,12 +208,24 @@ def _resize(array: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(image.resize((width, height), method), dtype=np.float64)
 
 
-def _window_sums(images: np.ndarray, th: int, tw: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return the sums of pixels and of squared pixels over every ``th x tw`` window (valid)."""
+def _integrals(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-padded integral tables of the pixels and of the squared pixels of a ``(n, H, W)``
+    stack: any window's sums then cost four lookups (``_window_spread``)."""
 
-    def box(values: np.ndarray) -> np.ndarray:
+    def table(values: np.ndarray) -> np.ndarray:
         integral = np.zeros((values.shape[0], values.shape[1] + 1, values.shape[2] + 1))
         integral[:, 1:, 1:] = values.cumsum(1).cumsum(2)
+        return integral
+
+    return table(images), table(images * images)
+
+
+def _window_spread(integrals: tuple[np.ndarray, np.ndarray], th: int, tw: int) -> np.ndarray:
+    """Return each ``th x tw`` window's sum of squared deviations from its mean (valid offsets),
+    from ``_integrals``: its variance times the window's pixel count; below
+    ``count * FLAT_STD**2`` it is flat."""
+
+    def box(integral: np.ndarray) -> np.ndarray:
         return (
             integral[:, th:, tw:]
             - integral[:, :-th, tw:]
@@ -221,13 +233,7 @@ def _window_sums(images: np.ndarray, th: int, tw: int) -> tuple[np.ndarray, np.n
             + integral[:, :-th, :-tw]
         )
 
-    return box(images), box(images * images)
-
-
-def _window_spread(images: np.ndarray, th: int, tw: int) -> np.ndarray:
-    """Return each ``th x tw`` window's sum of squared deviations from its mean (valid offsets):
-    its variance times the window's pixel count; below ``count * FLAT_STD**2`` it is flat."""
-    sums, squares = _window_sums(images, th, tw)
+    sums, squares = (box(table) for table in integrals)
     return np.maximum(squares - sums * sums / (th * tw), 0.0)
 
 
@@ -247,7 +253,7 @@ def _zncc_maps(images: np.ndarray, spectra: np.ndarray, templates: np.ndarray) -
     corr = np.fft.irfft2(spectra * np.conj(t_spectra), s=(height, width))
     corr = corr[:, : height - th + 1, : width - tw + 1]
     count = th * tw
-    variance = _window_spread(images, th, tw)
+    variance = _window_spread(_integrals(images), th, tw)
     denominator = np.sqrt(variance) * t_norm[:, None, None]
     flat = (variance < count * FLAT_STD**2) | (t_norm[:, None, None] < np.sqrt(count) * FLAT_STD)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -454,7 +460,7 @@ class _Pyramid:
         ladder = np.geomspace(1.0, self.config.min_scale, self.config.coarse_scales)
         for (ch, cw), rows in groups.items():
             tiled = np.vstack([self.coarse[i] for i in rows])
-            stacked = tiled.astype(np.float64)[None]
+            integrals = _integrals(tiled.astype(np.float64)[None])  # once for every scale
             for scale in ladder:
                 size = _template_size(scale, (ch, cw), self.query_coarse.shape)
                 if size is None:
@@ -464,7 +470,7 @@ class _Pyramid:
                 if _is_flat(template):
                     continue
                 scores = cv2.matchTemplate(tiled, template, cv2.TM_CCOEFF_NORMED)
-                scores[_window_spread(stacked, th, tw)[0] < th * tw * FLAT_STD**2] = -np.inf
+                scores[_window_spread(integrals, th, tw)[0] < th * tw * FLAT_STD**2] = -np.inf
                 # Rows whose window crosses from one tile into the next are not offsets.
                 padded = np.full((len(rows) * ch, scores.shape[1]), -np.inf, np.float32)
                 padded[: scores.shape[0]] = scores
