@@ -41,7 +41,7 @@ help:
 	@echo "make benchmark  embedding throughput and recall (benchmarks/embedding.py)"
 	@echo "make benchmark-hits  HIT creation rate and the sensor's wait (benchmarks/hits.py)"
 	@echo "make benchmark-crowd crowd accuracy vs truth: fixed-3/5 vs adaptive, 30/50% bad workers (benchmarks/crowd_quality.py)"
-	@echo "make benchmark-scale sharded embedding on 1 vs 2 Celery workers, top-k at 1e5/1e6 in memory and 1e6/1e7 sharded from disk (benchmarks/scale.py)"
+	@echo "make benchmark-scale sharded embedding on 1 vs 2 Celery workers, top-k at 1e5/1e6 in memory and 1e6/1e7 sharded from disk, the DAG search tasks at 1e6, a wait poll over 10,000 HITs, re-ranking before/after (benchmarks/scale.py)"
 	@echo "make lock       re-resolve constraints.txt from requirements*.txt"
 
 $(STAMP): requirements.txt requirements-test.txt constraints.txt

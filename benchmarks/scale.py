@@ -1,11 +1,14 @@
-"""Scale benchmark: sharded embedding on 1 and 2 Celery workers; top-k in memory and sharded (10^7).
+"""Scale benchmark: sharded embedding on 1 and 2 Celery workers; top-k in memory and sharded
+(10^7), the DAG's search tasks, a wait poll over 10,000 HITs and re-ranking before/after.
 
 What is measured, in one run (``make benchmark-scale`` runs ``python benchmarks/scale.py``)::
 
     python benchmarks/scale.py [--images N] [--shard-size S] [--topk-queries Q]
                                [--topk-sizes 100000,1000000] [--skip-dag] [--skip-topk]
                                [--topk-sharded-sizes 1000000,10000000] [--shard-rows R]
-                               [--topk-check C] [--workdir DIR] [--quick]
+                               [--topk-check C] [--batch-sizes 1000000]
+                               [--match-shard-size M] [--wait-hits H] [--skip-rerank]
+                               [--workdir DIR] [--quick]
 
 1. Test images (not timed): N - 4 video-like 1280x720 JPEG frames (the embedding benchmark's
    generator, reused from ``DIR/frames``) as the dataset, plus the 4 queries and 2 known-answer
@@ -28,6 +31,19 @@ What is measured, in one run (``make benchmark-scale`` runs ``python benchmarks/
    one process merges them (``index.merge_top_k``). Each process's peak RSS is kept; the target
    is under 2 GB each. The first C (default 20) queries are then searched again by a plain
    float32 scan with a stable sort, independent of ``index.py``: the matches must be equal.
+5. The DAG's own search tasks: a batch folder as ``merge_embeddings`` leaves it, generated for
+   10^6 dataset images and Q queries (``sources.json`` and ``vectors-*.npy`` float32; not timed),
+   then ``plan_search``, ``search_shard`` for each shard of M images (default 100,000) and
+   ``match_queries(searched=...)`` with the re-ranker off, each in its own process: time and
+   peak RSS of each, and the first 20 queries' matches against an independent exact search.
+6. One wait poll: a fresh crowd sandbox holding only H HITs (default 10,000; created by four
+   clients at once, not timed), then ``read_batch_progress`` (what the trigger runs each poll)
+   in a fresh process; its MTurk calls are counted from the sandbox's log of API calls. The
+   target is ceil(H/100) + 1 calls.
+7. Re-ranking before and after: ``benchmarks/embedding.py``'s recall child on its
+   near-duplicate set (400 frames, 200 queries): ms per query of the exhaustive re-ranker
+   (before) and the pyramid (after) on thumbnails decoded beforehand, with recall@1/@3 each;
+   the target is <= 10 ms a query with recall not below the issue's 0.905 / 0.990.
 
 The 2-worker run shares the machine's cores with the 1-worker run's settings: on a 2-core
 machine a single worker already runs TensorFlow on both cores, so the gain from a second worker
@@ -411,15 +427,13 @@ def child_batch_generate(workdir: Path, size: int, queries: int) -> dict[str, An
         },
     )
     rng = np.random.default_rng(size)
-    path = batch / pipeline.VECTORS_FILE
-    matrix = np.lib.format.open_memmap(
-        path, mode="w+", dtype=np.float32, shape=(size + queries, DIMENSIONS)
-    )
-    for start in range(0, size + queries, 65_536):
-        matrix[start : start + 65_536] = _unit_vectors(rng, min(65_536, size + queries - start))
-    matrix.flush()
-    del matrix
-    pipeline._save_vectors(batch / pipeline.VECTOR_HASHES_FILE, hashes, None, "random")
+
+    def fill(matrix: np.ndarray) -> None:
+        for start in range(0, size + queries, 65_536):
+            count = min(65_536, size + queries - start)
+            matrix[start : start + count] = _unit_vectors(rng, count)
+
+    pipeline.write_vector_files(batch, hashes, "random", (size + queries, DIMENSIONS), fill)
     done.touch()
     return {"seconds": time.perf_counter() - started, "peak_rss": peak_rss_bytes()}
 
@@ -443,7 +457,7 @@ def child_batch_task(workdir: Path, size: int, queries: int, shard_size: int, in
         return {"seconds": time.perf_counter() - started, "peak_rss": peak_rss_bytes()}
     matches = pipeline.match_queries(batch, 3, rerank_config=None, searched=shards)
     seconds, peak = time.perf_counter() - started, peak_rss_bytes()
-    vectors = np.load(batch / pipeline.VECTORS_FILE, mmap_mode="r")
+    vectors = np.load(pipeline.load_vectors(batch, with_hashes=False).path, mmap_mode="r")
     check = 20
     query = np.asarray(vectors[size : size + check])
     best = np.full((check, 0), -np.inf, np.float32), np.zeros((check, 0), np.int64)
@@ -508,7 +522,7 @@ def batch_search_table(results: list[dict[str, Any] | None]) -> str:
         total = sum(r["task_seconds"])
         rows.append(
             [
-                f"{r['size']:,} images (vectors.npy {r['size'] * DIMENSIONS * 4 / 1e9:.1f} GB)",
+                f"{r['size']:,} images (vectors {r['size'] * DIMENSIONS * 4 / 1e9:.1f} GB)",
                 f"{r['shards']} × search_dataset, {r['queries']:,} queries",
                 f"plan {r['plan_seconds']:.0f} s + {total:.0f} s ({max(r['task_seconds']):.0f} s "
                 f"the longest) + merge {r['merge_seconds']:.0f} s",
@@ -962,7 +976,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(
             "the DAG's task functions over a batch folder as merge_embeddings leaves it "
-            "(sources.json, vectors.npy float32 memory-mapped): pipeline.search_shard per "
+            "(sources.json, vectors-*.npy float32 memory-mapped): pipeline.search_shard per "
             f"shard of {args.match_shard_size:,} images (read {DEFAULT_DATASET_BLOCK:,} rows at "
             "a time), then "
             "pipeline.match_queries(searched=shards) with the re-ranker off; each in its own "

@@ -570,6 +570,13 @@ def _embedder(embedding: Embedding):
     )
 
 
+def _max_mapped_tasks() -> int:
+    """How many mapped task instances Airflow creates at most ([core] max_map_length)."""
+    from airflow.configuration import conf
+
+    return conf.getint("core", "max_map_length")
+
+
 def _rerank_config(matching):
     """The re-ranker's settings, or None when the run ranks by cosine alone."""
     from include.image_similarity.rerank import RerankConfig
@@ -718,12 +725,20 @@ def image_similarity_mturk():
     @task
     def plan_embedding(batch_dir: str) -> list[dict]:
         """Cut the images to embed into shards: one, or above the threshold, several in parallel."""
+        from airflow.sdk.exceptions import AirflowFailException
+
         from include.image_similarity import pipeline
 
         embedding = _similarity_settings(get_current_context()["params"]).embedding
-        shards = pipeline.plan_shards(
-            Path(batch_dir), embedding.shard_size, embedding.fan_out_above_images
-        )
+        try:
+            shards = pipeline.plan_shards(
+                Path(batch_dir),
+                embedding.shard_size,
+                embedding.fan_out_above_images,
+                max_shards=_max_mapped_tasks(),
+            )
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from exc
         return [{"batch_dir": batch_dir, **shard} for shard in shards]
 
     @task(map_index_template="shard {{ shard_label }}")
@@ -782,7 +797,10 @@ def image_similarity_mturk():
         matching = _similarity_settings(get_current_context()["params"]).matching
         try:
             shards = pipeline.plan_search(
-                Path(batch_dir), matching.shard_size, matching.fan_out_above_images
+                Path(batch_dir),
+                matching.shard_size,
+                matching.fan_out_above_images,
+                max_shards=_max_mapped_tasks(),
             )
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from exc
@@ -791,15 +809,20 @@ def image_similarity_mturk():
     @task(map_index_template="shard {{ shard_label }}")
     def search_dataset(shard: dict) -> dict:
         """Find every query's nearest images by cosine in one dataset shard."""
+        from airflow.sdk.exceptions import AirflowFailException
+
         from include.image_similarity import pipeline
 
         context = get_current_context()
         context["shard_label"] = f"{shard['shard'] + 1} of {shard['shards']}"
         matching = _similarity_settings(context["params"]).matching
         shortlist = pipeline.search_shortlist(matching.k, _rerank_config(matching))
-        return pipeline.search_shard(
-            Path(shard["batch_dir"]), shard["shard"], shard["shards"], shortlist
-        )
+        try:
+            return pipeline.search_shard(
+                Path(shard["batch_dir"]), shard["shard"], shard["shards"], shortlist
+            )
+        except ValueError as exc:  # a damaged plan or vectors: a retry would read the same
+            raise AirflowFailException(str(exc)) from exc
 
     @task
     def match_queries(batch_dir: str, searched: list[dict]) -> str:

@@ -16,8 +16,10 @@ Files in a batch folder:
 - ``shards.json`` and ``vectors/shard-*.npz``: how the images to embed were cut into shards
   (one unless the batch is large; each shard may run on another worker) and each shard's
   vectors and left-out files;
-- ``vectors.npy`` and ``vector_hashes.npz``: the embeddings of the dataset and the queries (the
-  shards merged; a float32 matrix read memory-mapped) and the content hash of each row;
+- ``vector_hashes.npz`` and ``vectors-<token>.npy``: the embeddings of the dataset and the
+  queries (the shards merged; a float32 matrix read memory-mapped, one row per content), the
+  content hash of each row and the name of the matrix it belongs with (written last, so a crash
+  never pairs one merge's hashes with another's vectors);
 - ``matching/search-*.npz``: on a large dataset, each dataset shard's top-k search (one task
   each), merged by ``match_queries``;
 - ``matches.json``: ``{query name: [{"name": dataset name, "score": cosine}, ...]}``, best first
@@ -35,7 +37,9 @@ import hashlib
 import json
 import logging
 import math
+import re
 import time
+import uuid
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -68,7 +72,6 @@ log = logging.getLogger(__name__)
 
 COLLECTIONS = ("dataset", "queries", "known_answers")
 SHARDS_DIR = "vectors"
-VECTORS_FILE = "vectors.npy"
 VECTOR_HASHES_FILE = "vector_hashes.npz"
 MATCHING_DIR = "matching"
 SEARCH_PLAN = "plan.npz"
@@ -368,6 +371,8 @@ def plan_shards(
     batch_dir: Path,
     shard_size: int = DEFAULTS.embedding.shard_size,
     fan_out_above: int = DEFAULTS.embedding.fan_out_above_images,
+    *,
+    max_shards: int | None = None,
 ) -> list[dict[str, int]]:
     """Cut the images to embed into shards; write ``shards.json``; return one dict per shard.
 
@@ -375,13 +380,11 @@ def plan_shards(
     images (balanced), which Airflow maps to parallel tasks. Shard files of an earlier plan
     (a retry with other settings) are removed, so the merge never mixes two plans.
     """
-    if shard_size < 1 or fan_out_above < 0:
-        raise ValueError(
-            f"shard size must be at least 1 and the fan-out threshold not negative, "
-            f"not {shard_size} and {fan_out_above}"
-        )
     images = len(_embedding_items(batch_dir))
-    shards = 1 if images <= fan_out_above else math.ceil(images / shard_size)
+    shards = _shard_count(
+        images, shard_size, fan_out_above, max_shards,
+        kind="embedding", noun="images to embed", size_param="shard_size",
+    )  # fmt: skip
     keep = {shard_path(batch_dir, i, shards).name for i in range(shards)}
     for stale in (batch_dir / SHARDS_DIR).glob("shard-*.npz"):
         if stale.name not in keep:
@@ -402,7 +405,7 @@ def embed_shard(
     """Embed one shard's images into ``vectors/shard-*.npz``; returns counts for the log.
 
     Shards only write their own file (problems included), so parallel shards never touch a
-    shared file; ``merge_shards`` assembles ``vectors.npy`` and ``problems.json``.
+    shared file; ``merge_shards`` assembles the batch's vectors and ``problems.json``.
     """
     if not 0 <= shard < shards:
         raise ValueError(f"shard {shard} of {shards} does not exist")
@@ -449,10 +452,11 @@ def _save_vectors(
 
 
 def merge_shards(batch_dir: Path) -> dict[str, int]:
-    """Merge the planned shards' vectors into ``vectors.npy`` (``vector_hashes.npz`` names each
-    row) and their problems into ``problems.json``; a missing shard or a shard of another model
-    is an error. Rows are copied one shard at a time into the memory-mapped file, so memory
-    holds one shard's vectors, never the whole dataset's."""
+    """Merge the planned shards' vectors into ``vectors-*.npy`` (``vector_hashes.npz`` names each
+    row and the file) and their problems into ``problems.json``; a missing shard, a shard of
+    another model or one whose vectors do not fit its hashes is an error. Rows are copied one
+    shard at a time into the memory-mapped file, so memory holds one shard's vectors, never the
+    whole dataset's."""
     plan = read_json(batch_dir / "shards.json")
     shards = plan["shards"]
     paths = [shard_path(batch_dir, i, shards) for i in range(shards)]
@@ -464,20 +468,29 @@ def merge_shards(batch_dir: Path) -> dict[str, int]:
     hashes: list[str] = []
     model_ids: set[str] = set()
     problems: list[dict] = []
+    widths: list[int] = []
     for path in paths:  # an npz member is read when asked for: the vectors are not read here
         with np.load(path, allow_pickle=False) as archive:
             model_ids.add(str(archive["model_id"]))
             hashes += [str(h) for h in archive["hashes"]]
             problems += json.loads(str(archive["problems"]))
+            widths.append(_member_shape(archive, "vectors")[-1] if len(archive["hashes"]) else 0)
     if len(model_ids) > 1:
         raise ValueError(f"the shards were embedded with different models: {sorted(model_ids)}")
     for collection in ("dataset", "queries"):
         found = [Problem(p["name"], p["reason"], p["stage"]) for p in problems
                  if p["collection"] == collection]  # fmt: skip
         _record_problems(batch_dir, found, collection)
-    with atomic_file(batch_dir / VECTORS_FILE) as handle:
-        _copy_shard_vectors(paths, len(hashes), Path(handle.name))
-    _save_vectors(batch_dir / VECTOR_HASHES_FILE, hashes, None, model_ids.pop())
+    dims = {width for width in widths if width}
+    if len(dims) > 1:
+        raise ValueError(f"the shards hold vectors of different lengths: {sorted(dims)}")
+    write_vector_files(
+        batch_dir,
+        hashes,
+        model_ids.pop(),
+        (len(hashes), dims.pop() if dims else 0),
+        lambda matrix: _copy_shard_vectors(paths, matrix),
+    )
     log.info(
         "merged %d shard%s: %d vectors, %d files left out",
         shards,
@@ -488,33 +501,71 @@ def merge_shards(batch_dir: Path) -> dict[str, int]:
     return {"shards": shards, "vectors": len(hashes), "failed": len(problems)}
 
 
-def _copy_shard_vectors(paths: list[Path], rows: int, target: Path) -> None:
-    """Write the shards' vectors, in order, as one float32 ``.npy`` matrix of ``rows`` rows."""
-    matrix = None
+def _member_shape(archive, name: str) -> tuple[int, ...]:
+    """The shape of an ``.npz`` member, from its header (the array is not read)."""
+    with archive.zip.open(f"{name}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+            version, np.lib.format.read_array_header_2_0
+        )
+        shape, _, _ = read(member)
+    return shape
+
+
+def _copy_shard_vectors(paths: list[Path], matrix: np.ndarray) -> None:
+    """Copy the shards' vectors, in order, into ``matrix``; each shard must hold one vector per
+    hash it names (a damaged shard file would shift every later row)."""
     start = 0
     for path in paths:
         with np.load(path, allow_pickle=False) as archive:
-            block = archive["vectors"]
-        if not len(block):
-            continue
-        if matrix is None:
-            matrix = np.lib.format.open_memmap(
-                target, mode="w+", dtype=np.float32, shape=(rows, block.shape[1])
+            block, named = archive["vectors"], len(archive["hashes"])
+        if named and (block.ndim != 2 or len(block) != named or not np.isfinite(block).all()):
+            raise ValueError(
+                f"{path.name} does not hold {named} finite vectors: embed that shard again"
             )
-        matrix[start : start + len(block)] = block
-        start += len(block)
-    if matrix is None:
-        np.save(target, np.zeros((0, 0), np.float32))
-        return
-    matrix.flush()
-    del matrix
+        if named:
+            matrix[start : start + named] = block
+        start += named
+
+
+def write_vector_files(
+    batch_dir: Path,
+    hashes: list[str],
+    model_id: str,
+    shape: tuple[int, int],
+    fill: Callable[[np.ndarray], None],
+) -> None:
+    """Write a batch's vectors: a float32 matrix ``vectors-<token>.npy`` of ``shape`` (``fill``
+    writes its rows into the memory-mapped file) and ``vector_hashes.npz``, which names that
+    file and each row's content hash. The hashes file is written last, so a crash at any point
+    leaves the previous pair whole; older matrices and leftovers of killed writes go."""
+    for leftover in batch_dir.glob(".vectors-*.part"):
+        leftover.unlink(missing_ok=True)
+    name = f"vectors-{uuid.uuid4().hex}.npy"
+    with atomic_file(batch_dir / name) as handle:
+        if shape[0] and shape[1]:
+            matrix = np.lib.format.open_memmap(
+                handle.name, mode="w+", dtype=np.float32, shape=shape
+            )
+            fill(matrix)
+            matrix.flush()
+            del matrix
+        else:
+            np.save(handle, np.zeros(shape, np.float32), allow_pickle=False)
+    _save_vectors(batch_dir / VECTOR_HASHES_FILE, hashes, None, model_id, vectors_file=name)
+    for old in [*batch_dir.glob("vectors-*.npy"), batch_dir / "vectors.npz"]:
+        if old.name != name:
+            old.unlink(missing_ok=True)
 
 
 def write_vectors(batch_dir: Path, hashes: list[str], vectors: np.ndarray, model_id: str) -> None:
     """Write a batch's vectors from one matrix in memory (``load_vectors`` reads them back)."""
-    with atomic_file(batch_dir / VECTORS_FILE) as handle:
-        np.save(handle, np.asarray(vectors, np.float32), allow_pickle=False)
-    _save_vectors(batch_dir / VECTOR_HASHES_FILE, list(hashes), None, model_id)
+    vectors = np.asarray(vectors, np.float32)
+
+    def fill(matrix: np.ndarray) -> None:
+        matrix[:] = vectors
+
+    write_vector_files(batch_dir, list(hashes), model_id, vectors.shape, fill)
 
 
 @dataclass(frozen=True)
@@ -532,37 +583,57 @@ class BatchVectors:
         return {h: i for i, h in enumerate(self.hashes)}
 
     def read(self, rows: list[int] | np.ndarray) -> np.ndarray:
-        """These rows, in this order, as a float32 array in memory."""
+        """These rows, in this order, as a float32 array in memory; a row that is not finite
+        (a damaged file) is an error naming it."""
         if len(rows) == 0:
             return np.zeros((0, self.shape[1]), np.float32)
         matrix = np.load(self.path, mmap_mode="r", allow_pickle=False)
         try:
-            return np.array(matrix[np.asarray(rows, np.int64)], dtype=np.float32)
+            block = np.array(matrix[np.asarray(rows, np.int64)], dtype=np.float32)
         finally:
             del matrix  # unmaps the file
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            row = int(np.asarray(rows)[np.argmin(finite)])
+            raise ValueError(
+                f"{self.path.name} row {row} is not a vector of finite numbers: merge the "
+                "embeddings again (task merge_embeddings)"
+            )
+        return block
 
     def read_all(self) -> np.ndarray:
         return self.read(np.arange(self.shape[0]))
 
 
+VECTORS_FILE = re.compile(r"vectors-[0-9a-f]{32}\.npy")
+
+
 def load_vectors(batch_dir: Path, *, with_hashes: bool = True) -> BatchVectors:
-    """The batch's merged embeddings (``merge_shards``'s output), checked against each other.
+    """The batch's merged embeddings (``merge_shards``'s output), checked against each other:
+    any file missing, damaged or not of this pair is an error that says to merge again.
 
     ``with_hashes=False`` reads no hash (a search task needs rows only): ``hashes`` is empty.
     """
-    with np.load(batch_dir / VECTOR_HASHES_FILE, allow_pickle=False) as archive:
-        hashes = [str(h) for h in archive["hashes"]] if with_hashes else []
-        model_id = str(archive["model_id"])
-    path = batch_dir / VECTORS_FILE
-    matrix = np.load(path, mmap_mode="r", allow_pickle=False)
-    shape, dtype = matrix.shape, matrix.dtype
-    del matrix
+    again = "merge the embeddings again (task merge_embeddings)"
+    try:
+        with np.load(batch_dir / VECTOR_HASHES_FILE, allow_pickle=False) as archive:
+            hashes = [str(h) for h in archive["hashes"]] if with_hashes else []
+            model_id = str(archive["model_id"])
+            name = str(archive["vectors_file"])
+        if not VECTORS_FILE.fullmatch(name):
+            raise ValueError(f"it names {name[:80]!r} as its vectors")
+        path = batch_dir / name
+        matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+        shape, dtype = matrix.shape, matrix.dtype
+        del matrix
+    except (OSError, EOFError, KeyError, ValueError, TypeError, MemoryError,
+            zipfile.BadZipFile) as exc:  # fmt: skip
+        raise ValueError(f"the batch's vectors cannot be read ({exc}): {again}") from exc
     count = len(hashes) if with_hashes else shape[0] if len(shape) == 2 else -1
     if len(shape) != 2 or dtype != np.float32 or shape[0] != count:
         raise ValueError(
-            f"{VECTORS_FILE} ({dtype}, {shape}) does not hold one float32 vector "
-            f"for each of the {count} images of {VECTOR_HASHES_FILE}: merge the embeddings "
-            "again (task merge_embeddings)"
+            f"{name} ({dtype}, {shape}) does not hold one float32 vector for each of the "
+            f"{count} images of {VECTOR_HASHES_FILE}: {again}"
         )
     return BatchVectors(hashes, path, (int(shape[0]), int(shape[1])), model_id)
 
@@ -659,12 +730,16 @@ class _MatchInputs:
     query_rows: np.ndarray
 
     def digest(self) -> str:
-        """Names this search: the dataset's and the queries' rows, in order."""
-        return _rows_digest(self.dataset_rows, self.query_rows, self.vectors.shape)
+        """Names this search: the model, the vectors' shape, the dataset's and queries' rows."""
+        return _rows_digest(
+            self.dataset_rows, self.query_rows, self.vectors.shape, self.vectors.model_id
+        )
 
 
-def _rows_digest(dataset_rows: np.ndarray, query_rows: np.ndarray, shape: tuple) -> str:
-    digest = hashlib.sha256(repr(shape).encode())
+def _rows_digest(
+    dataset_rows: np.ndarray, query_rows: np.ndarray, shape: tuple, model_id: str
+) -> str:
+    digest = hashlib.sha256(repr((shape, model_id)).encode())
     for rows in (dataset_rows, query_rows):
         digest.update(len(rows).to_bytes(8, "little"))
         digest.update(np.ascontiguousarray(rows, np.int64).tobytes())
@@ -693,21 +768,84 @@ def _match_inputs(batch_dir: Path) -> _MatchInputs:
     )
 
 
+def _distinct(dataset_rows: np.ndarray) -> np.ndarray:
+    """The distinct rows of the dataset, in the order of their first image. Files of one
+    content share a row; the search scores each content once, so its files get one score
+    (a product computed in other blocks may differ in its last bit) and stay in listing order."""
+    rows, first = np.unique(dataset_rows, return_index=True)
+    return rows[np.argsort(first, kind="stable")]
+
+
 def _search(
-    vectors: BatchVectors, query_rows: np.ndarray, dataset_rows: np.ndarray, shortlist: int
+    vectors: BatchVectors, query_rows: np.ndarray, rows: np.ndarray, shortlist: int
 ) -> TopK:
-    """The ``shortlist`` nearest of these dataset rows for every query row (indices are
-    positions in ``dataset_rows``). A row is one content, so a query never matches its own
-    content. The rows are read from disk one block at a time and merged as they come
+    """The ``shortlist`` nearest of these distinct dataset rows for every query row (indices are
+    positions in ``rows``). A row is one content, so a query never matches its own content.
+    The rows are read from disk one block at a time and merged as they come
     (``top_k_sharded``): memory holds one block's vectors and the queries', whatever the size."""
     block = DEFAULT_DATASET_BLOCK
     blocks = (
-        (vectors.read(dataset_rows[i : i + block]), dataset_rows[i : i + block].tolist())
-        for i in range(0, len(dataset_rows), block)
+        (vectors.read(rows[i : i + block]), rows[i : i + block].tolist())
+        for i in range(0, len(rows), block)
     )
     return top_k_sharded(
         vectors.read(query_rows), blocks, shortlist, query_hashes=query_rows.tolist()
     )
+
+
+def _expand(found: TopK, dataset_rows: np.ndarray, rows: np.ndarray, shortlist: int) -> TopK:
+    """From nearest distinct rows (``found`` indexes ``rows``) to nearest dataset images: every
+    image of a content gets that content's score; ties go to the earlier image."""
+    of_row = np.full(int(rows.max()) + 1 if len(rows) else 0, -1, np.int64)
+    of_row[rows] = np.arange(len(rows))
+    images_of = of_row[dataset_rows]  # each dataset image's distinct row
+    if len(np.unique(images_of)) == len(images_of):  # no two files of one content: positions
+        first = np.empty(len(rows), np.int64)
+        first[images_of] = np.arange(len(images_of))
+        return TopK(np.where(found.indices >= 0, first[found.indices], -1), found.scores)
+    wanted = set(found.indices[found.indices >= 0].tolist())
+    by_content: dict[int, list[int]] = {content: [] for content in wanted}
+    for image, content in enumerate(images_of.tolist()):
+        if content in wanted:
+            by_content[content].append(image)
+    indices = np.full((len(found.indices), shortlist), -1, np.int64)
+    scores = np.full((len(found.indices), shortlist), -np.inf, np.float32)
+    for q in range(len(found.indices)):
+        ranked = sorted(
+            (-float(score), image)
+            for content, score in zip(found.indices[q], found.scores[q], strict=True)
+            if content >= 0
+            for image in by_content[int(content)]
+        )[:shortlist]
+        for r, (score, image) in enumerate(ranked):
+            indices[q, r], scores[q, r] = image, -score
+    return TopK(indices, scores)
+
+
+def _rescore(vectors: BatchVectors, query_rows: np.ndarray, dataset_rows: np.ndarray,
+             found: TopK, block: int = 256) -> TopK:  # fmt: skip
+    """Score each query's shortlist once more, pair by pair in float64, and re-sort it.
+
+    The search's float32 products come from blocks whose shape depends on how the dataset was
+    cut (BLAS rounds other shapes otherwise in the last bit), so the same pair could score
+    0.887916 in one search and 0.887917 in a sharded one. Scored here, a pair always gets the
+    same number, whatever the shards; ties still go to the earlier image."""
+    indices = found.indices.copy()
+    scores = np.full(indices.shape, -np.inf, np.float32)
+    for q0 in range(0, len(indices), block):
+        part = indices[q0 : q0 + block]
+        valid = part >= 0
+        wanted = np.unique(dataset_rows[part[valid]])
+        if not len(wanted):
+            continue
+        table = vectors.read(wanted).astype(np.float64)
+        candidates = table[np.searchsorted(wanted, dataset_rows[np.where(valid, part, 0)])]
+        query = vectors.read(query_rows[q0 : q0 + block]).astype(np.float64)
+        products = np.einsum("qd,qkd->qk", query, candidates).astype(np.float32)
+        scores[q0 : q0 + block] = np.where(valid, products, -np.inf)
+    tie = np.where(indices < 0, np.iinfo(np.int64).max, indices)
+    order = np.lexsort((tie, -scores), axis=1)
+    return TopK(np.take_along_axis(indices, order, axis=1), np.take_along_axis(scores, order, 1))
 
 
 def search_shortlist(k: int, rerank_config: RerankConfig | None) -> int:
@@ -724,26 +862,45 @@ def search_path(batch_dir: Path, shard: int, shards: int) -> Path:
     return batch_dir / MATCHING_DIR / f"search-{shard:05d}-of-{shards:05d}.npz"
 
 
+def _shard_count(items: int, shard_size: int, fan_out_above: int, max_shards: int | None, *,
+                 kind: str, noun: str, size_param: str) -> int:  # fmt: skip
+    """One shard up to ``fan_out_above`` items, else balanced shards of at most ``shard_size``;
+    more shards than Airflow maps (``max_shards``) is an error naming the Param to raise."""
+    if shard_size < 1 or fan_out_above < 0:
+        raise ValueError(
+            f"{kind} shard size must be at least 1 and the fan-out threshold not negative, "
+            f"not {shard_size} and {fan_out_above}"
+        )
+    shards = 1 if items <= fan_out_above else math.ceil(items / shard_size)
+    if max_shards is not None and shards > max_shards:
+        raise ValueError(
+            f"{items} {noun} in shards of {shard_size} make {shards} shards, more than the "
+            f"{max_shards} mapped tasks Airflow allows ([core] max_map_length): raise "
+            f"{size_param}"
+        )
+    return shards
+
+
 def plan_search(
     batch_dir: Path,
     shard_size: int = DEFAULTS.matching.shard_size,
     fan_out_above: int = DEFAULTS.matching.fan_out_above_images,
+    *,
+    max_shards: int | None = None,
 ) -> list[dict[str, int]]:
-    """Cut the top-k search into dataset shards: one, or above ``fan_out_above`` dataset images,
-    shards of at most ``shard_size`` (balanced), which Airflow maps to parallel tasks
-    (``search_shard``); ``match_queries(searched=...)`` merges them.
+    """Cut the top-k search into dataset shards: one, or above ``fan_out_above`` distinct
+    dataset contents, shards of at most ``shard_size`` (balanced), which Airflow maps to
+    parallel tasks (``search_shard``); ``match_queries(searched=...)`` merges them.
 
     Writes ``matching/plan.npz``: the vectors-file row of every dataset image and query, so a
     shard task reads its slice of them and its vectors, never the listing. Search files of an
     earlier plan are removed, so the merge never mixes two plans."""
-    if shard_size < 1 or fan_out_above < 0:
-        raise ValueError(
-            f"search shard size must be at least 1 and the fan-out threshold not negative, "
-            f"not {shard_size} and {fan_out_above}"
-        )
     inputs = _match_inputs(batch_dir)
-    images = len(inputs.dataset)
-    shards = 1 if images <= fan_out_above else math.ceil(images / shard_size)
+    contents = len(_distinct(inputs.dataset_rows))
+    shards = _shard_count(
+        contents, shard_size, fan_out_above, max_shards,
+        kind="search", noun="dataset contents to search", size_param="match_shard_size",
+    )  # fmt: skip
     keep = {search_path(batch_dir, i, shards).name for i in range(shards)}
     for stale in (batch_dir / MATCHING_DIR).glob("search-*.npz"):
         if stale.name not in keep:
@@ -757,83 +914,118 @@ def plan_search(
             digest=inputs.digest(),
         )
     if shards > 1:
-        log.info("%d dataset images to search: %d shards of about %d", images, shards,
-                 images // shards)  # fmt: skip
+        log.info("%d dataset images to search: %d shards of about %d", contents, shards,
+                 contents // shards)  # fmt: skip
     return [{"shard": i, "shards": shards} for i in range(shards)]
+
+
+def _read_arrays(path: Path, keys: tuple[str, ...], what: str, again: str) -> list[np.ndarray]:
+    """These members of an ``.npz`` file the stage wrote; unreadable is an error naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return [archive[key] for key in keys]
+    except (OSError, EOFError, KeyError, ValueError, TypeError, MemoryError,
+            zipfile.BadZipFile) as exc:  # fmt: skip
+        raise ValueError(f"{what} cannot be read ({path.name}: {exc}): {again}") from exc
+
+
+def _is_int(value: np.ndarray) -> bool:
+    return value.shape == () and value.dtype.kind in "iu"
 
 
 def search_shard(batch_dir: Path, shard: int, shards: int, shortlist: int) -> dict[str, int]:
     """Search one dataset shard of ``plan_search``'s plan for every query's ``shortlist``
-    nearest images; write its ``matching/search-*.npz`` (``match_queries(searched=shards)``
+    nearest contents; write its ``matching/search-*.npz`` (``match_queries(searched=shards)``
     merges them). Reads the plan's rows and the vectors of its shard, not the listing."""
     if not 0 <= shard < shards:
         raise ValueError(f"search shard {shard} of {shards} does not exist")
     if shortlist < 1:
         raise ValueError(f"the shortlist must be at least 1, not {shortlist}")
     vectors = load_vectors(batch_dir, with_hashes=False)
-    plan_path = batch_dir / MATCHING_DIR / SEARCH_PLAN
-    try:
-        with np.load(plan_path, allow_pickle=False) as plan:
-            planned, digest = int(plan["shards"]), str(plan["digest"])
-            dataset_rows, query_rows = plan["dataset_rows"], plan["query_rows"]
-    except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"the search plan cannot be read ({exc}): plan the search again") from exc
-    if (
-        planned != shards
-        or digest != _rows_digest(dataset_rows, query_rows, vectors.shape)
-        or dataset_rows.dtype != np.int64
-        or query_rows.dtype != np.int64
-        or dataset_rows.ndim != 1
-        or query_rows.ndim != 1
-        or not all(((r >= 0) & (r < vectors.shape[0])).all() for r in (dataset_rows, query_rows))
+    again = "plan the search again (task plan_search)"
+    planned, digest, dataset_rows, query_rows = _read_arrays(
+        batch_dir / MATCHING_DIR / SEARCH_PLAN,
+        ("shards", "digest", "dataset_rows", "query_rows"),
+        "the search plan",
+        again,
+    )
+    well_formed = (
+        _is_int(planned)
+        and digest.shape == ()
+        and digest.dtype.kind == "U"
+        and all(r.ndim == 1 and r.dtype == np.int64 for r in (dataset_rows, query_rows))
+        and all(((r >= 0) & (r < vectors.shape[0])).all() for r in (dataset_rows, query_rows))
+    )
+    if not (
+        well_formed
+        and int(planned) == shards
+        and str(digest) == _rows_digest(dataset_rows, query_rows, vectors.shape, vectors.model_id)
     ):
         raise ValueError(
-            f"{SEARCH_PLAN} is not a plan of {shards} search shards over these vectors: plan "
-            "the search again (task plan_search)"
+            f"{SEARCH_PLAN} is not a plan of {shards} search shards over these vectors: {again}"
         )
-    start, stop = _shard_bounds(len(dataset_rows), shard, shards)
-    found = _search(vectors, query_rows, dataset_rows[start:stop], shortlist)
+    rows = _distinct(dataset_rows)
+    start, stop = _shard_bounds(len(rows), shard, shards)
+    found = _search(vectors, query_rows, rows[start:stop], shortlist)
     with atomic_file(search_path(batch_dir, shard, shards)) as handle:
         np.savez(
-            handle, indices=found.indices, scores=found.scores, start=start, stop=stop, plan=digest
+            handle,
+            indices=found.indices,
+            scores=found.scores,
+            start=start,
+            stop=stop,
+            plan=str(digest),
         )
     return {"dataset_images": stop - start, "queries": len(query_rows)}
 
 
+def _valid_top(indices: np.ndarray, scores: np.ndarray, shape: tuple[int, int], limit: int):
+    """A top-k as the search writes it: ``shape``, each row's indices distinct and below
+    ``limit`` (or -1 with score -inf), scores cosines (finite, within [-1, 1] and a rounding)."""
+    if not (
+        indices.dtype == np.int64
+        and scores.dtype == np.float32
+        and indices.shape == scores.shape == shape
+    ):
+        return False
+    found = indices >= 0
+    in_order = np.sort(indices, axis=1)
+    repeated = (in_order[:, 1:] == in_order[:, :-1]) & (in_order[:, 1:] >= 0)
+    return bool(
+        np.all(indices >= -1)
+        and np.all(indices < limit)
+        and not repeated.any()
+        and np.all(np.abs(scores[found]) <= 1.001)
+        and np.all(scores[~found] == -np.inf)
+    )
+
+
 def _merge_searched(batch_dir: Path, inputs: _MatchInputs, shards: int, shortlist: int) -> TopK:
-    """Merge the ``shards`` search files into one top-k; a file missing, of another plan or
-    another shortlist, or with rows out of its shard is an error naming it."""
+    """Merge the ``shards`` search files into one top-k of distinct contents; a file missing, of
+    another plan or another shortlist, or not a search's output is an error naming it."""
     if shards < 1:
         raise ValueError(f"at least one search shard is needed, not {shards}")
     digest = inputs.digest()
+    contents = len(_distinct(inputs.dataset_rows))
     parts = []
     for shard in range(shards):
         path = search_path(batch_dir, shard, shards)
-        start, stop = _shard_bounds(len(inputs.dataset), shard, shards)
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                indices, scores = archive["indices"], archive["scores"]
-                bounds = (int(archive["start"]), int(archive["stop"]))
-                plan = str(archive["plan"])
-        except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as exc:
-            raise ValueError(
-                f"the search of shard {shard + 1} of {shards} cannot be read ({path.name}: "
-                f"{exc}): run that search again"
-            ) from exc
-        valid = (
-            bounds == (start, stop)
-            and plan == digest
-            and indices.dtype == np.int64
-            and scores.dtype == np.float32
-            and indices.shape == scores.shape == (len(inputs.queries), shortlist)
-            and bool(np.all((indices >= -1) & (indices < stop - start)))
-            and not np.isnan(scores).any()
+        name = f"the search of shard {shard + 1} of {shards}"
+        indices, scores, begin, end, plan = _read_arrays(
+            path, ("indices", "scores", "start", "stop", "plan"), name, "run that search again"
         )
-        if not valid:
+        start, stop = _shard_bounds(contents, shard, shards)
+        if not (
+            _is_int(begin)
+            and _is_int(end)
+            and (int(begin), int(end)) == (start, stop)
+            and plan.shape == ()
+            and str(plan) == digest
+            and _valid_top(indices, scores, (len(inputs.queries), shortlist), stop - start)
+        ):
             raise ValueError(
-                f"{path.name} is not the search of shard {shard + 1} of {shards} for these "
-                f"{len(inputs.queries)} queries with a shortlist of {shortlist}: run that "
-                "search again"
+                f"{path.name} is not {name} for these {len(inputs.queries)} queries with a "
+                f"shortlist of {shortlist}: run that search again"
             )
         parts.append((TopK(indices, scores), start))
     return merge_top_k(parts, shortlist)
@@ -863,10 +1055,13 @@ def match_queries(
     if len(dataset) < k:
         log.warning("only %d dataset images for k=%d: queries get fewer matches", len(dataset), k)
     shortlist = search_shortlist(k, rerank_config)
+    rows = _distinct(inputs.dataset_rows)
     if searched is None:
-        found = _search(inputs.vectors, inputs.query_rows, inputs.dataset_rows, shortlist)
+        found = _search(inputs.vectors, inputs.query_rows, rows, shortlist)
     else:
         found = _merge_searched(batch_dir, inputs, searched, shortlist)
+    found = _expand(found, inputs.dataset_rows, rows, shortlist)
+    found = _rescore(inputs.vectors, inputs.query_rows, inputs.dataset_rows, found)
     if rerank_config:
         indices, scores, alignment = _verify(queries, dataset, found, k, rerank_config, max_pixels)
     else:

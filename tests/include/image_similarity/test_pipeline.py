@@ -244,8 +244,11 @@ def test_a_new_plan_removes_the_shards_of_the_old_one(listed):
 
 
 def test_shard_settings_are_checked(listed):
-    with pytest.raises(ValueError, match="shard size must be at least 1"):
+    with pytest.raises(ValueError, match="embedding shard size must be at least 1"):
         pipeline.plan_shards(listed, shard_size=0)
+    with pytest.raises(ValueError, match="9 images to embed in shards of 2 make 5 shards, more "
+                       "than the 4 mapped tasks Airflow allows.*raise shard_size"):  # fmt: skip
+        pipeline.plan_shards(listed, shard_size=2, fan_out_above=0, max_shards=4)
     with pytest.raises(ValueError, match="shard 3 of 2 does not exist"):
         pipeline.embed_shard(listed, _HashEmbedder(), None, shard=3, shards=2)
 
@@ -382,7 +385,7 @@ def test_the_search_in_dataset_shards_gives_the_matches_of_one_search(
     detailed = pipeline.read_json(wide / "similarity.json")
     monkeypatch.setattr(pipeline, "DEFAULT_DATASET_BLOCK", 4)  # a shard read in blocks of 4
     shards = _search_in_shards(wide, shard_size, 5)
-    assert shards == -(-61 // shard_size)
+    assert shards == -(-60 // shard_size)  # 60 contents: twin.png is a copy of img07.png
     merged = pipeline.match_queries(wide, k=5, rerank_config=None, searched=shards)
     assert merged == whole
     assert pipeline.read_json(wide / "similarity.json") == detailed
@@ -394,8 +397,8 @@ def test_the_search_in_dataset_shards_gives_the_matches_of_one_search(
 
 
 def test_small_datasets_are_searched_by_one_task_and_a_new_plan_drops_the_old(wide):
-    assert pipeline.plan_search(wide, shard_size=5, fan_out_above=61) == [{"shard": 0, "shards": 1}]
-    _search_in_shards(wide, 20, 3)
+    assert pipeline.plan_search(wide, shard_size=5, fan_out_above=60) == [{"shard": 0, "shards": 1}]
+    _search_in_shards(wide, 15, 3)
     assert len(list((wide / "matching").glob("search-*.npz"))) == 4
     _search_in_shards(wide, 40, 3)
     assert sorted(p.name for p in (wide / "matching").iterdir()) == [
@@ -415,7 +418,7 @@ def _damage_search(batch_dir, name, **changes):
         arrays = {key: archive[key] for key in archive.files}
     arrays.update(changes)
     with path.open("wb") as handle:
-        np.savez(handle, **arrays)
+        np.savez(handle, **{key: value for key, value in arrays.items() if value is not None})
 
 
 @pytest.mark.parametrize(
@@ -446,6 +449,31 @@ def _damage_search(batch_dir, name, **changes):
         ),
         (lambda d: pipeline.search_shard(d, 1, 3, shortlist=2), "with a shortlist of 4"),
         (
+            lambda d: _damage_search(
+                d, "search-00000-of-00003.npz", indices=np.tile(np.int64([3, 3, 1, 2]), (6, 1))
+            ),
+            "is not the search of shard 1 of 3",
+        ),
+        (
+            lambda d: _damage_search(
+                d,
+                "search-00001-of-00003.npz",
+                indices=np.full((6, 4), -1),
+                scores=np.full((6, 4), 5.0, np.float32),
+            ),
+            "is not the search of shard 2 of 3",
+        ),
+        (
+            lambda d: _damage_search(
+                d, "search-00002-of-00003.npz", scores=np.full((6, 4), np.inf, np.float32)
+            ),
+            "is not the search of shard 3 of 3",
+        ),
+        (
+            lambda d: _damage_search(d, "search-00000-of-00003.npz", start=np.array("0")),
+            "is not the search of shard 1 of 3",
+        ),
+        (
             lambda d: _damage_search(d, "search-00000-of-00003.npz", indices=np.array("a")),
             "is not the search",
         ),
@@ -460,15 +488,58 @@ def test_a_missing_stale_or_damaged_search_is_refused_naming_it(wide, damage, re
     assert not (wide / "matches.json").exists()
 
 
-def test_vectors_that_do_not_fit_their_hashes_are_refused(wide):
+def _hashes_archive(batch_dir, **changes):
+    path = batch_dir / "vector_hashes.npz"
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    arrays.update(changes)
+    with path.open("wb") as handle:
+        np.savez(handle, **{key: value for key, value in arrays.items() if value is not None})
+
+
+@pytest.mark.parametrize(
+    ("damage", "refusal"),
+    [
+        (lambda d, v: np.save(v.path, np.zeros((64, 8), np.float32)), "does not hold one float32"),
+        (lambda d, v: np.save(v.path, np.zeros((65, 8), np.float64)), "does not hold one float32"),
+        (lambda d, v: v.path.write_bytes(v.path.read_bytes()[:300]), "cannot be read"),
+        (lambda d, v: v.path.unlink(), "cannot be read"),
+        (lambda d, v: (d / "vector_hashes.npz").write_bytes(b"PK\x03\x04"), "cannot be read"),
+        (
+            lambda d, v: _hashes_archive(d, vectors_file=np.array("../../etc/passwd")),
+            "names '../../etc/passwd' as its vectors",
+        ),
+        (lambda d, v: _hashes_archive(d, vectors_file=None), "cannot be read"),
+    ],
+)
+def test_vectors_missing_damaged_or_not_of_their_hashes_are_refused(wide, damage, refusal):
     stored = pipeline.load_vectors(wide)
     assert len(stored.hashes) == stored.shape[0] == 65 and stored.model_id == "hand-made"
-    np.save(wide / "vectors.npy", np.zeros((64, 8), np.float32))
-    with pytest.raises(ValueError, match="merge the embeddings again"):
+    damage(wide, stored)
+    with pytest.raises(ValueError, match=refusal) as caught:
         pipeline.match_queries(wide, k=3, rerank_config=None)
-    np.save(wide / "vectors.npy", np.zeros((65, 8), np.float64))
-    with pytest.raises(ValueError, match="does not hold one float32 vector"):
-        pipeline.load_vectors(wide)
+    assert "merge the embeddings again" in str(caught.value)
+
+
+def test_a_vector_that_is_not_finite_is_refused_naming_its_row(wide):
+    stored = pipeline.load_vectors(wide)
+    vectors = stored.read_all()
+    vectors[5, 2] = np.nan
+    pipeline.write_vectors(wide, stored.hashes, vectors, "hand-made")
+    with pytest.raises(ValueError, match=r"vectors-[0-9a-f]{32}\.npy row 5 is not a vector"):
+        pipeline.match_queries(wide, k=3, rerank_config=None)
+
+
+def test_a_new_pair_of_vector_files_replaces_the_old_and_leftovers_go(wide):
+    old = pipeline.load_vectors(wide)
+    vectors = old.read_all()
+    (wide / f".{old.path.name}.abc.part").write_bytes(b"a killed write")
+    (wide / "vectors.npz").write_bytes(b"an older layout")
+    pipeline.write_vectors(wide, old.hashes, vectors, "hand-made")
+    new = pipeline.load_vectors(wide)
+    assert new.path != old.path and not old.path.exists()
+    assert sorted(p.name for p in wide.glob("*vectors*")) == [new.path.name]
+    np.testing.assert_array_equal(new.read_all(), vectors)
 
 
 def test_a_search_task_reads_its_plan_and_vectors_not_the_listing(wide):
@@ -511,3 +582,102 @@ def test_vectors_naming_a_content_twice_are_refused(wide):
     pipeline.write_vectors(wide, hashes, stored.read_all(), "hand-made")
     with pytest.raises(ValueError, match="names a content twice"):
         pipeline.plan_search(wide)
+
+
+@pytest.mark.parametrize(
+    ("changes", "refusal"),
+    [
+        ({"dataset_rows": np.int64(3)}, "is not a plan"),
+        ({"query_rows": np.array(["a", "b"])}, "is not a plan"),
+        ({"dataset_rows": np.array([1.5, 2.5])}, "is not a plan"),
+        ({"shards": np.array("3")}, "is not a plan"),
+        ({"digest": np.array([1, 2])}, "is not a plan"),
+        ({"query_rows": None}, "the search plan cannot be read"),
+    ],
+)
+def test_a_damaged_plan_is_refused_before_any_search(wide, changes, refusal):
+    plan = pipeline.plan_search(wide, shard_size=25, fan_out_above=0)
+    path = wide / "matching" / "plan.npz"
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    arrays.update(changes)
+    with path.open("wb") as handle:
+        np.savez(handle, **{key: value for key, value in arrays.items() if value is not None})
+    with pytest.raises(ValueError, match=refusal) as caught:
+        pipeline.search_shard(wide, **plan[0], shortlist=3)
+    assert "plan the search again" in str(caught.value)
+    assert not list((wide / "matching").glob("search-*.npz"))
+
+
+def test_more_shards_than_airflow_maps_are_refused_before_any_file(wide):
+    with pytest.raises(ValueError, match="60 dataset contents to search in shards of 1 make 60 "
+                       "shards, more than the 50 mapped tasks Airflow allows"):  # fmt: skip
+        pipeline.plan_search(wide, shard_size=1, fan_out_above=0, max_shards=50)
+    assert not (wide / "matching").exists()
+    assert len(pipeline.plan_search(wide, shard_size=2, fan_out_above=0, max_shards=50)) == 30
+
+
+def test_files_of_one_content_rank_alike_however_the_dataset_is_cut(tmp_path):
+    """1280-long random vectors: unlike the hand-made ones, their products round differently
+    in blocks of other shapes. Copies of a content are each other's equals in every search:
+    the earlier file first, one score, and the same scores in every layout."""
+    from include.image_similarity.sources import ImageFile, Listing
+
+    rng = np.random.default_rng(11)
+    contents = [rng.normal(size=1280).astype(np.float32) for _ in range(24)]
+    dataset, queries, known = tmp_path / "dataset", tmp_path / "queries", tmp_path / "known"
+    for folder in (dataset, queries, known):
+        folder.mkdir()
+    layout = [*range(24), 3, 17, 3, 9]  # copies, far apart in the listing
+    for n, content in enumerate(layout):
+        (dataset / f"d{n:03d}.png").write_bytes(f"content {content}".encode())
+    vector_of = {f"content {c}".encode(): v / np.linalg.norm(v) for c, v in enumerate(contents)}
+    for q in range(6):
+        near = contents[(3, 17, 9, 3, 5, 17)[q]] + 0.6 * rng.normal(size=1280).astype(np.float32)
+        (queries / f"q{q}.png").write_bytes(f"query {q}".encode())
+        vector_of[f"query {q}".encode()] = near / np.linalg.norm(near)
+
+    def resolve(_collection, folder):
+        images = [
+            ImageFile(p.name, p, hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size)
+            for p in sorted(Path(folder).iterdir())
+        ]
+        return Listing(str(folder), images, [])
+
+    batch = tmp_path / "batch"
+    sources = {"dataset": dataset, "queries": queries, "known_answers": known}
+    pipeline.list_sources(batch, sources, resolve)
+    hashes, rows = [], []
+    for folder in (dataset, queries):
+        for path in sorted(folder.iterdir()):
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest not in hashes:
+                hashes.append(digest)
+                rows.append(vector_of[path.read_bytes()])
+    pipeline.write_vectors(batch, hashes, np.stack(rows), "random")
+    whole = pipeline.match_queries(batch, k=4, rerank_config=None)
+    assert [m["name"] for m in whole["q0.png"]][:3] == ["d003.png", "d024.png", "d026.png"]
+    assert len({m["score"] for m in whole["q0.png"][:3]}) == 1
+    for shard_size in range(1, 12):
+        shards = _search_in_shards(batch, shard_size, 4)
+        assert pipeline.match_queries(batch, k=4, rerank_config=None, searched=shards) == whole
+
+
+def test_a_shard_whose_vectors_do_not_fit_its_hashes_stops_the_merge(listed):
+    plan = pipeline.plan_shards(listed, shard_size=2, fan_out_above=3)
+    for shard in plan:
+        pipeline.embed_shard(listed, _HashEmbedder(), None, **shard)
+    path = pipeline.shard_path(listed, 1, len(plan))
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    arrays["vectors"] = arrays["vectors"][:-1]  # one vector fewer: every later row would shift
+    with path.open("wb") as handle:
+        np.savez(handle, **arrays)
+    with pytest.raises(ValueError, match=f"{path.name} does not hold 2 finite vectors"):
+        pipeline.merge_shards(listed)
+    assert not (listed / "vector_hashes.npz").exists()
+    arrays["vectors"] = np.full((2, 8), np.nan, np.float32)
+    with path.open("wb") as handle:
+        np.savez(handle, **arrays)
+    with pytest.raises(ValueError, match="embed that shard again"):
+        pipeline.merge_shards(listed)
