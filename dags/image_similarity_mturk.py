@@ -14,8 +14,9 @@ For every **query image**, find the 3 most similar images of a **dataset** with 
    (cached by content hash: a rerun on the same images embeds nothing); corrupt, truncated
    and empty files are reported and left out;
 4. `plan_search` → `search_dataset` (mapped over dataset shards: one, or several in parallel
-   above *Search fans out above*) → `match_queries`: the k nearest dataset images per query →
-   `matches.json`: the nearest by
+   above *Search fans out above*) → `match_queries` → `rerank_matches` (mapped over query
+   shards above *Re-ranking fans out above*) → `write_matches`: the k nearest dataset images
+   per query → `matches.json`: the nearest by
    cosine similarity (as many as *Images re-ranked per query*), re-ordered by spatial
    verification (the query lined up against each candidate on thumbnails, which tells
    neighbouring video frames apart); scores stay cosines;
@@ -181,6 +182,17 @@ PARAMS = {
         DEFAULTS.matching.shard_size, type="integer", minimum=1, section=MODEL,
         title="Dataset images per search shard",
         description="100,000 vectors of 1280 floats take 512 MB in a search task.",
+    ),
+    "rerank_fan_out_above_queries": Param(
+        DEFAULTS.matching.rerank_fan_out_above_queries, type="integer", minimum=0,
+        section=MODEL,
+        title="Re-ranking fans out above (queries)",
+        description="Up to this many queries are re-ranked by one task; above, the queries are "
+        "cut into shards re-ranked in parallel by the Celery workers.",
+    ),
+    "rerank_shard_size": Param(
+        DEFAULTS.matching.rerank_shard_size, type="integer", minimum=1, section=MODEL,
+        title="Queries per re-ranking shard",
     ),
     # HIT
     "hit_title": Param(
@@ -825,20 +837,63 @@ def image_similarity_mturk():
             raise AirflowFailException(str(exc)) from exc
 
     @task
-    def match_queries(batch_dir: str, searched: list[dict]) -> str:
-        """Merge the shards' nearest images, re-rank them; write matches.json."""
+    def match_queries(batch_dir: str, searched: list[dict]) -> list[dict]:
+        """Merge the shards' nearest images into each query's shortlist; cut the queries into
+        re-ranking shards: one, or above the threshold, several in parallel."""
         from airflow.sdk.exceptions import AirflowFailException
 
         from include.image_similarity import pipeline
 
         matching = _similarity_settings(get_current_context()["params"]).matching
-        shards = len(searched[:])  # one slice request, as in merge_embeddings
         try:
-            pipeline.match_queries(
+            shards = pipeline.plan_rerank(
                 Path(batch_dir),
                 matching.k,
                 rerank_config=_rerank_config(matching),
-                searched=shards,
+                searched=len(searched[:]),  # one slice request, as in merge_embeddings
+                shard_size=matching.rerank_shard_size,
+                fan_out_above=matching.rerank_fan_out_above_queries,
+                max_shards=_max_mapped_tasks(),
+            )
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        return [{"batch_dir": batch_dir, **shard} for shard in shards]
+
+    @task(map_index_template="shard {{ shard_label }}")
+    def rerank_matches(shard: dict) -> dict:
+        """Re-order one shard of queries' shortlists by spatial verification."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.image_similarity import pipeline
+
+        context = get_current_context()
+        context["shard_label"] = f"{shard['shard'] + 1} of {shard['shards']}"
+        matching = _similarity_settings(context["params"]).matching
+        try:
+            return pipeline.rerank_shard(
+                Path(shard["batch_dir"]),
+                shard["shard"],
+                shard["shards"],
+                matching.k,
+                rerank_config=_rerank_config(matching),
+            )
+        except ValueError as exc:  # a damaged shortlist or vectors: a retry would read the same
+            raise AirflowFailException(str(exc)) from exc
+
+    @task
+    def write_matches(batch_dir: str, reranked: list[dict]) -> str:
+        """Join the re-ranked shards; write matches.json and similarity.json."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.image_similarity import pipeline
+
+        matching = _similarity_settings(get_current_context()["params"]).matching
+        try:
+            pipeline.write_matches(
+                Path(batch_dir),
+                matching.k,
+                rerank_config=_rerank_config(matching),
+                reranked=len(reranked[:]),
             )
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from exc
@@ -944,7 +999,8 @@ def image_similarity_mturk():
     checked = validate_known_answers(listed)
     shard_stats = embed_images.expand(shard=plan_embedding(checked))
     merged = merge_embeddings(checked, shard_stats)
-    matched = match_queries(merged, search_dataset.expand(shard=plan_search(merged)))
+    shortlisted = match_queries(merged, search_dataset.expand(shard=plan_search(merged)))
+    matched = write_matches(merged, rerank_matches.expand(shard=shortlisted))
     batch_dir = write_contact_sheets(prepare_gold(matched))
     published = publish_images(batch_dir)
     hit_ids = create_hits(published)

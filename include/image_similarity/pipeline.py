@@ -20,8 +20,9 @@ Files in a batch folder:
   queries (the shards merged; a float32 matrix read memory-mapped, one row per content), the
   content hash of each row and the name of the matrix it belongs with (written last, so a crash
   never pairs one merge's hashes with another's vectors);
-- ``matching/search-*.npz``: on a large dataset, each dataset shard's top-k search (one task
-  each), merged by ``match_queries``;
+- ``matching/``: the DAG's search and re-ranking cut into tasks: ``plan.npz`` and
+  ``search-*.npz`` (each dataset shard's top-k), ``shortlist.npz`` (each query's nearest images
+  by cosine) and ``rerank-*.npz`` (each query shard's re-ranked matches);
 - ``matches.json``: ``{query name: [{"name": dataset name, "score": cosine}, ...]}``, best first
   (best by the re-ranker when it is on, so a lower cosine may come before a higher one);
 - ``similarity.json``: the same matches with hashes, ranks and alignment scores, the model id,
@@ -75,6 +76,7 @@ SHARDS_DIR = "vectors"
 VECTOR_HASHES_FILE = "vector_hashes.npz"
 MATCHING_DIR = "matching"
 SEARCH_PLAN = "plan.npz"
+SHORTLIST = "shortlist.npz"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -914,7 +916,7 @@ def plan_search(
             digest=inputs.digest(),
         )
     if shards > 1:
-        log.info("%d dataset images to search: %d shards of about %d", contents, shards,
+        log.info("%d distinct dataset images to search: %d shards of about %d", contents, shards,
                  contents // shards)  # fmt: skip
     return [{"shard": i, "shards": shards} for i in range(shards)]
 
@@ -1031,29 +1033,21 @@ def _merge_searched(batch_dir: Path, inputs: _MatchInputs, shards: int, shortlis
     return merge_top_k(parts, shortlist)
 
 
-def match_queries(
+def _shortlist(
     batch_dir: Path,
-    k: int = DEFAULTS.matching.k,
-    *,
-    rerank_config: RerankConfig | None = DEFAULT_RERANK,
-    max_pixels: int | None = None,
-    searched: int | None = None,
-) -> dict[str, list[dict]]:
-    """Find each query's ``k`` nearest dataset images; write matches.json and similarity.json.
-
-    With ``searched`` (the shard count of ``plan_search``), the top-k is merged from the files
-    ``search_shard`` wrote, each shard searched by its own task; without, it is searched here.
-
-    The nearest ``rerank_config.shortlist`` images by cosine are re-ordered by spatial
-    verification (``rerank.py``), which tells neighbouring video frames apart; the score reported
-    stays the cosine. ``rerank_config=None`` ranks by cosine alone.
-    """
+    inputs: _MatchInputs,
+    k: int,
+    rerank_config: RerankConfig | None,
+    searched: int | None,
+) -> TopK:
+    """Each query's nearest dataset images by cosine (as many as ``search_shortlist``): searched
+    here, or merged from ``searched`` search files; files of one content expanded, re-scored."""
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
-    inputs = _match_inputs(batch_dir)
-    dataset, queries = inputs.dataset, inputs.queries
-    if len(dataset) < k:
-        log.warning("only %d dataset images for k=%d: queries get fewer matches", len(dataset), k)
+    if len(inputs.dataset) < k:
+        log.warning(
+            "only %d dataset images for k=%d: queries get fewer matches", len(inputs.dataset), k
+        )
     shortlist = search_shortlist(k, rerank_config)
     rows = _distinct(inputs.dataset_rows)
     if searched is None:
@@ -1061,21 +1055,66 @@ def match_queries(
     else:
         found = _merge_searched(batch_dir, inputs, searched, shortlist)
     found = _expand(found, inputs.dataset_rows, rows, shortlist)
-    found = _rescore(inputs.vectors, inputs.query_rows, inputs.dataset_rows, found)
-    if rerank_config:
-        indices, scores, alignment = _verify(queries, dataset, found, k, rerank_config, max_pixels)
-    else:
-        indices, scores = found.indices, found.scores
-        alignment = [[None] * k for _ in queries]
+    return _rescore(inputs.vectors, inputs.query_rows, inputs.dataset_rows, found)
+
+
+@dataclass(frozen=True)
+class _Ranked:
+    """Each query's ``k`` matches: dataset indices (-1: none), cosines and alignment (ZNCC;
+    NaN where it was not computed)."""
+
+    indices: np.ndarray
+    scores: np.ndarray
+    alignment: np.ndarray
+
+
+def _rank(
+    inputs: _MatchInputs,
+    found: TopK,
+    start: int,
+    stop: int,
+    k: int,
+    rerank_config: RerankConfig | None,
+    max_pixels: int | None,
+) -> _Ranked:
+    """Queries ``start:stop`` ranked: their shortlists re-ordered by spatial verification (or
+    cut to ``k`` by cosine when the re-ranker is off)."""
+    queries = inputs.queries[start:stop]
+    part = TopK(found.indices[start:stop], found.scores[start:stop])
+    alignment = np.full((len(queries), k), np.nan)
+    if not rerank_config:
+        return _Ranked(part.indices[:, :k], part.scores[:, :k], alignment)
+    indices, scores, ncc = _verify(queries, inputs.dataset, part, k, rerank_config, max_pixels)
+    for q, row in enumerate(ncc):
+        alignment[q, : len(row)] = [np.nan if a is None else a for a in row]
+    return _Ranked(indices, scores, alignment)
+
+
+def _ranking_key(inputs: _MatchInputs, k: int, rerank_config: RerankConfig | None) -> str:
+    """Names one ranking: the search's inputs, k and the re-ranker's settings."""
+    settings = [inputs.digest(), k, asdict(rerank_config) if rerank_config else None]
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _write_matches(
+    batch_dir: Path,
+    inputs: _MatchInputs,
+    ranked: _Ranked,
+    k: int,
+    rerank_config: RerankConfig | None,
+) -> dict[str, list[dict]]:
+    """Write ``matches.json`` and ``similarity.json`` from the ranked matches."""
+    dataset, queries = inputs.dataset, inputs.queries
     matches: dict[str, list[dict]] = {}
     detailed = []
     for q, query in enumerate(queries):
-        ranked = [
-            (dataset[i], float(s), a)
-            for i, s, a in zip(indices[q], scores[q], alignment[q], strict=False)
+        kept = [
+            (dataset[i], float(s), None if np.isnan(a) else float(a))
+            for i, s, a in zip(ranked.indices[q], ranked.scores[q], ranked.alignment[q],
+                               strict=True)
             if i >= 0
-        ]
-        matches[query.name] = [{"name": d.name, "score": round(s, 6)} for d, s, _ in ranked]
+        ]  # fmt: skip
+        matches[query.name] = [{"name": d.name, "score": round(s, 6)} for d, s, _ in kept]
         detailed.append(
             {
                 "query": {"name": query.name, "sha256": query.sha256, "path": str(query.path)},
@@ -1088,7 +1127,7 @@ def match_queries(
                         "score": round(s, 6),
                         "alignment": None if a is None else round(a, 4),
                     }
-                    for r, (d, s, a) in enumerate(ranked)
+                    for r, (d, s, a) in enumerate(kept)
                 ],
             }
         )
@@ -1105,6 +1144,171 @@ def match_queries(
     )
     log.info("matched %d queries against %d dataset images (k=%d)", len(queries), len(dataset), k)
     return matches
+
+
+def match_queries(
+    batch_dir: Path,
+    k: int = DEFAULTS.matching.k,
+    *,
+    rerank_config: RerankConfig | None = DEFAULT_RERANK,
+    max_pixels: int | None = None,
+    searched: int | None = None,
+) -> dict[str, list[dict]]:
+    """Find each query's ``k`` nearest dataset images; write matches.json and similarity.json.
+
+    With ``searched`` (the shard count of ``plan_search``), the top-k is merged from the files
+    ``search_shard`` wrote, each shard searched by its own task; without, it is searched here.
+    Everything else happens in this process (``plan_rerank``, ``rerank_shard`` and
+    ``write_matches`` cut the re-ranking into tasks, with the same result).
+
+    The nearest ``rerank_config.shortlist`` images by cosine are re-ordered by spatial
+    verification (``rerank.py``), which tells neighbouring video frames apart; the score reported
+    stays the cosine. ``rerank_config=None`` ranks by cosine alone.
+    """
+    inputs = _match_inputs(batch_dir)
+    found = _shortlist(batch_dir, inputs, k, rerank_config, searched)
+    ranked = _rank(inputs, found, 0, len(inputs.queries), k, rerank_config, max_pixels)
+    return _write_matches(batch_dir, inputs, ranked, k, rerank_config)
+
+
+def rerank_path(batch_dir: Path, shard: int, shards: int) -> Path:
+    return batch_dir / MATCHING_DIR / f"rerank-{shard:05d}-of-{shards:05d}.npz"
+
+
+def plan_rerank(
+    batch_dir: Path,
+    k: int = DEFAULTS.matching.k,
+    *,
+    rerank_config: RerankConfig | None = DEFAULT_RERANK,
+    searched: int | None = None,
+    shard_size: int = DEFAULTS.matching.rerank_shard_size,
+    fan_out_above: int = DEFAULTS.matching.rerank_fan_out_above_queries,
+    max_shards: int | None = None,
+) -> list[dict[str, int]]:
+    """Shortlist every query (as ``match_queries`` does, into ``matching/shortlist.npz``), then
+    cut the queries into re-ranking shards: one, or above ``fan_out_above`` queries, shards of
+    at most ``shard_size``, which Airflow maps to parallel tasks (``rerank_shard``);
+    ``write_matches`` joins them. Re-ranking files of an earlier plan are removed."""
+    inputs = _match_inputs(batch_dir)
+    found = _shortlist(batch_dir, inputs, k, rerank_config, searched)
+    shards = _shard_count(
+        len(inputs.queries), shard_size, fan_out_above, max_shards,
+        kind="re-ranking", noun="queries to re-rank", size_param="rerank_shard_size",
+    )  # fmt: skip
+    keep = {rerank_path(batch_dir, i, shards).name for i in range(shards)}
+    for stale in (batch_dir / MATCHING_DIR).glob("rerank-*.npz"):
+        if stale.name not in keep:
+            stale.unlink(missing_ok=True)
+    with atomic_file(batch_dir / MATCHING_DIR / SHORTLIST) as handle:
+        np.savez(
+            handle,
+            indices=found.indices,
+            scores=found.scores,
+            key=_ranking_key(inputs, k, rerank_config),
+        )
+    if shards > 1:
+        log.info("%d queries to re-rank: %d shards of about %d", len(inputs.queries), shards,
+                 len(inputs.queries) // shards)  # fmt: skip
+    return [{"shard": i, "shards": shards} for i in range(shards)]
+
+
+def _read_shortlist(batch_dir: Path, inputs: _MatchInputs, key: str, shortlist: int) -> TopK:
+    again = "shortlist the queries again (task match_queries)"
+    path = batch_dir / MATCHING_DIR / SHORTLIST
+    indices, scores, stored = _read_arrays(
+        path, ("indices", "scores", "key"), "the shortlist", again
+    )
+    if not (
+        stored.shape == ()
+        and str(stored) == key
+        and _valid_top(indices, scores, (len(inputs.queries), shortlist), len(inputs.dataset))
+    ):
+        raise ValueError(
+            f"{SHORTLIST} is not the shortlist of these {len(inputs.queries)} queries with these "
+            f"settings: {again}"
+        )
+    return TopK(indices, scores)
+
+
+def rerank_shard(
+    batch_dir: Path,
+    shard: int,
+    shards: int,
+    k: int = DEFAULTS.matching.k,
+    *,
+    rerank_config: RerankConfig | None = DEFAULT_RERANK,
+    max_pixels: int | None = None,
+) -> dict[str, int]:
+    """Re-rank one shard of ``plan_rerank``'s queries; write ``matching/rerank-*.npz``."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"re-ranking shard {shard} of {shards} does not exist")
+    inputs = _match_inputs(batch_dir)
+    key = _ranking_key(inputs, k, rerank_config)
+    found = _read_shortlist(batch_dir, inputs, key, search_shortlist(k, rerank_config))
+    start, stop = _shard_bounds(len(inputs.queries), shard, shards)
+    ranked = _rank(inputs, found, start, stop, k, rerank_config, max_pixels)
+    with atomic_file(rerank_path(batch_dir, shard, shards)) as handle:
+        np.savez(
+            handle,
+            indices=ranked.indices,
+            scores=ranked.scores,
+            alignment=ranked.alignment,
+            start=start,
+            stop=stop,
+            key=key,
+        )
+    return {"queries": stop - start}
+
+
+def write_matches(
+    batch_dir: Path,
+    k: int = DEFAULTS.matching.k,
+    *,
+    rerank_config: RerankConfig | None = DEFAULT_RERANK,
+    reranked: int,
+) -> dict[str, list[dict]]:
+    """Join the ``reranked`` re-ranking files into ``matches.json`` and ``similarity.json``; a
+    file missing, of other settings or not a re-ranking of its queries' shortlists is an error
+    naming it."""
+    if reranked < 1:
+        raise ValueError(f"at least one re-ranking shard is needed, not {reranked}")
+    inputs = _match_inputs(batch_dir)
+    key = _ranking_key(inputs, k, rerank_config)
+    found = _read_shortlist(batch_dir, inputs, key, search_shortlist(k, rerank_config))
+    parts: list[_Ranked] = []
+    for shard in range(reranked):
+        path = rerank_path(batch_dir, shard, reranked)
+        name = f"the re-ranking of shard {shard + 1} of {reranked}"
+        indices, scores, alignment, begin, end, stored = _read_arrays(
+            path,
+            ("indices", "scores", "alignment", "start", "stop", "key"),
+            name,
+            "run that re-ranking again",
+        )
+        start, stop = _shard_bounds(len(inputs.queries), shard, reranked)
+        if not (
+            _is_int(begin)
+            and _is_int(end)
+            and (int(begin), int(end)) == (start, stop)
+            and stored.shape == ()
+            and str(stored) == key
+            and _valid_top(indices, scores, (stop - start, k), len(inputs.dataset))
+            and alignment.dtype == np.float64
+            and alignment.shape == (stop - start, k)
+            and not (np.abs(alignment) > 1.001).any()
+            and all(
+                set(row[row >= 0].tolist()) <= set(found.indices[start + q].tolist())
+                for q, row in enumerate(indices)
+            )
+        ):
+            raise ValueError(
+                f"{path.name} is not {name} for these {len(inputs.queries)} queries with these "
+                "settings: run that re-ranking again"
+            )
+        parts.append(_Ranked(indices, scores, alignment))
+    ranked = _Ranked(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+                       ("indices", "scores", "alignment")))  # fmt: skip
+    return _write_matches(batch_dir, inputs, ranked, k, rerank_config)
 
 
 def problems_of(batch_dir: Path) -> list[dict]:

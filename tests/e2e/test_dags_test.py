@@ -142,7 +142,8 @@ def test_whole_run_then_a_rerun_embeds_and_creates_nothing(airflow_env, sample, 
     # from the dataset shards' searches are the same as those of one search.
     fanned = {"fan_out_above_images": 5, "shard_size": 7}
     searched = {"match_fan_out_above_images": 5, "match_shard_size": 9}
-    second = dags_test(airflow_env, {**conf, **fanned, **searched})
+    reranked = {"rerank_fan_out_above_queries": 1, "rerank_shard_size": 2}
+    second = dags_test(airflow_env, {**conf, **fanned, **searched, **reranked})
     assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
     assert_no_error_logged(second)
     rerun_log = second.stdout + second.stderr
@@ -152,8 +153,12 @@ def test_whole_run_then_a_rerun_embeds_and_creates_nothing(airflow_env, sample, 
     assert (
         shards["shards"] >= 3 and f"(shard {shards['shards']} of {shards['shards']})" in rerun_log
     )
-    searches = sorted(p.name for p in (batch / "matching").iterdir())
-    assert len(searches) >= 3 and re.search(r"\d+ dataset images to search: \d+ shards", rerun_log)
+    searches = sorted(p.name for p in (batch / "matching").glob("search-*.npz"))
+    assert len(searches) >= 3 and re.search(
+        r"\d+ distinct dataset images to search: \d+ shards", rerun_log
+    )
+    assert len(list((batch / "matching").glob("rerank-*.npz"))) == 2
+    assert "4 queries to re-rank: 2 shards of about 2" in rerun_log
     assert json.loads((batch / "matches.json").read_text()) == matches
     assert "all 4 HITs of batch e2e already exist" in rerun_log
     assert len(mturk.list_hits(MaxResults=100)["HITs"]) == len(hits)

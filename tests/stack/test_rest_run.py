@@ -102,6 +102,9 @@ def test_a_run_triggered_through_the_rest_api_waits_in_the_triggerer_and_succeed
         # and the top-k search over dataset shards of at most 10, merged.
         "match_fan_out_above_images": 10,
         "match_shard_size": 10,
+        # and the re-ranking over query shards of 2.
+        "rerank_fan_out_above_queries": 1,
+        "rerank_shard_size": 2,
         "embedding_cache": f"s3://{local_stack.bucket}/embedding-cache",
         "batch_id": BATCH,
         "s3_bucket": local_stack.bucket,

@@ -681,3 +681,134 @@ def test_a_shard_whose_vectors_do_not_fit_its_hashes_stops_the_merge(listed):
         np.savez(handle, **arrays)
     with pytest.raises(ValueError, match="embed that shard again"):
         pipeline.merge_shards(listed)
+
+
+# --- re-ranking cut into query shards (real images, vectors by hand) -------------------------
+
+
+@pytest.fixture
+def panned(tmp_path):
+    """12 frames of one camera pan and 5 queries (crops of frames 2, 4, 6, 8, 10) whose vectors
+    put the next frame first by cosine, as neighbouring video frames do."""
+    dataset, queries, known = tmp_path / "dataset", tmp_path / "queries", tmp_path / "known"
+    for folder in (dataset, queries, known):
+        folder.mkdir()
+    photo = _texture(seed=3, size=(1600, 700))
+    frames = [_pan(photo, i) for i in range(12)]
+    for i, frame in enumerate(frames):
+        frame.save(dataset / f"frame{i:02d}.png")
+    for n, source in enumerate((2, 4, 6, 8, 10)):
+        _crop_of(frames[source]).save(queries / f"query{n}.jpg", quality=85)
+    batch_dir = tmp_path / "batch"
+    pipeline.list_sources(
+        batch_dir, {"dataset": dataset, "queries": queries, "known_answers": known}
+    )
+    listings = pipeline.load_listings(batch_dir)
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(12, 32)).astype(np.float32)
+    path = np.cumsum(base, axis=0)  # neighbouring frames have near vectors
+    hashes, vectors = [], []
+    for i, image in enumerate(listings["dataset"].images):
+        hashes.append(image.sha256)
+        vectors.append(path[i] / np.linalg.norm(path[i]))
+    for n, image in enumerate(listings["queries"].images):
+        near = path[2 * n + 3] + 0.2 * path[2 * n + 2]  # closer to the next frame
+        hashes.append(image.sha256)
+        vectors.append(near / np.linalg.norm(near))
+    pipeline.write_vectors(batch_dir, hashes, np.stack(vectors), "hand-made")
+    return batch_dir
+
+
+def _rerank_in_shards(batch_dir, shard_size, k, config, searched=None):
+    plan = pipeline.plan_rerank(
+        batch_dir, k, rerank_config=config, searched=searched, shard_size=shard_size,
+        fan_out_above=0,
+    )  # fmt: skip
+    for shard in reversed(plan):
+        pipeline.rerank_shard(batch_dir, **shard, k=k, rerank_config=config)
+    return len(plan)
+
+
+@pytest.mark.parametrize("shard_size", [1, 2, 5])
+@pytest.mark.parametrize("config", [RerankConfig(shortlist=6), None], ids=["rerank", "cosine"])
+def test_reranking_in_query_shards_gives_the_matches_of_one_process(panned, shard_size, config):
+    whole = pipeline.match_queries(panned, k=3, rerank_config=config)
+    detailed = pipeline.read_json(panned / "similarity.json")
+    shards = _rerank_in_shards(panned, shard_size, 3, config)
+    assert shards == -(-5 // shard_size)
+    joined = pipeline.write_matches(panned, 3, rerank_config=config, reranked=shards)
+    assert joined == whole
+    assert pipeline.read_json(panned / "similarity.json") == detailed
+    # With the dataset searched in shards too, still the same.
+    searched = _search_in_shards(panned, 5, pipeline.search_shortlist(3, config))
+    shards = _rerank_in_shards(panned, shard_size, 3, config, searched=searched)
+    assert pipeline.write_matches(panned, 3, rerank_config=config, reranked=shards) == whole
+    if config:  # the alignment of every verified match came through the files
+        aligned = [m["alignment"] for q in detailed["queries"] for m in q["matches"]]
+        assert len(aligned) == 15 and all(isinstance(a, float) for a in aligned)
+
+
+def _damage_rerank(batch_dir, name, **changes):
+    path = batch_dir / "matching" / name
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    arrays.update(changes)
+    with path.open("wb") as handle:
+        np.savez(handle, **arrays)
+
+
+@pytest.mark.parametrize(
+    ("damage", "refusal"),
+    [
+        (lambda d: (d / "matching" / "rerank-00001-of-00003.npz").unlink(), "cannot be read"),
+        (
+            lambda d: (d / "matching" / "rerank-00002-of-00003.npz").write_bytes(b"PK\x03\x04"),
+            "cannot be read",
+        ),
+        (
+            lambda d: _damage_rerank(d, "rerank-00000-of-00003.npz", key=np.array("0" * 64)),
+            "is not the re-ranking of shard 1 of 3",
+        ),
+        (  # a match that was not in the query's shortlist
+            lambda d: _damage_rerank(
+                d, "rerank-00000-of-00003.npz", indices=np.array([[11, 0, 1]], np.int64)
+            ),
+            "is not the re-ranking of shard 1 of 3",
+        ),
+        (
+            lambda d: _damage_rerank(
+                d, "rerank-00001-of-00003.npz", alignment=np.full((2, 3), 7.0)
+            ),
+            "is not the re-ranking of shard 2 of 3",
+        ),
+        (
+            lambda d: _damage_rerank(d, "rerank-00002-of-00003.npz", stop=np.int64(4)),
+            "is not the re-ranking of shard 3 of 3",
+        ),
+        (  # shortlisted again with another k since
+            lambda d: pipeline.plan_rerank(
+                d, 2, rerank_config=RerankConfig(shortlist=4), shard_size=2, fan_out_above=0
+            ),
+            "shortlist the queries again",
+        ),
+    ],
+)
+def test_a_missing_stale_or_damaged_reranking_is_refused_naming_it(panned, damage, refusal):
+    config = RerankConfig(shortlist=4)
+    assert _rerank_in_shards(panned, 2, 3, config) == 3
+    damage(panned)
+    with pytest.raises(ValueError, match=refusal):
+        pipeline.write_matches(panned, 3, rerank_config=config, reranked=3)
+    assert not (panned / "matches.json").exists()
+
+
+def test_a_shortlist_of_other_settings_or_damaged_is_refused(panned):
+    config = RerankConfig(shortlist=4)
+    pipeline.plan_rerank(panned, 3, rerank_config=config, shard_size=2, fan_out_above=0)
+    with pytest.raises(ValueError, match="is not the shortlist of these 5 queries"):
+        pipeline.rerank_shard(panned, 0, 3, 3, rerank_config=RerankConfig(shortlist=5))
+    (panned / "matching" / "shortlist.npz").write_bytes(b"nothing")
+    with pytest.raises(ValueError, match="the shortlist cannot be read.*shortlist the queries"):
+        pipeline.rerank_shard(panned, 0, 3, 3, rerank_config=config)
+    with pytest.raises(ValueError, match="re-ranking shard 3 of 3 does not exist"):
+        pipeline.rerank_shard(panned, 3, 3, 3, rerank_config=config)
