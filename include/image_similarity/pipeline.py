@@ -38,6 +38,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import time
 import uuid
@@ -573,30 +574,51 @@ def write_vectors(batch_dir: Path, hashes: list[str], vectors: np.ndarray, model
 @dataclass(frozen=True)
 class BatchVectors:
     """A batch's merged embeddings: row ``i`` of ``path`` (a float32 ``.npy`` matrix of
-    ``shape``) is the image whose content hash is ``hashes[i]``. Rows are read when asked for,
-    through a mapping closed after each read, so what a task read once does not stay resident."""
+    ``shape`` whose rows start at byte ``offset``) is the image whose content hash is
+    ``hashes[i]``. Rows are read when asked for, with positioned reads (a run of neighbouring
+    rows in one read): a task holds what it asked for, and nothing of the file stays mapped."""
 
     hashes: list[str]
     path: Path
     shape: tuple[int, int]
+    offset: int
     model_id: str
 
     def rows(self) -> dict[str, int]:
         return {h: i for i, h in enumerate(self.hashes)}
 
     def read(self, rows: list[int] | np.ndarray) -> np.ndarray:
-        """These rows, in this order, as a float32 array in memory; a row that is not finite
-        (a damaged file) is an error naming it."""
-        if len(rows) == 0:
-            return np.zeros((0, self.shape[1]), np.float32)
-        matrix = np.load(self.path, mmap_mode="r", allow_pickle=False)
-        try:
-            block = np.array(matrix[np.asarray(rows, np.int64)], dtype=np.float32)
-        finally:
-            del matrix  # unmaps the file
+        """These rows, in this order, as a float32 array in memory; a file cut short or a row
+        that is not finite (a damaged file) is an error naming it."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        width = self.shape[1]
+        block = np.empty((len(rows), width), np.float32)
+        if not len(rows):
+            return block
+        if rows.min() < 0 or rows.max() >= self.shape[0]:
+            raise ValueError(f"rows outside {self.path.name}'s {self.shape[0]} rows")
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        breaks = np.flatnonzero(np.diff(ordered) != 1) + 1  # runs of consecutive rows
+        row_bytes = 4 * width
+        with self.path.open("rb") as handle:
+            for begin, end in zip(
+                [0, *breaks.tolist()], [*breaks.tolist(), len(rows)], strict=True
+            ):
+                data = os.pread(
+                    handle.fileno(),
+                    (end - begin) * row_bytes,
+                    self.offset + int(ordered[begin]) * row_bytes,
+                )
+                if len(data) != (end - begin) * row_bytes:
+                    raise ValueError(
+                        f"{self.path.name} is cut short: merge the embeddings again "
+                        "(task merge_embeddings)"
+                    )
+                block[order[begin:end]] = np.frombuffer(data, "<f4").reshape(-1, width)
         finite = np.isfinite(block).all(axis=1)
         if not finite.all():
-            row = int(np.asarray(rows)[np.argmin(finite)])
+            row = int(rows[np.argmin(finite)])
             raise ValueError(
                 f"{self.path.name} row {row} is not a vector of finite numbers: merge the "
                 "embeddings again (task merge_embeddings)"
@@ -608,6 +630,19 @@ class BatchVectors:
 
 
 VECTORS_FILE = re.compile(r"vectors-[0-9a-f]{32}\.npy")
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    """An ``.npy`` file's shape, dtype, Fortran order and the byte its data starts at."""
+    with path.open("rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise ValueError(f"npy format {version} is not one numpy writes for these files")
+        return shape, dtype, fortran, handle.tell()
 
 
 def load_vectors(batch_dir: Path, *, with_hashes: bool = True) -> BatchVectors:
@@ -625,19 +660,24 @@ def load_vectors(batch_dir: Path, *, with_hashes: bool = True) -> BatchVectors:
         if not VECTORS_FILE.fullmatch(name):
             raise ValueError(f"it names {name[:80]!r} as its vectors")
         path = batch_dir / name
-        matrix = np.load(path, mmap_mode="r", allow_pickle=False)
-        shape, dtype = matrix.shape, matrix.dtype
-        del matrix
+        shape, dtype, fortran, offset = _npy_header(path)
+        size = path.stat().st_size
     except (OSError, EOFError, KeyError, ValueError, TypeError, MemoryError,
             zipfile.BadZipFile) as exc:  # fmt: skip
         raise ValueError(f"the batch's vectors cannot be read ({exc}): {again}") from exc
     count = len(hashes) if with_hashes else shape[0] if len(shape) == 2 else -1
-    if len(shape) != 2 or dtype != np.float32 or shape[0] != count:
+    if (
+        len(shape) != 2
+        or dtype != np.dtype("<f4")
+        or fortran
+        or shape[0] != count
+        or size != offset + 4 * shape[0] * shape[1]
+    ):
         raise ValueError(
-            f"{name} ({dtype}, {shape}) does not hold one float32 vector for each of the "
-            f"{count} images of {VECTOR_HASHES_FILE}: {again}"
+            f"{name} ({dtype}, {shape}, {size} bytes) does not hold one float32 vector for each "
+            f"of the {count} images of {VECTOR_HASHES_FILE}: {again}"
         )
-    return BatchVectors(hashes, path, (int(shape[0]), int(shape[1])), model_id)
+    return BatchVectors(hashes, path, (int(shape[0]), int(shape[1])), offset, model_id)
 
 
 def embed_collections(

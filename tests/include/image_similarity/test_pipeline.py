@@ -502,7 +502,12 @@ def _hashes_archive(batch_dir, **changes):
     [
         (lambda d, v: np.save(v.path, np.zeros((64, 8), np.float32)), "does not hold one float32"),
         (lambda d, v: np.save(v.path, np.zeros((65, 8), np.float64)), "does not hold one float32"),
-        (lambda d, v: v.path.write_bytes(v.path.read_bytes()[:300]), "cannot be read"),
+        (lambda d, v: v.path.write_bytes(v.path.read_bytes()[:300]), "does not hold one float32"),
+        (lambda d, v: np.save(v.path, np.zeros((65, 8), ">f4")), "does not hold one float32"),
+        (
+            lambda d, v: np.save(v.path, np.asfortranarray(np.ones((65, 8), np.float32))),
+            "does not hold one float32",
+        ),
         (lambda d, v: v.path.unlink(), "cannot be read"),
         (lambda d, v: (d / "vector_hashes.npz").write_bytes(b"PK\x03\x04"), "cannot be read"),
         (
