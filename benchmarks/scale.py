@@ -976,7 +976,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(
             "the DAG's task functions over a batch folder as merge_embeddings leaves it "
-            "(sources.json, vectors-*.npy float32 memory-mapped): pipeline.search_shard per "
+            "(sources.json, vectors-*.npy float32, rows read by positioned reads): pipeline.search_shard per "
             f"shard of {args.match_shard_size:,} images (read {DEFAULT_DATASET_BLOCK:,} rows at "
             "a time), then "
             "pipeline.match_queries(searched=shards) with the re-ranker off; each in its own "

@@ -212,8 +212,7 @@ def shown_pictures(similarity: Mapping) -> set[str]:
 def batch_inputs(batch_dir: Path) -> tuple[list[ImageFile], dict[str, np.ndarray], list[list]]:
     """The dataset images, their vectors by content hash and the model questions' cosines of a
     batch folder the similarity stage has matched (``sources.json``, the merged vectors,
-    ``similarity.json``): ``generate_gold``'s first inputs (a vector is read from disk when
-    used: the matrix is memory-mapped)."""
+    ``similarity.json``): ``generate_gold``'s first inputs (every vector, read into memory)."""
     from include.image_similarity.pipeline import load_vectors
 
     listing = read_json(batch_dir / "sources.json")["dataset"]

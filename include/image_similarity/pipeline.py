@@ -17,7 +17,7 @@ Files in a batch folder:
   (one unless the batch is large; each shard may run on another worker) and each shard's
   vectors and left-out files;
 - ``vector_hashes.npz`` and ``vectors-<token>.npy``: the embeddings of the dataset and the
-  queries (the shards merged; a float32 matrix read memory-mapped, one row per content), the
+  queries (the shards merged; a float32 matrix read row by row, one row per content), the
   content hash of each row and the name of the matrix it belongs with (written last, so a crash
   never pairs one merge's hashes with another's vectors);
 - ``matching/``: the DAG's search and re-ranking cut into tasks: ``plan.npz`` and
