@@ -976,9 +976,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(
             "the DAG's task functions over a batch folder as merge_embeddings leaves it "
-            "(sources.json, vectors-*.npy float32, rows read by positioned reads): pipeline.search_shard per "
-            f"shard of {args.match_shard_size:,} images (read {DEFAULT_DATASET_BLOCK:,} rows at "
-            "a time), then "
+            "(sources.json, vectors-*.npy float32, rows read by positioned reads): "
+            f"pipeline.search_shard per shard of {args.match_shard_size:,} images (read "
+            f"{DEFAULT_DATASET_BLOCK:,} rows at a time), then "
             "pipeline.match_queries(searched=shards) with the re-ranker off; each in its own "
             "process, one after the other; the check is a plain float32 search with a stable "
             "sort, independent of index.py; batch generation not timed"

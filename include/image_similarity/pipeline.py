@@ -384,17 +384,12 @@ def plan_shards(
     (a retry with other settings) are removed, so the merge never mixes two plans.
     """
     images = len(_embedding_items(batch_dir))
-    shards = _shard_count(
+    shards = _new_plan(
         images, shard_size, fan_out_above, max_shards,
+        lambda i, n: shard_path(batch_dir, i, n),
         kind="embedding", noun="images to embed", size_param="shard_size",
     )  # fmt: skip
-    keep = {shard_path(batch_dir, i, shards).name for i in range(shards)}
-    for stale in (batch_dir / SHARDS_DIR).glob("shard-*.npz"):
-        if stale.name not in keep:
-            stale.unlink(missing_ok=True)
     write_json(batch_dir / "shards.json", {"images": images, "shards": shards})
-    if shards > 1:
-        log.info("%d images to embed: %d shards of about %d", images, shards, images // shards)
     return [{"shard": i, "shards": shards} for i in range(shards)]
 
 
@@ -923,6 +918,32 @@ def _shard_count(items: int, shard_size: int, fan_out_above: int, max_shards: in
     return shards
 
 
+def _new_plan(
+    count: int,
+    shard_size: int,
+    fan_out_above: int,
+    max_shards: int | None,
+    path_of: Callable[[int, int], Path],
+    *,
+    kind: str,
+    noun: str,
+    size_param: str,
+) -> int:
+    """The shard count of a new plan over ``count`` items (``_shard_count``). The shard files of
+    an earlier plan (``path_of`` another count) are removed, so a merge never mixes two plans."""
+    shards = _shard_count(
+        count, shard_size, fan_out_above, max_shards, kind=kind, noun=noun, size_param=size_param
+    )
+    first = path_of(0, shards)
+    keep = {path_of(i, shards).name for i in range(shards)}
+    for stale in first.parent.glob(first.name.split("-", 1)[0] + "-*.npz"):
+        if stale.name not in keep:
+            stale.unlink(missing_ok=True)
+    if shards > 1:
+        log.info("%d %s: %d shards of about %d", count, noun, shards, count // shards)
+    return shards
+
+
 def plan_search(
     batch_dir: Path,
     shard_size: int = DEFAULTS.matching.shard_size,
@@ -938,15 +959,11 @@ def plan_search(
     shard task reads its slice of them and its vectors, never the listing. Search files of an
     earlier plan are removed, so the merge never mixes two plans."""
     inputs = _match_inputs(batch_dir)
-    contents = len(_distinct(inputs.dataset_rows))
-    shards = _shard_count(
-        contents, shard_size, fan_out_above, max_shards,
-        kind="search", noun="dataset contents to search", size_param="match_shard_size",
+    shards = _new_plan(
+        len(_distinct(inputs.dataset_rows)), shard_size, fan_out_above, max_shards,
+        lambda i, n: search_path(batch_dir, i, n),
+        kind="search", noun="distinct dataset images to search", size_param="match_shard_size",
     )  # fmt: skip
-    keep = {search_path(batch_dir, i, shards).name for i in range(shards)}
-    for stale in (batch_dir / MATCHING_DIR).glob("search-*.npz"):
-        if stale.name not in keep:
-            stale.unlink(missing_ok=True)
     with atomic_file(batch_dir / MATCHING_DIR / SEARCH_PLAN) as handle:
         np.savez(
             handle,
@@ -955,9 +972,6 @@ def plan_search(
             shards=shards,
             digest=inputs.digest(),
         )
-    if shards > 1:
-        log.info("%d distinct dataset images to search: %d shards of about %d", contents, shards,
-                 contents // shards)  # fmt: skip
     return [{"shard": i, "shards": shards} for i in range(shards)]
 
 
@@ -1231,14 +1245,11 @@ def plan_rerank(
     ``write_matches`` joins them. Re-ranking files of an earlier plan are removed."""
     inputs = _match_inputs(batch_dir)
     found = _shortlist(batch_dir, inputs, k, rerank_config, searched)
-    shards = _shard_count(
+    shards = _new_plan(
         len(inputs.queries), shard_size, fan_out_above, max_shards,
+        lambda i, n: rerank_path(batch_dir, i, n),
         kind="re-ranking", noun="queries to re-rank", size_param="rerank_shard_size",
     )  # fmt: skip
-    keep = {rerank_path(batch_dir, i, shards).name for i in range(shards)}
-    for stale in (batch_dir / MATCHING_DIR).glob("rerank-*.npz"):
-        if stale.name not in keep:
-            stale.unlink(missing_ok=True)
     with atomic_file(batch_dir / MATCHING_DIR / SHORTLIST) as handle:
         np.savez(
             handle,
@@ -1246,9 +1257,6 @@ def plan_rerank(
             scores=found.scores,
             key=_ranking_key(inputs, k, rerank_config),
         )
-    if shards > 1:
-        log.info("%d queries to re-rank: %d shards of about %d", len(inputs.queries), shards,
-                 len(inputs.queries) // shards)  # fmt: skip
     return [{"shard": i, "shards": shards} for i in range(shards)]
 
 

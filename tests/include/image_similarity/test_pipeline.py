@@ -412,13 +412,17 @@ def test_small_datasets_are_searched_by_one_task_and_a_new_plan_drops_the_old(wi
         pipeline.search_shard(wide, 2, 2, shortlist=3)
 
 
-def _damage_search(batch_dir, name, **changes):
-    path = batch_dir / "matching" / name
+def _rewrite_npz(path, **changes):
+    """Rewrite an .npz file the stage wrote with some members changed (None: left out)."""
     with np.load(path, allow_pickle=False) as archive:
         arrays = {key: archive[key] for key in archive.files}
     arrays.update(changes)
     with path.open("wb") as handle:
         np.savez(handle, **{key: value for key, value in arrays.items() if value is not None})
+
+
+def _damage_search(batch_dir, name, **changes):
+    _rewrite_npz(batch_dir / "matching" / name, **changes)
 
 
 @pytest.mark.parametrize(
@@ -489,12 +493,7 @@ def test_a_missing_stale_or_damaged_search_is_refused_naming_it(wide, damage, re
 
 
 def _hashes_archive(batch_dir, **changes):
-    path = batch_dir / "vector_hashes.npz"
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = {key: archive[key] for key in archive.files}
-    arrays.update(changes)
-    with path.open("wb") as handle:
-        np.savez(handle, **{key: value for key, value in arrays.items() if value is not None})
+    _rewrite_npz(batch_dir / "vector_hashes.npz", **changes)
 
 
 @pytest.mark.parametrize(
@@ -602,12 +601,7 @@ def test_vectors_naming_a_content_twice_are_refused(wide):
 )
 def test_a_damaged_plan_is_refused_before_any_search(wide, changes, refusal):
     plan = pipeline.plan_search(wide, shard_size=25, fan_out_above=0)
-    path = wide / "matching" / "plan.npz"
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = {key: archive[key] for key in archive.files}
-    arrays.update(changes)
-    with path.open("wb") as handle:
-        np.savez(handle, **{key: value for key, value in arrays.items() if value is not None})
+    _rewrite_npz(wide / "matching" / "plan.npz", **changes)
     with pytest.raises(ValueError, match=refusal) as caught:
         pipeline.search_shard(wide, **plan[0], shortlist=3)
     assert "plan the search again" in str(caught.value)
@@ -615,8 +609,8 @@ def test_a_damaged_plan_is_refused_before_any_search(wide, changes, refusal):
 
 
 def test_more_shards_than_airflow_maps_are_refused_before_any_file(wide):
-    with pytest.raises(ValueError, match="60 dataset contents to search in shards of 1 make 60 "
-                       "shards, more than the 50 mapped tasks Airflow allows"):  # fmt: skip
+    with pytest.raises(ValueError, match="60 distinct dataset images to search in shards of 1 "
+                       "make 60 shards, more than the 50 mapped tasks Airflow allows"):  # fmt: skip
         pipeline.plan_search(wide, shard_size=1, fan_out_above=0, max_shards=50)
     assert not (wide / "matching").exists()
     assert len(pipeline.plan_search(wide, shard_size=2, fan_out_above=0, max_shards=50)) == 30
@@ -674,16 +668,12 @@ def test_a_shard_whose_vectors_do_not_fit_its_hashes_stops_the_merge(listed):
         pipeline.embed_shard(listed, _HashEmbedder(), None, **shard)
     path = pipeline.shard_path(listed, 1, len(plan))
     with np.load(path, allow_pickle=False) as archive:
-        arrays = {key: archive[key] for key in archive.files}
-    arrays["vectors"] = arrays["vectors"][:-1]  # one vector fewer: every later row would shift
-    with path.open("wb") as handle:
-        np.savez(handle, **arrays)
+        vectors = archive["vectors"]
+    _rewrite_npz(path, vectors=vectors[:-1])  # one vector fewer: every later row would shift
     with pytest.raises(ValueError, match=f"{path.name} does not hold 2 finite vectors"):
         pipeline.merge_shards(listed)
     assert not (listed / "vector_hashes.npz").exists()
-    arrays["vectors"] = np.full((2, 8), np.nan, np.float32)
-    with path.open("wb") as handle:
-        np.savez(handle, **arrays)
+    _rewrite_npz(path, vectors=np.full((2, 8), np.nan, np.float32))
     with pytest.raises(ValueError, match="embed that shard again"):
         pipeline.merge_shards(listed)
 
@@ -754,12 +744,7 @@ def test_reranking_in_query_shards_gives_the_matches_of_one_process(panned, shar
 
 
 def _damage_rerank(batch_dir, name, **changes):
-    path = batch_dir / "matching" / name
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = {key: archive[key] for key in archive.files}
-    arrays.update(changes)
-    with path.open("wb") as handle:
-        np.savez(handle, **arrays)
+    _rewrite_npz(batch_dir / "matching" / name, **changes)
 
 
 @pytest.mark.parametrize(
