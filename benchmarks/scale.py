@@ -397,7 +397,7 @@ def child_batch_generate(workdir: Path, size: int, queries: int) -> dict[str, An
     import numpy as np
 
     from include.common.files import write_json
-    from include.image_similarity import pipeline
+    from include.image_similarity.vectors import write_vector_files
 
     started = time.perf_counter()
     batch = _batch_dir(workdir, size, queries)
@@ -433,7 +433,7 @@ def child_batch_generate(workdir: Path, size: int, queries: int) -> dict[str, An
             count = min(65_536, size + queries - start)
             matrix[start : start + count] = _unit_vectors(rng, count)
 
-    pipeline.write_vector_files(batch, hashes, "random", (size + queries, DIMENSIONS), fill)
+    write_vector_files(batch, hashes, "random", (size + queries, DIMENSIONS), fill)
     done.touch()
     return {"seconds": time.perf_counter() - started, "peak_rss": peak_rss_bytes()}
 
@@ -445,6 +445,7 @@ def child_batch_task(workdir: Path, size: int, queries: int, shard_size: int, in
     import numpy as np
 
     from include.image_similarity import pipeline
+    from include.image_similarity.vectors import load_vectors
 
     batch = _batch_dir(workdir, size, queries)
     started = time.perf_counter()
@@ -457,7 +458,7 @@ def child_batch_task(workdir: Path, size: int, queries: int, shard_size: int, in
         return {"seconds": time.perf_counter() - started, "peak_rss": peak_rss_bytes()}
     matches = pipeline.match_queries(batch, 3, rerank_config=None, searched=shards)
     seconds, peak = time.perf_counter() - started, peak_rss_bytes()
-    vectors = np.load(pipeline.load_vectors(batch, with_hashes=False).path, mmap_mode="r")
+    vectors = np.load(load_vectors(batch, with_hashes=False).path, mmap_mode="r")
     check = 20
     query = np.asarray(vectors[size : size + check])
     best = np.full((check, 0), -np.inf, np.float32), np.zeros((check, 0), np.int64)

@@ -60,6 +60,7 @@ from include.common.images import (
 from include.image_similarity.embedding import Embedder
 from include.image_similarity.rerank import RerankConfig, open_thumbnail_source, rerank, thumbnail
 from include.image_similarity.sources import ImageFile, Listing, Problem
+from include.image_similarity.vectors import load_vectors
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +214,6 @@ def batch_inputs(batch_dir: Path) -> tuple[list[ImageFile], dict[str, np.ndarray
     """The dataset images, their vectors by content hash and the model questions' cosines of a
     batch folder the similarity stage has matched (``sources.json``, the merged vectors,
     ``similarity.json``): ``generate_gold``'s first inputs (every vector, read into memory)."""
-    from include.image_similarity.pipeline import load_vectors
-
     listing = read_json(batch_dir / "sources.json")["dataset"]
     images = [
         ImageFile(i["name"], Path(i["path"]), i["sha256"], i["size"]) for i in listing["images"]

@@ -38,10 +38,7 @@ import hashlib
 import json
 import logging
 import math
-import os
-import re
 import time
-import uuid
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -69,12 +66,19 @@ from include.image_similarity.rerank import (
 )
 from include.image_similarity.settings import DEFAULTS
 from include.image_similarity.sources import ImageFile, Listing, Problem, list_local_images
+from include.image_similarity.vectors import (
+    VECTOR_HASHES_FILE,
+    BatchVectors,
+    load_vectors,
+    member_shape,
+    save_archive,
+    write_vector_files,
+)
 
 log = logging.getLogger(__name__)
 
 COLLECTIONS = ("dataset", "queries", "known_answers")
 SHARDS_DIR = "vectors"
-VECTOR_HASHES_FILE = "vector_hashes.npz"
 MATCHING_DIR = "matching"
 SEARCH_PLAN = "plan.npz"
 SHORTLIST = "shortlist.npz"
@@ -429,7 +433,7 @@ def embed_shard(
         stats["failed"] += len(result.problems)
     path = shard_path(batch_dir, shard, shards)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _save_vectors(
+    save_archive(
         path,
         hashes,
         np.stack(vectors) if vectors else np.zeros((0, 0), np.float32),
@@ -437,16 +441,6 @@ def embed_shard(
         problems=json.dumps(problems),
     )
     return stats
-
-
-def _save_vectors(
-    path: Path, hashes: list[str], vectors: np.ndarray | None, model_id: str, **extra
-) -> None:
-    """Write a vectors archive atomically (a temporary file, then a rename); without vectors,
-    the hashes and model id alone (``vector_hashes.npz``)."""
-    with atomic_file(path) as handle:
-        arrays = {"hashes": np.array(hashes, dtype="U64"), "model_id": model_id, **extra}
-        np.savez(handle, **arrays, **({} if vectors is None else {"vectors": vectors}))
 
 
 def merge_shards(batch_dir: Path) -> dict[str, int]:
@@ -472,7 +466,7 @@ def merge_shards(batch_dir: Path) -> dict[str, int]:
             model_ids.add(str(archive["model_id"]))
             hashes += [str(h) for h in archive["hashes"]]
             problems += json.loads(str(archive["problems"]))
-            widths.append(_member_shape(archive, "vectors")[-1] if len(archive["hashes"]) else 0)
+            widths.append(member_shape(archive, "vectors")[-1] if len(archive["hashes"]) else 0)
     if len(model_ids) > 1:
         raise ValueError(f"the shards were embedded with different models: {sorted(model_ids)}")
     for collection in ("dataset", "queries"):
@@ -499,17 +493,6 @@ def merge_shards(batch_dir: Path) -> dict[str, int]:
     return {"shards": shards, "vectors": len(hashes), "failed": len(problems)}
 
 
-def _member_shape(archive, name: str) -> tuple[int, ...]:
-    """The shape of an ``.npz`` member, from its header (the array is not read)."""
-    with archive.zip.open(f"{name}.npy") as member:
-        version = np.lib.format.read_magic(member)
-        read = {(1, 0): np.lib.format.read_array_header_1_0}.get(
-            version, np.lib.format.read_array_header_2_0
-        )
-        shape, _, _ = read(member)
-    return shape
-
-
 def _copy_shard_vectors(paths: list[Path], matrix: np.ndarray) -> None:
     """Copy the shards' vectors, in order, into ``matrix``; each shard must hold one vector per
     hash it names (a damaged shard file would shift every later row)."""
@@ -524,155 +507,6 @@ def _copy_shard_vectors(paths: list[Path], matrix: np.ndarray) -> None:
         if named:
             matrix[start : start + named] = block
         start += named
-
-
-def write_vector_files(
-    batch_dir: Path,
-    hashes: list[str],
-    model_id: str,
-    shape: tuple[int, int],
-    fill: Callable[[np.ndarray], None],
-) -> None:
-    """Write a batch's vectors: a float32 matrix ``vectors-<token>.npy`` of ``shape`` (``fill``
-    writes its rows into the memory-mapped file) and ``vector_hashes.npz``, which names that
-    file and each row's content hash. The hashes file is written last, so a crash at any point
-    leaves the previous pair whole; older matrices and leftovers of killed writes go."""
-    for leftover in batch_dir.glob(".vectors-*.part"):
-        leftover.unlink(missing_ok=True)
-    name = f"vectors-{uuid.uuid4().hex}.npy"
-    with atomic_file(batch_dir / name) as handle:
-        if shape[0] and shape[1]:
-            matrix = np.lib.format.open_memmap(
-                handle.name, mode="w+", dtype=np.float32, shape=shape
-            )
-            fill(matrix)
-            matrix.flush()
-            del matrix
-        else:
-            np.save(handle, np.zeros(shape, np.float32), allow_pickle=False)
-    _save_vectors(batch_dir / VECTOR_HASHES_FILE, hashes, None, model_id, vectors_file=name)
-    for old in [*batch_dir.glob("vectors-*.npy"), batch_dir / "vectors.npz"]:
-        if old.name != name:
-            old.unlink(missing_ok=True)
-
-
-def write_vectors(batch_dir: Path, hashes: list[str], vectors: np.ndarray, model_id: str) -> None:
-    """Write a batch's vectors from one matrix in memory (``load_vectors`` reads them back)."""
-    vectors = np.asarray(vectors, np.float32)
-
-    def fill(matrix: np.ndarray) -> None:
-        matrix[:] = vectors
-
-    write_vector_files(batch_dir, list(hashes), model_id, vectors.shape, fill)
-
-
-@dataclass(frozen=True)
-class BatchVectors:
-    """A batch's merged embeddings: row ``i`` of ``path`` (a float32 ``.npy`` matrix of
-    ``shape`` whose rows start at byte ``offset``) is the image whose content hash is
-    ``hashes[i]``. Rows are read when asked for, with positioned reads (a run of neighbouring
-    rows in one read): a task holds what it asked for, and nothing of the file stays mapped."""
-
-    hashes: list[str]
-    path: Path
-    shape: tuple[int, int]
-    offset: int
-    model_id: str
-
-    def rows(self) -> dict[str, int]:
-        return {h: i for i, h in enumerate(self.hashes)}
-
-    def read(self, rows: list[int] | np.ndarray) -> np.ndarray:
-        """These rows, in this order, as a float32 array in memory; a file cut short or a row
-        that is not finite (a damaged file) is an error naming it."""
-        rows = np.asarray(rows, np.int64).reshape(-1)
-        width = self.shape[1]
-        block = np.empty((len(rows), width), np.float32)
-        if not len(rows):
-            return block
-        if rows.min() < 0 or rows.max() >= self.shape[0]:
-            raise ValueError(f"rows outside {self.path.name}'s {self.shape[0]} rows")
-        order = np.argsort(rows, kind="stable")
-        ordered = rows[order]
-        breaks = np.flatnonzero(np.diff(ordered) != 1) + 1  # runs of consecutive rows
-        row_bytes = 4 * width
-        with self.path.open("rb") as handle:
-            for begin, end in zip(
-                [0, *breaks.tolist()], [*breaks.tolist(), len(rows)], strict=True
-            ):
-                data = os.pread(
-                    handle.fileno(),
-                    (end - begin) * row_bytes,
-                    self.offset + int(ordered[begin]) * row_bytes,
-                )
-                if len(data) != (end - begin) * row_bytes:
-                    raise ValueError(
-                        f"{self.path.name} is cut short: merge the embeddings again "
-                        "(task merge_embeddings)"
-                    )
-                block[order[begin:end]] = np.frombuffer(data, "<f4").reshape(-1, width)
-        finite = np.isfinite(block).all(axis=1)
-        if not finite.all():
-            row = int(rows[np.argmin(finite)])
-            raise ValueError(
-                f"{self.path.name} row {row} is not a vector of finite numbers: merge the "
-                "embeddings again (task merge_embeddings)"
-            )
-        return block
-
-    def read_all(self) -> np.ndarray:
-        return self.read(np.arange(self.shape[0]))
-
-
-VECTORS_FILE = re.compile(r"vectors-[0-9a-f]{32}\.npy")
-
-
-def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
-    """An ``.npy`` file's shape, dtype, Fortran order and the byte its data starts at."""
-    with path.open("rb") as handle:
-        version = np.lib.format.read_magic(handle)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
-        else:
-            raise ValueError(f"npy format {version} is not one numpy writes for these files")
-        return shape, dtype, fortran, handle.tell()
-
-
-def load_vectors(batch_dir: Path, *, with_hashes: bool = True) -> BatchVectors:
-    """The batch's merged embeddings (``merge_shards``'s output), checked against each other:
-    any file missing, damaged or not of this pair is an error that says to merge again.
-
-    ``with_hashes=False`` reads no hash (a search task needs rows only): ``hashes`` is empty.
-    """
-    again = "merge the embeddings again (task merge_embeddings)"
-    try:
-        with np.load(batch_dir / VECTOR_HASHES_FILE, allow_pickle=False) as archive:
-            hashes = [str(h) for h in archive["hashes"]] if with_hashes else []
-            model_id = str(archive["model_id"])
-            name = str(archive["vectors_file"])
-        if not VECTORS_FILE.fullmatch(name):
-            raise ValueError(f"it names {name[:80]!r} as its vectors")
-        path = batch_dir / name
-        shape, dtype, fortran, offset = _npy_header(path)
-        size = path.stat().st_size
-    except (OSError, EOFError, KeyError, ValueError, TypeError, MemoryError,
-            zipfile.BadZipFile) as exc:  # fmt: skip
-        raise ValueError(f"the batch's vectors cannot be read ({exc}): {again}") from exc
-    count = len(hashes) if with_hashes else shape[0] if len(shape) == 2 else -1
-    if (
-        len(shape) != 2
-        or dtype != np.dtype("<f4")
-        or fortran
-        or shape[0] != count
-        or size != offset + 4 * shape[0] * shape[1]
-    ):
-        raise ValueError(
-            f"{name} ({dtype}, {shape}, {size} bytes) does not hold one float32 vector for each "
-            f"of the {count} images of {VECTOR_HASHES_FILE}: {again}"
-        )
-    return BatchVectors(hashes, path, (int(shape[0]), int(shape[1])), offset, model_id)
 
 
 def embed_collections(

@@ -16,6 +16,7 @@ from PIL import Image, ImageFilter
 
 from include.image_similarity import pipeline
 from include.image_similarity.rerank import RerankConfig
+from include.image_similarity.vectors import load_vectors, write_vectors
 
 FRAME = (320, 180)
 # Cosine similarity of each frame to the query: frame3 (a neighbour) beats frame2 (the source).
@@ -73,7 +74,7 @@ def batch(tmp_path):
     query_vector[0] = 1.0
     hashes.append(listings["queries"].images[0].sha256)
     vectors.append(query_vector)
-    pipeline.write_vectors(batch_dir, hashes, np.stack(vectors), "hand-made")
+    write_vectors(batch_dir, hashes, np.stack(vectors), "hand-made")
     return batch_dir
 
 
@@ -186,7 +187,7 @@ def listed(tmp_path):
 
 
 def _vectors(batch_dir):
-    stored = pipeline.load_vectors(batch_dir)
+    stored = load_vectors(batch_dir)
     return dict(zip(stored.hashes, stored.read_all(), strict=True))
 
 
@@ -366,7 +367,7 @@ def wide(tmp_path):
             rows[image.sha256] = vector / np.linalg.norm(vector)
     for n, image in enumerate(listings["queries"].images):
         rows.setdefault(image.sha256, exact[n % 3])
-    pipeline.write_vectors(batch_dir, list(rows), np.stack(list(rows.values())), "hand-made")
+    write_vectors(batch_dir, list(rows), np.stack(list(rows.values())), "hand-made")
     return batch_dir
 
 
@@ -517,7 +518,7 @@ def _hashes_archive(batch_dir, **changes):
     ],
 )
 def test_vectors_missing_damaged_or_not_of_their_hashes_are_refused(wide, damage, refusal):
-    stored = pipeline.load_vectors(wide)
+    stored = load_vectors(wide)
     assert len(stored.hashes) == stored.shape[0] == 65 and stored.model_id == "hand-made"
     damage(wide, stored)
     with pytest.raises(ValueError, match=refusal) as caught:
@@ -526,21 +527,21 @@ def test_vectors_missing_damaged_or_not_of_their_hashes_are_refused(wide, damage
 
 
 def test_a_vector_that_is_not_finite_is_refused_naming_its_row(wide):
-    stored = pipeline.load_vectors(wide)
+    stored = load_vectors(wide)
     vectors = stored.read_all()
     vectors[5, 2] = np.nan
-    pipeline.write_vectors(wide, stored.hashes, vectors, "hand-made")
+    write_vectors(wide, stored.hashes, vectors, "hand-made")
     with pytest.raises(ValueError, match=r"vectors-[0-9a-f]{32}\.npy row 5 is not a vector"):
         pipeline.match_queries(wide, k=3, rerank_config=None)
 
 
 def test_a_new_pair_of_vector_files_replaces_the_old_and_leftovers_go(wide):
-    old = pipeline.load_vectors(wide)
+    old = load_vectors(wide)
     vectors = old.read_all()
     (wide / f".{old.path.name}.abc.part").write_bytes(b"a killed write")
     (wide / "vectors.npz").write_bytes(b"an older layout")
-    pipeline.write_vectors(wide, old.hashes, vectors, "hand-made")
-    new = pipeline.load_vectors(wide)
+    write_vectors(wide, old.hashes, vectors, "hand-made")
+    new = load_vectors(wide)
     assert new.path != old.path and not old.path.exists()
     assert sorted(p.name for p in wide.glob("*vectors*")) == [new.path.name]
     np.testing.assert_array_equal(new.read_all(), vectors)
@@ -562,8 +563,8 @@ def test_a_plan_of_other_vectors_or_another_listing_is_refused(wide):
     plan = pipeline.plan_search(wide, shard_size=25, fan_out_above=0)
     with pytest.raises(ValueError, match="is not a plan of 2 search shards"):
         pipeline.search_shard(wide, 0, 2, shortlist=3)
-    stored = pipeline.load_vectors(wide)
-    pipeline.write_vectors(wide, stored.hashes + ["f" * 64], np.vstack(
+    stored = load_vectors(wide)
+    write_vectors(wide, stored.hashes + ["f" * 64], np.vstack(
         [stored.read_all(), np.eye(1, 8, dtype=np.float32)]), "hand-made")  # fmt: skip
     with pytest.raises(ValueError, match="is not a plan of 3 search shards over these vectors"):
         pipeline.search_shard(wide, **plan[0], shortlist=3)
@@ -581,9 +582,9 @@ def test_a_plan_of_other_vectors_or_another_listing_is_refused(wide):
 
 
 def test_vectors_naming_a_content_twice_are_refused(wide):
-    stored = pipeline.load_vectors(wide)
+    stored = load_vectors(wide)
     hashes = stored.hashes[:-1] + [stored.hashes[0]]
-    pipeline.write_vectors(wide, hashes, stored.read_all(), "hand-made")
+    write_vectors(wide, hashes, stored.read_all(), "hand-made")
     with pytest.raises(ValueError, match="names a content twice"):
         pipeline.plan_search(wide)
 
@@ -653,7 +654,7 @@ def test_files_of_one_content_rank_alike_however_the_dataset_is_cut(tmp_path):
             if digest not in hashes:
                 hashes.append(digest)
                 rows.append(vector_of[path.read_bytes()])
-    pipeline.write_vectors(batch, hashes, np.stack(rows), "random")
+    write_vectors(batch, hashes, np.stack(rows), "random")
     whole = pipeline.match_queries(batch, k=4, rerank_config=None)
     assert [m["name"] for m in whole["q0.png"]][:3] == ["d003.png", "d024.png", "d026.png"]
     assert len({m["score"] for m in whole["q0.png"][:3]}) == 1
@@ -710,7 +711,7 @@ def panned(tmp_path):
         near = path[2 * n + 3] + 0.2 * path[2 * n + 2]  # closer to the next frame
         hashes.append(image.sha256)
         vectors.append(near / np.linalg.norm(near))
-    pipeline.write_vectors(batch_dir, hashes, np.stack(vectors), "hand-made")
+    write_vectors(batch_dir, hashes, np.stack(vectors), "hand-made")
     return batch_dir
 
 
