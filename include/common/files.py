@@ -11,10 +11,23 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Generator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+# What numpy raises reading a damaged, truncated or crafted ``.npz``/``.npy`` file (a huge header
+# shape is a MemoryError, a pickled or string member a ValueError or TypeError).
+UNREADABLE_ARCHIVE = (
+    OSError,
+    EOFError,
+    KeyError,
+    ValueError,
+    TypeError,
+    MemoryError,
+    zipfile.BadZipFile,
+)
 
 
 @contextmanager

@@ -39,15 +39,15 @@ import json
 import logging
 import math
 import time
-import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from include.common.files import atomic_file, read_json, write_json
+from include.common.files import UNREADABLE_ARCHIVE, atomic_file, read_json, write_json
 from include.common.images import DecodeError, InputSize, open_image
 from include.image_similarity.cache import EmbeddingCache
 from include.image_similarity.embedding import Embedder
@@ -600,11 +600,17 @@ class _MatchInputs:
     dataset_rows: np.ndarray
     query_rows: np.ndarray
 
+    @cached_property
     def digest(self) -> str:
         """Names this search: the model, the vectors' shape, the dataset's and queries' rows."""
         return _rows_digest(
             self.dataset_rows, self.query_rows, self.vectors.shape, self.vectors.model_id
         )
+
+    @cached_property
+    def distinct_rows(self) -> np.ndarray:
+        """The dataset's distinct rows, in the order of their first image (``_distinct``)."""
+        return _distinct(self.dataset_rows)
 
 
 def _rows_digest(
@@ -674,6 +680,12 @@ def _expand(found: TopK, dataset_rows: np.ndarray, rows: np.ndarray, shortlist: 
         first = np.empty(len(rows), np.int64)
         first[images_of] = np.arange(len(images_of))
         return TopK(np.where(found.indices >= 0, first[found.indices], -1), found.scores)
+    return _expand_by_content(found, images_of, shortlist)
+
+
+def _expand_by_content(found: TopK, images_of: np.ndarray, shortlist: int) -> TopK:
+    """``_expand`` where contents may have several images (``images_of``: each dataset
+    image's position in ``found``'s rows), each query's list cut to ``shortlist``."""
     wanted = set(found.indices[found.indices >= 0].tolist())
     by_content: dict[int, list[int]] = {content: [] for content in wanted}
     for image, content in enumerate(images_of.tolist()):
@@ -794,7 +806,7 @@ def plan_search(
     earlier plan are removed, so the merge never mixes two plans."""
     inputs = _match_inputs(batch_dir)
     shards = _new_plan(
-        len(_distinct(inputs.dataset_rows)), shard_size, fan_out_above, max_shards,
+        len(inputs.distinct_rows), shard_size, fan_out_above, max_shards,
         lambda i, n: search_path(batch_dir, i, n),
         kind="search", noun="distinct dataset images to search", size_param="match_shard_size",
     )  # fmt: skip
@@ -804,7 +816,7 @@ def plan_search(
             dataset_rows=inputs.dataset_rows,
             query_rows=inputs.query_rows,
             shards=shards,
-            digest=inputs.digest(),
+            digest=inputs.digest,
         )
     return [{"shard": i, "shards": shards} for i in range(shards)]
 
@@ -814,13 +826,35 @@ def _read_arrays(path: Path, keys: tuple[str, ...], what: str, again: str) -> li
     try:
         with np.load(path, allow_pickle=False) as archive:
             return [archive[key] for key in keys]
-    except (OSError, EOFError, KeyError, ValueError, TypeError, MemoryError,
-            zipfile.BadZipFile) as exc:  # fmt: skip
+    except UNREADABLE_ARCHIVE as exc:
         raise ValueError(f"{what} cannot be read ({path.name}: {exc}): {again}") from exc
 
 
 def _is_int(value: np.ndarray) -> bool:
     return value.shape == () and value.dtype.kind in "iu"
+
+
+def _read_part(
+    path: Path,
+    what: str,
+    members: tuple[str, ...],
+    bounds: tuple[int, int],
+    key: tuple[str, str],
+    again: str,
+) -> list[np.ndarray] | None:
+    """The ``members`` of one shard's stage file, or None unless the file says it covers
+    ``bounds`` (its ``start`` and ``stop``) and holds ``key`` (member name, value)."""
+    *arrays, begin, end, stored = _read_arrays(
+        path, (*members, "start", "stop", key[0]), what, again
+    )
+    written_for = (
+        _is_int(begin)
+        and _is_int(end)
+        and (int(begin), int(end)) == bounds
+        and stored.shape == ()
+        and str(stored) == key[1]
+    )
+    return arrays if written_for else None
 
 
 def search_shard(batch_dir: Path, shard: int, shards: int, shortlist: int) -> dict[str, int]:
@@ -890,34 +924,42 @@ def _valid_top(indices: np.ndarray, scores: np.ndarray, shape: tuple[int, int], 
     )
 
 
+def _valid_reranked(indices: np.ndarray, scores: np.ndarray, alignment: np.ndarray,
+                    shortlists: np.ndarray, k: int, limit: int) -> bool:  # fmt: skip
+    """A re-ranking as ``rerank_shard`` writes it: ``k`` matches of each query, each one from
+    that query's shortlist, and alignment scores within [-1, 1] (NaN where none)."""
+    return (
+        _valid_top(indices, scores, (len(shortlists), k), limit)
+        and alignment.dtype == np.float64
+        and alignment.shape == (len(shortlists), k)
+        and not (np.abs(alignment) > 1.001).any()
+        and all(
+            set(row[row >= 0].tolist()) <= set(shortlist.tolist())
+            for row, shortlist in zip(indices, shortlists, strict=True)
+        )
+    )
+
+
 def _merge_searched(batch_dir: Path, inputs: _MatchInputs, shards: int, shortlist: int) -> TopK:
     """Merge the ``shards`` search files into one top-k of distinct contents; a file missing, of
     another plan or another shortlist, or not a search's output is an error naming it."""
     if shards < 1:
         raise ValueError(f"at least one search shard is needed, not {shards}")
-    digest = inputs.digest()
-    contents = len(_distinct(inputs.dataset_rows))
+    digest = inputs.digest
+    contents = len(inputs.distinct_rows)
     parts = []
     for shard in range(shards):
         path = search_path(batch_dir, shard, shards)
         name = f"the search of shard {shard + 1} of {shards}"
-        indices, scores, begin, end, plan = _read_arrays(
-            path, ("indices", "scores", "start", "stop", "plan"), name, "run that search again"
-        )
         start, stop = _shard_bounds(contents, shard, shards)
-        if not (
-            _is_int(begin)
-            and _is_int(end)
-            and (int(begin), int(end)) == (start, stop)
-            and plan.shape == ()
-            and str(plan) == digest
-            and _valid_top(indices, scores, (len(inputs.queries), shortlist), stop - start)
-        ):
+        part = _read_part(path, name, ("indices", "scores"), (start, stop), ("plan", digest),
+                          "run that search again")  # fmt: skip
+        if part is None or not _valid_top(*part, (len(inputs.queries), shortlist), stop - start):
             raise ValueError(
                 f"{path.name} is not {name} for these {len(inputs.queries)} queries with a "
                 f"shortlist of {shortlist}: run that search again"
             )
-        parts.append((TopK(indices, scores), start))
+        parts.append((TopK(*part), start))
     return merge_top_k(parts, shortlist)
 
 
@@ -937,7 +979,7 @@ def _shortlist(
             "only %d dataset images for k=%d: queries get fewer matches", len(inputs.dataset), k
         )
     shortlist = search_shortlist(k, rerank_config)
-    rows = _distinct(inputs.dataset_rows)
+    rows = inputs.distinct_rows
     if searched is None:
         found = _search(inputs.vectors, inputs.query_rows, rows, shortlist)
     else:
@@ -980,7 +1022,7 @@ def _rank(
 
 def _ranking_key(inputs: _MatchInputs, k: int, rerank_config: RerankConfig | None) -> str:
     """Names one ranking: the search's inputs, k and the re-ranker's settings."""
-    settings = [inputs.digest(), k, asdict(rerank_config) if rerank_config else None]
+    settings = [inputs.digest, k, asdict(rerank_config) if rerank_config else None]
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -1161,33 +1203,16 @@ def write_matches(
     for shard in range(reranked):
         path = rerank_path(batch_dir, shard, reranked)
         name = f"the re-ranking of shard {shard + 1} of {reranked}"
-        indices, scores, alignment, begin, end, stored = _read_arrays(
-            path,
-            ("indices", "scores", "alignment", "start", "stop", "key"),
-            name,
-            "run that re-ranking again",
-        )
         start, stop = _shard_bounds(len(inputs.queries), shard, reranked)
-        if not (
-            _is_int(begin)
-            and _is_int(end)
-            and (int(begin), int(end)) == (start, stop)
-            and stored.shape == ()
-            and str(stored) == key
-            and _valid_top(indices, scores, (stop - start, k), len(inputs.dataset))
-            and alignment.dtype == np.float64
-            and alignment.shape == (stop - start, k)
-            and not (np.abs(alignment) > 1.001).any()
-            and all(
-                set(row[row >= 0].tolist()) <= set(found.indices[start + q].tolist())
-                for q, row in enumerate(indices)
-            )
-        ):
+        part = _read_part(path, name, ("indices", "scores", "alignment"), (start, stop),
+                          ("key", key), "run that re-ranking again")  # fmt: skip
+        if part is None or not _valid_reranked(*part, found.indices[start:stop], k,
+                                               len(inputs.dataset)):  # fmt: skip
             raise ValueError(
                 f"{path.name} is not {name} for these {len(inputs.queries)} queries with these "
                 "settings: run that re-ranking again"
             )
-        parts.append(_Ranked(indices, scores, alignment))
+        parts.append(_Ranked(*part))
     ranked = _Ranked(*(np.concatenate([getattr(p, f) for p in parts]) for f in
                        ("indices", "scores", "alignment")))  # fmt: skip
     return _write_matches(batch_dir, inputs, ranked, k, rerank_config)

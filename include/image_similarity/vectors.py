@@ -14,14 +14,13 @@ from __future__ import annotations
 import os
 import re
 import uuid
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from include.common.files import atomic_file
+from include.common.files import UNREADABLE_ARCHIVE, atomic_file
 
 VECTOR_HASHES_FILE = "vector_hashes.npz"
 
@@ -178,8 +177,7 @@ def load_vectors(batch_dir: Path, *, with_hashes: bool = True) -> BatchVectors:
         path = batch_dir / name
         shape, dtype, fortran, offset = _npy_header(path)
         size = path.stat().st_size
-    except (OSError, EOFError, KeyError, ValueError, TypeError, MemoryError,
-            zipfile.BadZipFile) as exc:  # fmt: skip
+    except UNREADABLE_ARCHIVE as exc:
         raise ValueError(f"the batch's vectors cannot be read ({exc}): {again}") from exc
     count = len(hashes) if with_hashes else shape[0] if len(shape) == 2 else -1
     if (

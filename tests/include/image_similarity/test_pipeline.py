@@ -397,6 +397,32 @@ def test_the_search_in_dataset_shards_gives_the_matches_of_one_search(
     assert "img30.png" not in [m["name"] for m in merged["copy.png"]]
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_expanding_distinct_contents_takes_a_shortcut_with_the_same_result(seed):
+    """When no two dataset files share a content, ``_expand`` maps rows to images directly;
+    the general per-content path must give the same top-k, misses (-1) included."""
+    rng = np.random.default_rng(seed)
+    images, queries, shortlist = 40, 6, 5
+    dataset_rows = rng.permutation(100)[:images]  # each image its own row of the vectors file
+    rows = pipeline._distinct(dataset_rows)
+    assert np.array_equal(rows, dataset_rows)
+    indices = np.stack([rng.permutation(images)[:shortlist] for _ in range(queries)])
+    scores = -np.sort(-rng.random((queries, shortlist)), axis=1).astype(np.float32)
+    indices[0, 3:], scores[0, 3:] = -1, -np.inf  # a query with fewer candidates than the list
+    scores[1, 1:3] = scores[1, 1]  # a tie
+    # In the search's order: best first, ties to the earlier row, misses last.
+    order = np.lexsort((np.where(indices < 0, images, indices), -scores), axis=1)
+    indices, scores = np.take_along_axis(indices, order, 1), np.take_along_axis(scores, order, 1)
+    found = pipeline.TopK(indices, scores)
+    fast = pipeline._expand(found, dataset_rows, rows, shortlist)
+    of_row = {int(row): position for position, row in enumerate(rows)}
+    images_of = np.array([of_row[int(row)] for row in dataset_rows])
+    general = pipeline._expand_by_content(found, images_of, shortlist)
+    assert np.array_equal(fast.indices, indices)  # rows are images in listing order here
+    assert np.array_equal(general.indices, fast.indices)
+    assert np.array_equal(general.scores, fast.scores)
+
+
 def test_small_datasets_are_searched_by_one_task_and_a_new_plan_drops_the_old(wide):
     assert pipeline.plan_search(wide, shard_size=5, fan_out_above=60) == [{"shard": 0, "shards": 1}]
     _search_in_shards(wide, 15, 3)
