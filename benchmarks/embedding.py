@@ -390,9 +390,10 @@ def _recall_scores(matches: dict, ground_truth: dict) -> dict[str, float]:
     }
 
 
-def child_recall_ours(recall_dir: Path, batch_dir: Path) -> dict[str, Any]:
+def child_recall_ours(recall_dir: Path, batch_dir: Path, repeat: int = 1) -> dict[str, Any]:
     """Run the product's pipeline steps on the near-duplicate set and score its matches, with
-    the re-ranker (the product's default) and, as the baseline, by cosine alone."""
+    the re-ranker (the product's default) and, as the baseline, by cosine alone. Each
+    re-ranker is timed ``repeat`` times, one pass of each in turn, and its best pass kept."""
     import shutil
 
     from include.image_similarity import pipeline
@@ -420,11 +421,15 @@ def child_recall_ours(recall_dir: Path, batch_dir: Path) -> dict[str, Any]:
     thumbs = pipeline._thumbnails(listings["queries"].images + listings["dataset"].images)
     decode_s = time.perf_counter() - decoded_at
     pipeline._thumbnails = lambda images, **_: {i.sha256: thumbs.get(i.sha256) for i in images}
-    timed = {}
-    for method in ("exhaustive", "pyramid"):  # the pyramid last: its matches.json stays
-        at = time.perf_counter()
-        found = pipeline.match_queries(batch_dir, k=3, rerank_config=RerankConfig(method=method))
-        timed[method] = (time.perf_counter() - at, _recall_scores(found, ground_truth))
+    timed: dict[str, tuple[float, dict[str, float]]] = {}
+    for _ in range(repeat):  # in turn, so a noisy moment on the machine hits both
+        for method in ("exhaustive", "pyramid"):  # the pyramid last: its matches.json stays
+            at = time.perf_counter()
+            config = RerankConfig(method=method)
+            found = pipeline.match_queries(batch_dir, k=3, rerank_config=config)
+            seconds = time.perf_counter() - at
+            if method not in timed or seconds < timed[method][0]:
+                timed[method] = (seconds, _recall_scores(found, ground_truth))
     return {
         "queries": queries,
         "frames": len(list((recall_dir / "dataset").iterdir())),
@@ -479,7 +484,7 @@ def run_child(args: argparse.Namespace) -> None:
     elif args.child == "ours-rss":
         result = child_ours_rss(workdir, args.rss_images)
     elif args.child == "recall-ours":
-        result = child_recall_ours(args.recall_dir, workdir / "recall_batch")
+        result = child_recall_ours(args.recall_dir, workdir / "recall_batch", args.repeat)
     else:
         result = child_recall_notebook(args.recall_dir)
     print(RESULT_PREFIX + json.dumps(result), flush=True)
@@ -691,8 +696,8 @@ def notes(args: argparse.Namespace, results: dict[str, dict | None], recall_info
                 f"{recall_ours['cosine_ms_per_query']:.1f} ms; re-ranking (shortlist 20, "
                 f"thumbnails decoded beforehand in {recall_ours['thumbnail_ms_per_query']:.1f} "
                 f"ms a query): pyramid (OpenCV, the default) {py:.1f} ms, exhaustive (FFT, "
-                f"before) {ex:.0f} ms, {ex / py:.0f}× faster; re-ranking target ≤ 10 ms: "
-                + verdict(py <= 10)
+                f"before) {ex:.0f} ms, {ex / py:.0f}× faster (best of {args.repeat} passes "
+                "each, in turn); re-ranking target ≤ 10 ms: " + verdict(py <= 10)
             )
             exhaustive = recall_ours["exhaustive"]
             lines.append(

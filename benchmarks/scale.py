@@ -42,8 +42,9 @@ What is measured, in one run (``make benchmark-scale`` runs ``python benchmarks/
    target is ceil(H/100) + 1 calls.
 7. Re-ranking before and after: ``benchmarks/embedding.py``'s recall child on its
    near-duplicate set (400 frames, 200 queries): ms per query of the exhaustive re-ranker
-   (before) and the pyramid (after) on thumbnails decoded beforehand, with recall@1/@3 each;
-   the target is <= 10 ms a query with recall not below the issue's 0.905 / 0.990.
+   (before) and the pyramid (after) on thumbnails decoded beforehand, the best of 3 passes run
+   in turn, with recall@1/@3 each; the target is <= 10 ms a query with recall not below the
+   issue's 0.905 / 0.990.
 
 The 2-worker run shares the machine's cores with the 1-worker run's settings: on a 2-core
 machine a single worker already runs TensorFlow on both cores, so the gain from a second worker
@@ -549,16 +550,18 @@ def batch_search_table(results: list[dict[str, Any] | None]) -> str:
 
 RERANK_BASELINE = (0.905, 0.990)  # recall@1/@3 of the re-ranker before OpenCV (issue 15)
 RERANK_TARGET_MS = 10.0
+RERANK_PASSES = 3  # best of, one pass of each re-ranker in turn (a 2-core VM is noisy)
 
 
 def run_rerank(args: argparse.Namespace) -> dict[str, Any] | None:
     """``make benchmark``'s recall child on its near-duplicate set (400 frames, 200 queries):
-    the product's pipeline with each re-ranker timed on thumbnails decoded beforehand."""
+    the product's pipeline with each re-ranker timed on thumbnails decoded beforehand (best of
+    ``RERANK_PASSES``)."""
     import embedding
 
     recall = embedding.ensure_recall_set(args.workdir, 400, 200)
     options = argparse.Namespace(
-        workdir=args.workdir, images=1, baseline_images=1, rss_images=1, repeat=1
+        workdir=args.workdir, images=1, baseline_images=1, rss_images=1, repeat=RERANK_PASSES
     )
     return embedding.spawn_child("recall-ours", options, recall.root)
 

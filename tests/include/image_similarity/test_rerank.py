@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from include.image_similarity import rerank as rerank_module
 from include.image_similarity.rerank import (
     DEFAULT_THUMB_SIDE,
     METHODS,
@@ -189,6 +191,66 @@ def test_pyramid_agrees_with_the_exhaustive_search(pan):
         np.testing.assert_allclose(fast.ncc[source], full.ncc[source], atol=0.02)
         assert fast.scale[source] == pytest.approx(full.scale[source], abs=0.03)
         assert abs(fast.offset[source] - full.offset[source]).max() <= 2
+
+
+def test_coarse_correlation_by_matrix_product_is_opencvs_zncc(pan):
+    """``_zncc`` scores every offset as ``matchTemplate``'s TM_CCOEFF_NORMED does, and a flat
+    template or window is no offset (-inf), where OpenCV gives an arbitrary number."""
+    image = np.asarray(pan[0].convert("L").resize((32, 18)), np.float32)
+    rng = np.random.default_rng(3)
+    templates = np.stack(
+        [np.asarray(pan[i].convert("L").resize((23, 13)), np.float32) for i in range(1, 5)]
+        + [rng.uniform(0, 255, (13, 23)).astype(np.float32), np.full((13, 23), 9, np.float32)]
+    )
+    image[:, :4] = 50  # a flat strip: the windows wholly inside it are flat
+    ours = rerank_module._zncc(image, templates)
+    assert ours.shape == (6, 18 - 13 + 1, 32 - 23 + 1)
+    for template, scores in zip(templates[:5], ours[:5], strict=True):
+        theirs = cv2.matchTemplate(image, template, cv2.TM_CCOEFF_NORMED)
+        np.testing.assert_allclose(scores, theirs, atol=1e-4)
+    assert np.all(ours[5] == -np.inf)  # the flat template
+    strip = np.full((18, 4 + 23), 50, np.float32)
+    flat_window = rerank_module._zncc(strip, templates[:1])
+    assert np.all(flat_window[0, :, 0:5] == -np.inf)  # windows inside the flat strip
+
+
+@pytest.mark.parametrize("refine_scales", [0, 1, 2, 3])
+def test_the_scale_climb_finds_the_best_scale_of_the_whole_window(pan, refine_scales, monkeypatch):
+    """Refining climbs from the coarse best scale instead of trying every scale within
+    ``refine_scales`` of it; on true matches (one peak over scale) both give the same
+    alignment, and the climb searches no scale outside that window."""
+    config = RerankConfig(refine_scales=refine_scales, refine_top=None)
+    thumbs = [thumbnail(frame) for frame in pan]
+    queries = [thumbnail(_altered(pan[i], scale=s, fx=0.3, fy=0.6))
+               for i, s in ((1, 0.72), (2, 0.85), (4, 0.97))]  # fmt: skip
+    searched: list[tuple[int, float]] = []
+    search = rerank_module._Pyramid._search
+
+    def spy(self, i, into, scale, at, radius):
+        searched.append((i, scale))
+        return search(self, i, into, scale, at, radius)
+
+    def whole_window(self, i, hypothesis, nearest):
+        near = self.scales[max(0, nearest - refine_scales) : nearest + refine_scales + 1]
+        for scale in near:
+            search(self, i, hypothesis.inside_candidate, scale, hypothesis.at,
+                   self.config.refine_radius)  # fmt: skip
+
+    for query in queries:
+        monkeypatch.setattr(rerank_module._Pyramid, "_search", spy)
+        climbed = align(query, thumbs, config)
+        monkeypatch.setattr(rerank_module._Pyramid, "_search", search)
+        monkeypatch.setattr(rerank_module._Pyramid, "_climb", whole_window)
+        full = align(query, thumbs, config)
+        monkeypatch.undo()
+        best = int(full.ncc.argmax())
+        assert full.ncc[best] > 0.8  # a true match (0.86 with no neighbouring scale)
+        assert climbed.ncc[best] == full.ncc[best]
+        assert climbed.scale[best] == full.scale[best]
+        np.testing.assert_array_equal(climbed.offset[best], full.offset[best])
+        per_candidate = [sum(1 for i, _ in searched if i == c) for c in range(len(thumbs))]
+        assert max(per_candidate) <= 2 * refine_scales + 1
+        searched.clear()
 
 
 def test_pyramid_refines_only_the_best_coarse_candidates(pan):
