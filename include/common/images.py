@@ -315,7 +315,11 @@ def load_for_model(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """Return the image as a ``uint8`` array of shape ``(height, width, 3)`` sized for the model."""
-    image = open_image(path, name, max_pixels=max_pixels, fit=input_size)
+    return model_array(open_image(path, name, max_pixels=max_pixels, fit=input_size), input_size)
+
+
+def model_array(image: Image.Image, input_size: InputSize) -> np.ndarray:
+    """An image ``open_image(fit=input_size)`` opened, as the model's ``uint8`` input array."""
     target_w, target_h = input_size.for_image(*image.size)
     image = _crop_to_aspect(image, target_w / target_h)
     image = image.resize((target_w, target_h), Image.Resampling.BILINEAR, reducing_gap=2.0)

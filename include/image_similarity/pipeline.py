@@ -39,7 +39,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -66,6 +66,14 @@ from include.image_similarity.rerank import (
 )
 from include.image_similarity.settings import DEFAULTS
 from include.image_similarity.sources import ImageFile, Listing, Problem, list_local_images
+from include.image_similarity.thumbnails import (
+    NO_THUMBNAILS,
+    StoredThumbnails,
+    load_thumbnails,
+    pack_thumbnails,
+    unpack_thumbnails,
+    write_thumbnails,
+)
 from include.image_similarity.vectors import (
     VECTOR_HASHES_FILE,
     BatchVectors,
@@ -416,6 +424,7 @@ def embed_shard(
     hashes: list[str] = []
     vectors: list[np.ndarray] = []
     problems: list[dict] = []
+    thumbs: dict[str, np.ndarray] = {}
     stats = {"images": len(mine), "embedded": 0, "from_cache": 0, "failed": 0}
     suffix = f" (shard {shard + 1} of {shards})" if shards > 1 else ""
     for name in ("dataset", "queries"):
@@ -423,7 +432,8 @@ def embed_shard(
         if not images:
             continue
         label = "dataset images" if name == "dataset" else "query images"
-        result = embedder.embed(images, cache, label=f"{label}{suffix}")
+        result = embedder.embed(images, cache, label=f"{label}{suffix}", thumbnails=True)
+        thumbs.update(result.thumbnails)
         problems += [{"collection": name, **p.as_dict()} for p in result.problems]
         for digest, vector in result.vectors.items():
             hashes.append(digest)
@@ -439,6 +449,7 @@ def embed_shard(
         np.stack(vectors) if vectors else np.zeros((0, 0), np.float32),
         embedder.model_id,
         problems=json.dumps(problems),
+        **pack_thumbnails(thumbs),
     )
     return stats
 
@@ -483,14 +494,32 @@ def merge_shards(batch_dir: Path) -> dict[str, int]:
         (len(hashes), dims.pop() if dims else 0),
         lambda matrix: _copy_shard_vectors(paths, matrix),
     )
+    thumbs = _merge_thumbnails(batch_dir, paths, hashes)
     log.info(
-        "merged %d shard%s: %d vectors, %d files left out",
+        "merged %d shard%s: %d vectors (%d re-ranking thumbnails), %d files left out",
         shards,
         "" if shards == 1 else "s",
         len(hashes),
+        thumbs,
         len(problems),
     )
     return {"shards": shards, "vectors": len(hashes), "failed": len(problems)}
+
+
+def _merge_thumbnails(batch_dir: Path, paths: list[Path], hashes: list[str]) -> int:
+    """Write the thumbnails the shards decoded, then those of the batch's earlier thumbnails
+    file that the shards lack (images whose vector came from the cache this time), for the
+    images of ``hashes`` only; returns how many."""
+    wanted = set(hashes)
+    earlier = load_thumbnails(batch_dir)
+
+    def sources() -> Iterator[tuple[str, np.ndarray]]:
+        for path in paths:  # one shard's thumbnails in memory at a time
+            with np.load(path, allow_pickle=False) as archive:
+                yield from ((h, t) for h, t in unpack_thumbnails(archive) if h in wanted)
+        yield from earlier.items(h for h in hashes if h in earlier)
+
+    return write_thumbnails(batch_dir, sources())
 
 
 def _copy_shard_vectors(paths: list[Path], matrix: np.ndarray) -> None:
@@ -523,10 +552,16 @@ DEFAULT_RERANK = RerankConfig() if DEFAULTS.matching.rerank else None
 
 
 def _thumbnails(
-    images: list[ImageFile], threads: int = 2, max_pixels: int | None = None
+    images: list[ImageFile],
+    threads: int = 2,
+    max_pixels: int | None = None,
+    stored: StoredThumbnails = NO_THUMBNAILS,
 ) -> dict[str, np.ndarray | None]:
-    """Return a greyscale thumbnail per content hash (None where the file can no longer be read)."""
+    """Return a greyscale thumbnail per content hash (None where the file can no longer be
+    read): read from ``stored`` (the batch's, kept when embedding) or else decoded here."""
     unique = {image.sha256: image for image in images}
+    found: dict[str, np.ndarray | None] = dict(stored.items(unique))
+    unique = {digest: image for digest, image in unique.items() if digest not in found}
 
     def one(image: ImageFile) -> np.ndarray | None:
         try:
@@ -536,8 +571,11 @@ def _thumbnails(
             log.warning("re-ranking without %s: %s", image.name, exc.reason)
             return None
 
+    if unique:
+        log.info("decoding %d thumbnails the batch does not store", len(unique))
     with ThreadPoolExecutor(max(1, threads), thread_name_prefix="thumbnail") as pool:
-        return dict(zip(unique, pool.map(one, unique.values()), strict=True))
+        found.update(zip(unique, pool.map(one, unique.values()), strict=True))
+    return found
 
 
 def _verify(
@@ -547,6 +585,7 @@ def _verify(
     k: int,
     config: RerankConfig,
     max_pixels: int | None,
+    stored: StoredThumbnails = NO_THUMBNAILS,
 ) -> tuple[np.ndarray, np.ndarray, list[list[float | None]]]:
     """Re-order each query's cosine shortlist by spatial verification; keep the first ``k``.
 
@@ -555,7 +594,7 @@ def _verify(
     """
     started = time.perf_counter()
     needed = list(queries) + [dataset[i] for i in np.unique(found.indices) if i >= 0]
-    thumbs = _thumbnails(needed, max_pixels=max_pixels)
+    thumbs = _thumbnails(needed, max_pixels=max_pixels, stored=stored)
     flat = np.zeros((8, 8), np.uint8)  # an unreadable candidate correlates with nothing
     indices = np.full((len(queries), k), -1, np.int64)
     scores = np.full((len(queries), k), -np.inf, np.float32)
@@ -594,6 +633,7 @@ class _MatchInputs:
     """What a top-k search reads: the dataset and the queries that have a vector (listing
     order: ties go to the earlier dataset image) and each one's row in the vectors file."""
 
+    batch_dir: Path
     dataset: list[ImageFile]
     queries: list[ImageFile]
     vectors: BatchVectors
@@ -637,6 +677,7 @@ def _match_inputs(batch_dir: Path) -> _MatchInputs:
     if not dataset:
         raise ValueError("no dataset image could be decoded; see problems.json")
     return _MatchInputs(
+        batch_dir,
         dataset,
         queries,
         vectors,
@@ -1014,7 +1055,10 @@ def _rank(
     alignment = np.full((len(queries), k), np.nan)
     if not rerank_config:
         return _Ranked(part.indices[:, :k], part.scores[:, :k], alignment)
-    indices, scores, ncc = _verify(queries, inputs.dataset, part, k, rerank_config, max_pixels)
+    stored = load_thumbnails(inputs.batch_dir)
+    indices, scores, ncc = _verify(
+        queries, inputs.dataset, part, k, rerank_config, max_pixels, stored
+    )
     for q, row in enumerate(ncc):
         alignment[q, : len(row)] = [np.nan if a is None else a for a in row]
     return _Ranked(indices, scores, alignment)

@@ -67,8 +67,8 @@ def test_decoding_runs_ahead_in_a_bounded_window(embedder, tmp_path, monkeypatch
     decoded_not_consumed = []
     original = Embedder._decode
 
-    def counting(self, image):
-        array = original(self, image)
+    def counting(self, image, *args):
+        array = original(self, image, *args)
         decoded_not_consumed.append(image.name)
         return array
 
@@ -105,3 +105,26 @@ def test_model_id_changes_with_preprocessing(model_dir):
     assert default.startswith("efficientnet_lite0-")
     assert Embedder(model_dir=model_dir, input_size=InputSize(area=320 * 320)).model_id != default
     assert Embedder(model_dir=model_dir, gem_p=1).model_id != default
+
+
+def test_thumbnails_come_from_the_decode_for_the_model(embedder, tmp_path):
+    """``embed(thumbnails=True)`` gives each decoded image the thumbnail re-ranking would decode
+    from its file, and none to an image whose vector came from the cache."""
+    from include.image_similarity.rerank import open_thumbnail_source, thumbnail
+
+    save(textured(1280, 720, seed=1), tmp_path / "frame.jpg", quality=90)
+    save(textured(300, 500, seed=2), tmp_path / "portrait.png")
+    save(textured(40, 30, seed=3), tmp_path / "tiny.png")
+    images = list_local_images(tmp_path).images
+    cache = EmbeddingCache(LocalChunkStore(tmp_path / "cache"), embedder.model_id)
+    result = embedder.embed(images, cache, thumbnails=True)
+    assert set(result.thumbnails) == {i.sha256 for i in images}
+    for image in images:
+        stored = result.thumbnails[image.sha256]
+        decoded = thumbnail(open_thumbnail_source(image.path))
+        assert stored.dtype == np.uint8 and stored.shape == decoded.shape
+        assert max(stored.shape) == 128
+        difference = np.abs(stored.astype(int) - decoded).mean()
+        assert difference < 2.0, (image.name, difference)  # the same picture, maybe other draft
+    assert embedder.embed(images).thumbnails == {}  # not asked for
+    assert embedder.embed(images, cache, thumbnails=True).thumbnails == {}  # all from the cache

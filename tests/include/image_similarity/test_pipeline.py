@@ -139,7 +139,7 @@ class _HashEmbedder:
     def __init__(self):
         self.seen: list[str] = []
 
-    def embed(self, images, cache=None, *, label="images"):
+    def embed(self, images, cache=None, *, label="images", thumbnails=False):
         from include.image_similarity.embedding import EmbedResult
         from include.image_similarity.sources import Problem
 
@@ -152,8 +152,23 @@ class _HashEmbedder:
             rng = np.random.default_rng(int(image.sha256[:8], 16))
             vector = rng.normal(size=8).astype(np.float32)
             result.vectors[image.sha256] = vector / np.linalg.norm(vector)
+            if thumbnails:  # a picture of its own per content, as the real one decodes
+                result.thumbnails[image.sha256] = rng.integers(0, 256, (72, 128), np.uint8)
             result.embedded += 1
         return result
+
+
+def _by_bytes(_collection, folder):
+    """Lists a folder by hashing its files only (the fake files are not pictures): decoding
+    happens at embedding time."""
+    from include.image_similarity.sources import ImageFile, Listing
+
+    files = sorted(Path(folder).iterdir())
+    images = [
+        ImageFile(p.name, p, hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size)
+        for p in files
+    ]
+    return Listing(str(folder), images, [])
 
 
 @pytest.fixture
@@ -169,19 +184,8 @@ def listed(tmp_path):
     (queries / "q1.png").write_bytes(b"query 1")
     (queries / "copy.png").write_bytes(b"image 3")  # the same content as img3.png
     batch_dir = tmp_path / "batch"
-    # Listing only hashes files; decoding happens at embedding time.
-    from include.image_similarity.sources import ImageFile, Listing
-
-    def resolve(_collection, folder):
-        files = sorted(Path(folder).iterdir())
-        images = [
-            ImageFile(p.name, p, hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size)
-            for p in files
-        ]
-        return Listing(str(folder), images, [])
-
     pipeline.list_sources(
-        batch_dir, {"dataset": dataset, "queries": queries, "known_answers": known}, resolve
+        batch_dir, {"dataset": dataset, "queries": queries, "known_answers": known}, _by_bytes
     )
     return batch_dir
 
@@ -226,6 +230,48 @@ def test_shards_cover_every_image_once_and_merge_like_one_shard(listed, tmp_path
     # Merging again (a retried task) changes nothing.
     pipeline.merge_shards(listed)
     assert len(pipeline.problems_of(listed)) == 1
+
+
+class _CachedEmbedder(_HashEmbedder):
+    """As if every vector came from the embedding cache: no image is decoded, no thumbnail."""
+
+    def embed(self, images, cache=None, *, label="images", thumbnails=False):
+        return super().embed(images, cache, label=label, thumbnails=False)
+
+
+def _stored_thumbnails(batch_dir):
+    from include.image_similarity.thumbnails import load_thumbnails
+
+    stored = load_thumbnails(batch_dir)
+    return {h: stored.get(h) for h in _vectors(batch_dir) if h in stored}
+
+
+def test_the_merge_keeps_the_thumbnails_of_decoded_images_and_carries_cached_ones_over(listed):
+    plan = pipeline.plan_shards(listed, shard_size=2, fan_out_above=3)
+    for shard in plan:
+        pipeline.embed_shard(listed, _HashEmbedder(), None, **shard)
+    pipeline.merge_shards(listed)
+    first = _stored_thumbnails(listed)
+    assert first.keys() == _vectors(listed).keys()  # every image that has a vector
+    assert all(t.shape == (72, 128) and t.dtype == np.uint8 for t in first.values())
+    # A rerun whose vectors all come from the cache decodes nothing: the thumbnails stay.
+    for shard in pipeline.plan_shards(listed, shard_size=100, fan_out_above=3):
+        pipeline.embed_shard(listed, _CachedEmbedder(), None, **shard)
+    pipeline.merge_shards(listed)
+    again = _stored_thumbnails(listed)
+    assert again.keys() == first.keys()
+    for digest, thumb in first.items():
+        np.testing.assert_array_equal(again[digest], thumb)
+    assert len(list(listed.glob("thumbnails-*.bin"))) == 1
+    # An image gone from the sources loses its thumbnail with its vector.
+    gone = pipeline.load_listings(listed)["dataset"].images[0]
+    gone.path.unlink()
+    folders = {name: listed.parent / name for name in ("dataset", "queries")}
+    pipeline.list_sources(listed, {**folders, "known_answers": listed.parent / "known"}, _by_bytes)
+    for shard in pipeline.plan_shards(listed, shard_size=100, fan_out_above=3):
+        pipeline.embed_shard(listed, _CachedEmbedder(), None, **shard)
+    pipeline.merge_shards(listed)
+    assert _stored_thumbnails(listed).keys() == first.keys() - {gone.sha256}
 
 
 def test_a_missing_shard_stops_the_merge(listed):
@@ -768,6 +814,40 @@ def test_reranking_in_query_shards_gives_the_matches_of_one_process(panned, shar
     if config:  # the alignment of every verified match came through the files
         aligned = [m["alignment"] for q in detailed["queries"] for m in q["matches"]]
         assert len(aligned) == 15 and all(isinstance(a, float) for a in aligned)
+
+
+def test_reranking_reads_the_stored_thumbnails_and_decodes_only_what_is_missing(
+    panned, monkeypatch, caplog
+):
+    from include.image_similarity.rerank import open_thumbnail_source, thumbnail
+    from include.image_similarity.thumbnails import write_thumbnails
+
+    config = RerankConfig()
+    with caplog.at_level(logging.INFO, logger="include.image_similarity.pipeline"):
+        decoded = pipeline.match_queries(panned, k=3, rerank_config=config)
+    detailed = pipeline.read_json(panned / "similarity.json")
+    assert "decoding 17 thumbnails the batch does not store" in caplog.text
+    listings = pipeline.load_listings(panned)
+    images = listings["dataset"].images + listings["queries"].images
+    write_thumbnails(panned, [(i.sha256, thumbnail(open_thumbnail_source(i.path))) for i in images])
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a thumbnail was decoded although the batch stores it")
+
+    monkeypatch.setattr(pipeline, "open_thumbnail_source", no_decoding)
+    assert pipeline.match_queries(panned, k=3, rerank_config=config) == decoded
+    assert pipeline.read_json(panned / "similarity.json") == detailed
+    shards = _rerank_in_shards(panned, 2, 3, config)
+    assert pipeline.write_matches(panned, 3, rerank_config=config, reranked=shards) == decoded
+    # A damaged pixel file is not used: the files are decoded again, with the same result.
+    monkeypatch.undo()
+    (pixels,) = panned.glob("thumbnails-*.bin")
+    pixels.write_bytes(pixels.read_bytes()[:100])
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert pipeline.match_queries(panned, k=3, rerank_config=config) == decoded
+    assert "not using the stored thumbnails" in caplog.text
+    assert "decoding 17 thumbnails" in caplog.text
 
 
 def _damage_rerank(batch_dir, name, **changes):

@@ -1,0 +1,207 @@
+"""The batch's re-ranking thumbnails on disk, stored beside its vectors.
+
+Re-ranking lines each query up with its shortlist on 128-pixel greyscale thumbnails
+(``rerank.thumbnail``). Decoding a file again for them costs 2 ms a JPEG frame and 6 ms a PNG,
+as much as the re-ranking itself, so the embedding step keeps the thumbnail of every image it
+decodes for the model (a resize of the picture already in memory) and ``merge_shards`` writes
+them here:
+
+- ``thumbnails.npz``: each thumbnail's content hash, shape and byte offset, the long side and
+  the name of the pixel file;
+- ``thumbnails-<token>.bin``: the pixels, one thumbnail after another (``uint8``, row-major).
+
+The index is written last, so a crash leaves the previous pair whole. A thumbnail is read with
+one positioned read when asked for. Images whose vector came from the embedding cache were not
+decoded: the previous pair's thumbnail is carried over when there is one, else re-ranking
+decodes the file as before. Thumbnails only save time: a missing, damaged or foreign file is
+logged and the files are decoded instead, never an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from include.common.files import UNREADABLE_ARCHIVE, atomic_file
+from include.image_similarity.rerank import DEFAULT_THUMB_SIDE
+
+log = logging.getLogger(__name__)
+
+THUMBNAILS_FILE = "thumbnails.npz"
+PIXELS_FILE = re.compile(r"thumbnails-[0-9a-f]{32}\.bin")
+
+
+def pack_thumbnails(thumbs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Thumbnails by content hash as the arrays an embedding shard file holds them in."""
+    hashes = list(thumbs)
+    return {
+        "thumb_hashes": np.array(hashes, dtype="U64"),
+        "thumb_shapes": np.array([thumbs[h].shape for h in hashes], np.int64).reshape(-1, 2),
+        "thumb_pixels": (
+            np.concatenate([thumbs[h].reshape(-1) for h in hashes])
+            if hashes
+            else np.zeros(0, np.uint8)
+        ),
+    }
+
+
+def unpack_thumbnails(archive) -> Iterator[tuple[str, np.ndarray]]:
+    """The thumbnails ``pack_thumbnails`` wrote into an open ``.npz`` archive (none in an
+    older file); thumbnails that do not fit their shapes are left out."""
+    if "thumb_hashes" not in archive.files:
+        return
+    hashes, shapes, pixels = (archive[k] for k in ("thumb_hashes", "thumb_shapes", "thumb_pixels"))
+    if not (
+        shapes.shape == (len(hashes), 2)
+        and shapes.dtype.kind == "i"
+        and pixels.dtype == np.uint8
+        and pixels.ndim == 1
+        and _valid_shapes(shapes)
+        and int(shapes.prod(axis=1).sum()) == len(pixels)
+    ):
+        log.warning("ignoring the thumbnails of a shard file: they do not fit their shapes")
+        return
+    start = 0
+    for digest, (height, width) in zip(hashes, shapes.tolist(), strict=True):
+        yield str(digest), pixels[start : start + height * width].reshape(height, width)
+        start += height * width
+
+
+def _valid_shapes(shapes: np.ndarray) -> bool:
+    """Every shape is a thumbnail's: both sides at least 1, the longer one the thumbnail side."""
+    return bool(
+        len(shapes) == 0 or (shapes.min() >= 1 and (shapes.max(axis=1) == DEFAULT_THUMB_SIDE).all())
+    )
+
+
+def write_thumbnails(batch_dir: Path, sources: Iterable[tuple[str, np.ndarray]]) -> int:
+    """Write the batch's thumbnails (content hash, thumbnail; the first of a hash is kept) and
+    remove older pixel files; returns how many were written."""
+    for leftover in batch_dir.glob(".thumbnails-*.part"):
+        leftover.unlink(missing_ok=True)
+    name = f"thumbnails-{uuid.uuid4().hex}.bin"
+    hashes: list[str] = []
+    shapes: list[tuple[int, int]] = []
+    offsets: list[int] = []
+    seen: set[str] = set()
+    with atomic_file(batch_dir / name) as handle:
+        written = 0
+        for digest, thumb in sources:
+            if digest in seen:
+                continue
+            seen.add(digest)
+            pixels = np.ascontiguousarray(thumb, np.uint8)
+            hashes.append(digest)
+            shapes.append(pixels.shape)
+            offsets.append(written)
+            handle.write(pixels.tobytes())
+            written += pixels.size
+    order = np.argsort(np.array(hashes, dtype="S64"), kind="stable")  # looked up by bisection
+    with atomic_file(batch_dir / THUMBNAILS_FILE) as handle:
+        np.savez(
+            handle,
+            hashes=np.array(hashes, dtype="S64")[order],
+            shapes=np.array(shapes, np.int64).reshape(-1, 2)[order],
+            offsets=np.array(offsets, np.int64)[order],
+            side=DEFAULT_THUMB_SIDE,
+            pixels_file=name,
+        )
+    for old in batch_dir.glob("thumbnails-*.bin"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+    return len(hashes)
+
+
+@dataclass(frozen=True)
+class StoredThumbnails:
+    """The batch's thumbnails: ``hashes`` sorted (ASCII), each one's ``offsets`` in the pixel
+    file ``path`` and its ``shapes``; ``get`` reads one from disk when asked. About 90 bytes of
+    memory an image (no dictionary of every hash)."""
+
+    path: Path | None
+    hashes: np.ndarray
+    offsets: np.ndarray
+    shapes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def _position(self, digest: str) -> int | None:
+        key = np.array(digest.encode("ascii", "replace")[:64], dtype="S64")
+        i = int(np.searchsorted(self.hashes, key))
+        return i if i < len(self.hashes) and self.hashes[i] == key else None
+
+    def __contains__(self, digest: str) -> bool:
+        return self._position(digest) is not None
+
+    def get(self, digest: str) -> np.ndarray | None:
+        """The thumbnail of this content, or None (not stored, or the pixel file cut short)."""
+        i = self._position(digest) if self.path is not None else None
+        if i is None:
+            return None
+        (height, width), offset = self.shapes[i].tolist(), int(self.offsets[i])
+        try:
+            with self.path.open("rb") as handle:
+                data = os.pread(handle.fileno(), height * width, offset)
+        except OSError as exc:
+            log.warning("cannot read a thumbnail from %s: %s", self.path.name, exc)
+            return None
+        if len(data) != height * width:
+            log.warning("%s is cut short: that thumbnail is decoded instead", self.path.name)
+            return None
+        return np.frombuffer(data, np.uint8).reshape(height, width).copy()
+
+    def items(self, digests: Iterable[str]) -> Iterator[tuple[str, np.ndarray]]:
+        """(hash, thumbnail) of those of ``digests`` that are stored and readable."""
+        for digest in digests:
+            thumb = self.get(digest)
+            if thumb is not None:
+                yield digest, thumb
+
+
+NO_THUMBNAILS = StoredThumbnails(
+    None, np.zeros(0, "S64"), np.zeros(0, np.int64), np.zeros((0, 2), np.int64)
+)
+
+
+def load_thumbnails(batch_dir: Path) -> StoredThumbnails:
+    """The batch's stored thumbnails; none (and a warning if the files are damaged) when they
+    cannot be used: re-ranking then decodes the image files."""
+    index_path = batch_dir / THUMBNAILS_FILE
+    if not index_path.exists():
+        return NO_THUMBNAILS
+    try:
+        with np.load(index_path, allow_pickle=False) as archive:
+            hashes, shapes, offsets, side, name = (
+                archive[k] for k in ("hashes", "shapes", "offsets", "side", "pixels_file")
+            )
+        name = str(name)
+        if not PIXELS_FILE.fullmatch(name):
+            raise ValueError(f"it names {name[:80]!r} as its pixels")
+        size = (batch_dir / name).stat().st_size
+        sizes = shapes.prod(axis=1) if shapes.ndim == 2 else None
+        if not (
+            side.shape == () and int(side) == DEFAULT_THUMB_SIDE
+            and hashes.ndim == 1 and hashes.dtype == np.dtype("S64")
+            and (len(hashes) < 2 or bool((hashes[1:] > hashes[:-1]).all()))
+            and shapes.shape == (len(hashes), 2) and shapes.dtype.kind == "i"
+            and offsets.shape == (len(hashes),) and offsets.dtype.kind == "i"
+            and _valid_shapes(shapes)
+            and (len(hashes) == 0 or (offsets.min() >= 0 and int((offsets + sizes).max()) <= size))
+        ):  # fmt: skip
+            raise ValueError("its hashes, shapes and offsets do not describe its pixel file")
+    except UNREADABLE_ARCHIVE as exc:
+        log.warning(
+            "not using the stored thumbnails (%s: %s): re-ranking decodes the image files",
+            THUMBNAILS_FILE,
+            exc,
+        )
+        return NO_THUMBNAILS
+    return StoredThumbnails(batch_dir / name, hashes, offsets, shapes)
