@@ -138,6 +138,13 @@ PARAMS = {
         description="efficientnet_lite0 (offline), keras:<Application> (downloads ImageNet "
         "weights), keras:<Application>:<weights file>, or a .keras file.",
     ),
+    "embedding_runtime": Param(
+        DEFAULTS.embedding.runtime, type="string", enum=["keras", "litert"], section=MODEL,
+        title="Model runtime",
+        description="keras: TensorFlow runs the Keras model. litert: the model converted once "
+        "to TensorFlow Lite (float32, checked against Keras) and run by LiteRT; the same "
+        "vectors, faster on CPUs.",
+    ),
     "k": Param(DEFAULTS.matching.k, type="integer", minimum=1, maximum=10, section=MODEL,
                title="Matches per query"),
     "image_area": Param(
@@ -579,6 +586,7 @@ def _embedder(embedding: Embedding):
         model_dir=model_dir,
         input_size=InputSize(area=embedding.image_area),
         batch_size=embedding.batch_size,
+        runtime=embedding.runtime,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from include.image_similarity.embedding import ModelSpec
+from include.image_similarity.embedding import RUNTIMES, ModelSpec
 from include.image_similarity.settings import SimilaritySettings
 from include.image_similarity.sources import SourceSpec
 
@@ -45,6 +45,11 @@ def problems(settings: SimilaritySettings, base_dir: Path) -> list[str]:
         ModelSpec.parse(settings.embedding.model)
     except ValueError as error:
         found.append(f"Param model: {error}")
+    if settings.embedding.runtime not in RUNTIMES:
+        found.append(
+            f"Param embedding_runtime: {str(settings.embedding.runtime)[:40]!r} is not one of "
+            f"{', '.join(RUNTIMES)}"
+        )
     return found
 
 

@@ -14,6 +14,14 @@ Images keep their aspect ratio (see ``InputSize``) and are batched by shape; the
 reduced with generalised-mean (GeM) pooling, which favours strong local activations and serves
 near-duplicate retrieval better than average pooling. Decoding runs in threads ahead of the model,
 and only a bounded window of decoded images is ever held in memory.
+
+Runtimes (``Embedder(runtime=...)``, ``RUNTIMES``):
+
+- ``keras`` (the default): the Keras model, run by TensorFlow;
+- ``litert``: the same model converted once to a float32 TensorFlow Lite file (``model_dir``,
+  checked against Keras on a probe batch before it is kept) and run by LiteRT
+  (``ai-edge-litert``, XNNPACK). The vectors equal Keras's to about 1e-6, so both runtimes
+  share one cache key; ``make benchmark`` measures it beside Keras.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import os
 import threading
 import time
 from collections import defaultdict, deque
@@ -31,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from include.common.files import atomic_file
 from include.common.images import (
     DEFAULT_MAX_PIXELS,
     DecodeError,
@@ -39,7 +49,7 @@ from include.common.images import (
     open_image,
 )
 from include.image_similarity.cache import EmbeddingCache
-from include.image_similarity.rerank import thumbnail
+from include.image_similarity.rerank import thumbnail, thumbnail_decode_area
 from include.image_similarity.settings import DEFAULTS
 from include.image_similarity.sources import ImageFile, Problem, sha256_of_file
 
@@ -51,6 +61,11 @@ DEFAULT_GEM_P = 3.0
 PROGRESS_EVERY_SECONDS = 10.0
 # Bumped whenever preprocessing or pooling changes, so old cached vectors are not reused.
 EMBEDDING_VERSION = 1
+RUNTIMES = ("keras", "litert")
+# A converted model must give the Keras model's feature map to within this (its values are
+# activations of order 1; float32 rounding differs by about 1e-6).
+LITERT_TOLERANCE = 1e-3
+GEM_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
@@ -88,6 +103,65 @@ class ModelSpec:
         )
 
 
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _gem_l2(maps: np.ndarray, p: float) -> np.ndarray:
+    """GeM pooling then L2 normalisation of ``(n, h, w, c)`` feature maps, as the Keras
+    runtime's graph computes them."""
+    pooled = np.mean(np.power(np.maximum(maps, GEM_FLOOR), p), axis=(1, 2)) ** (1.0 / p)
+    norms = np.sqrt(np.maximum(np.sum(pooled * pooled, axis=1, keepdims=True), 1e-12))
+    return (pooled / norms).astype(np.float32)
+
+
+def _convert_to_litert(features, backbone, probe: np.ndarray, path: Path) -> None:
+    """Convert ``features`` (uint8 images to feature maps) to a float32 TensorFlow Lite file at
+    ``path``, after checking the converted model gives Keras's feature maps on ``probe``."""
+    import tempfile
+
+    import keras
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    started = time.perf_counter()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".litert-") as folder:
+        # A SavedModel first: converting the function directly would leave a Keras 3 model's
+        # weights as uninitialised variables, without an error.
+        archive = keras.export.ExportArchive()
+        archive.track(backbone)
+        archive.add_endpoint("serve", features.python_function, features.input_signature)
+        archive.write_out(str(Path(folder) / "saved"), verbose=False)
+        converted = tf.lite.TFLiteConverter.from_saved_model(
+            str(Path(folder) / "saved"), signature_keys=["serve"]
+        ).convert()
+        candidate = Path(folder) / "model.tflite"
+        candidate.write_bytes(converted)
+        interpreter = Interpreter(model_path=str(candidate), num_threads=_cpu_count())
+        (source,), (target,) = interpreter.get_input_details(), interpreter.get_output_details()
+        interpreter.resize_tensor_input(source["index"], probe.shape, strict=False)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(source["index"], probe)
+        interpreter.invoke()
+        got, want = interpreter.get_tensor(target["index"]), features(probe).numpy()
+        difference = float(np.abs(got - want).max()) if got.shape == want.shape else np.inf
+        if not difference <= LITERT_TOLERANCE:
+            raise RuntimeError(
+                f"the LiteRT conversion of the model does not give its feature maps (largest "
+                f"difference {difference:.3g}, shapes {got.shape} and {want.shape}): use the "
+                "keras runtime for this model"
+            )
+        with atomic_file(path) as handle:
+            handle.write(converted)
+    log.info(
+        "converted the model to %s in %.1f s (largest difference to Keras %.2g)",
+        path.name,
+        time.perf_counter() - started,
+        difference,
+    )
+
+
 @dataclass(frozen=True)
 class _Decoded:
     array: np.ndarray  # the model's input
@@ -120,7 +194,10 @@ class Embedder:
         gem_p: float = DEFAULT_GEM_P,
         decode_threads: int = 2,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        runtime: str = "keras",
     ):
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, not {batch_size}")
         if gem_p < 1:
@@ -132,6 +209,7 @@ class Embedder:
         self.gem_p = float(gem_p)
         self.decode_threads = max(1, decode_threads)
         self.max_pixels = max_pixels
+        self.runtime = runtime
         self._forward = None
         self._lock = threading.Lock()
 
@@ -153,7 +231,8 @@ class Embedder:
             f"{name}-{weights}-a{self.input_size.area}-gem{self.gem_p:g}-v{EMBEDDING_VERSION}"
         ).replace("/", "_")
 
-    def _build(self):
+    def _features(self):
+        """A ``tf.function`` from uint8 RGB batches to the model's feature map, and the model."""
         import keras
         import tensorflow as tf
 
@@ -173,21 +252,76 @@ class Embedder:
         else:
             backbone = keras.models.load_model(self.spec.name, compile=False)
             preprocess = None
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+        def features(images):
+            x = tf.cast(images, tf.float32)
+            if preprocess is not None:
+                x = preprocess(x)
+            maps = backbone(x, training=False)
+            if maps.shape.rank != 4:
+                raise ValueError("the model must return a feature map (batch, h, w, channels)")
+            return maps
+
+        return features, backbone
+
+    def _build(self) -> Callable[[np.ndarray], np.ndarray]:
+        if self.runtime == "litert":
+            return self._build_litert()
+        import tensorflow as tf
+
+        features, _ = self._features()
         p = self.gem_p
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
         def forward(images):
-            x = tf.cast(images, tf.float32)
-            if preprocess is not None:
-                x = preprocess(x)
-            features = backbone(x, training=False)
-            if features.shape.rank != 4:
-                raise ValueError("the model must return a feature map (batch, h, w, channels)")
-            pooled = tf.reduce_mean(tf.pow(tf.maximum(features, 1e-6), p), axis=[1, 2])
+            maps = features(images)
+            pooled = tf.reduce_mean(tf.pow(tf.maximum(maps, GEM_FLOOR), p), axis=[1, 2])
             pooled = tf.pow(pooled, 1.0 / p)
             return tf.math.l2_normalize(pooled, axis=1)
 
+        return lambda batch: forward(batch).numpy()
+
+    def litert_path(self) -> Path:
+        """Where the converted model is kept (one file per model and its settings)."""
+        return self.model_dir / f"{self.model_id}-litert-fp32.tflite"
+
+    def _build_litert(self) -> Callable[[np.ndarray], np.ndarray]:
+        from ai_edge_litert.interpreter import Interpreter
+
+        path = self.litert_path()
+        interpreter = None
+        if path.is_file():
+            try:
+                interpreter = Interpreter(model_path=str(path), num_threads=_cpu_count())
+            except (ValueError, RuntimeError) as exc:
+                log.warning("converting the model again: %s cannot be loaded (%s)", path, exc)
+        if interpreter is None:
+            _convert_to_litert(*self._features(), self._probe(), path)
+            interpreter = Interpreter(model_path=str(path), num_threads=_cpu_count())
+        (source,), (target,) = interpreter.get_input_details(), interpreter.get_output_details()
+        lock = threading.Lock()  # one interpreter: one batch at a time
+        p = self.gem_p
+
+        def forward(batch: np.ndarray) -> np.ndarray:
+            with lock:
+                if tuple(source["shape"]) != batch.shape:
+                    interpreter.resize_tensor_input(source["index"], batch.shape, strict=False)
+                    interpreter.allocate_tensors()
+                    source.update(interpreter.get_input_details()[0])
+                interpreter.set_tensor(source["index"], np.ascontiguousarray(batch, np.uint8))
+                interpreter.invoke()
+                maps = interpreter.get_tensor(target["index"])
+            return _gem_l2(maps, p)
+
         return forward
+
+    def _probe(self) -> np.ndarray:
+        """Two images of the model's input size to check a converted model on."""
+        width, height = self.input_size.for_image(16, 9)
+        rng = np.random.default_rng(0)
+        noise = rng.integers(0, 256, (2, height // 8 + 1, width // 8 + 1, 3), np.uint8)
+        return np.repeat(np.repeat(noise, 8, axis=1), 8, axis=2)[:, :height, :width]
 
     def warm_up(self) -> None:
         """Load the model and trace its graph now (it is otherwise done at the first batch)."""
@@ -203,13 +337,15 @@ class Embedder:
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
         """Embed a batch of same-sized uint8 RGB images; returns ``(n, d)`` float32."""
         self.warm_up()
-        return self._forward(batch).numpy().astype(np.float32)
+        return np.asarray(self._forward(batch), dtype=np.float32)
 
     def _decode(self, image: ImageFile, thumbnails: bool = False) -> _Decoded:
         opened = open_image(image.path, image.name, max_pixels=self.max_pixels, fit=self.input_size)
         # The re-ranking thumbnail from the picture already in memory: a resize (0.1 ms), not
-        # another decode of the file (2 ms a JPEG frame, 6 ms a PNG).
-        thumb = thumbnail(opened) if thumbnails else None
+        # another decode of the file (2 ms a JPEG frame, 6 ms a PNG). Made only when the decode
+        # is the one re-ranking would make (``open_thumbnail_source``): the same pixels.
+        keep = thumbnails and thumbnail_decode_area(self.input_size.area) == self.input_size.area
+        thumb = thumbnail(opened) if keep else None
         return _Decoded(model_array(opened, self.input_size), thumb)
 
     def _decoded_stream(

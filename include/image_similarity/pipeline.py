@@ -71,6 +71,7 @@ from include.image_similarity.thumbnails import (
     StoredThumbnails,
     load_thumbnails,
     pack_thumbnails,
+    shard_area,
     unpack_thumbnails,
     write_thumbnails,
 )
@@ -449,7 +450,7 @@ def embed_shard(
         np.stack(vectors) if vectors else np.zeros((0, 0), np.float32),
         embedder.model_id,
         problems=json.dumps(problems),
-        **pack_thumbnails(thumbs),
+        **pack_thumbnails(thumbs, embedder.input_size.area),
     )
     return stats
 
@@ -509,7 +510,15 @@ def merge_shards(batch_dir: Path) -> dict[str, int]:
 def _merge_thumbnails(batch_dir: Path, paths: list[Path], hashes: list[str]) -> int:
     """Write the thumbnails the shards decoded, then those of the batch's earlier thumbnails
     file that the shards lack (images whose vector came from the cache this time), for the
-    images of ``hashes`` only; returns how many."""
+    images of ``hashes`` only, all decoded at the shards' area; returns how many."""
+    areas = set()
+    for path in paths:
+        with np.load(path, allow_pickle=False) as archive:
+            areas.add(shard_area(archive))
+    area = areas.pop() if len(areas) == 1 else None
+    if area is None:  # an older shard, or shards of two settings: nothing to keep
+        log.warning("keeping no re-ranking thumbnail: the shards were decoded at %s", areas)
+        return write_thumbnails(batch_dir, [], DEFAULTS.embedding.image_area)
     wanted = set(hashes)
     earlier = load_thumbnails(batch_dir)
 
@@ -517,9 +526,10 @@ def _merge_thumbnails(batch_dir: Path, paths: list[Path], hashes: list[str]) -> 
         for path in paths:  # one shard's thumbnails in memory at a time
             with np.load(path, allow_pickle=False) as archive:
                 yield from ((h, t) for h, t in unpack_thumbnails(archive) if h in wanted)
-        yield from earlier.items(h for h in hashes if h in earlier)
+        if earlier.area == area:
+            yield from earlier.items(h for h in hashes if h in earlier)
 
-    return write_thumbnails(batch_dir, sources())
+    return write_thumbnails(batch_dir, sources(), area)
 
 
 def _copy_shard_vectors(paths: list[Path], matrix: np.ndarray) -> None:
@@ -563,9 +573,11 @@ def _thumbnails(
     found: dict[str, np.ndarray | None] = dict(stored.items(unique))
     unique = {digest: image for digest, image in unique.items() if digest not in found}
 
+    area = stored.area or DEFAULTS.embedding.image_area  # the embedding step's decode
+
     def one(image: ImageFile) -> np.ndarray | None:
         try:
-            source = open_thumbnail_source(image.path, image.name, max_pixels=max_pixels)
+            source = open_thumbnail_source(image.path, image.name, area=area, max_pixels=max_pixels)
             return thumbnail(source)
         except DecodeError as exc:
             log.warning("re-ranking without %s: %s", image.name, exc.reason)

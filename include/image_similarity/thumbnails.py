@@ -6,14 +6,16 @@ as much as the re-ranking itself, so the embedding step keeps the thumbnail of e
 decodes for the model (a resize of the picture already in memory) and ``merge_shards`` writes
 them here:
 
-- ``thumbnails.npz``: each thumbnail's content hash, shape and byte offset, the long side and
-  the name of the pixel file;
+- ``thumbnails.npz``: each thumbnail's content hash, shape and byte offset, the long side, the
+  model's pixel area the images were decoded at and the name of the pixel file;
 - ``thumbnails-<token>.bin``: the pixels, one thumbnail after another (``uint8``, row-major).
 
 The index is written last, so a crash leaves the previous pair whole. A thumbnail is read with
 one positioned read when asked for. Images whose vector came from the embedding cache were not
 decoded: the previous pair's thumbnail is carried over when there is one, else re-ranking
-decodes the file as before. Thumbnails only save time: a missing, damaged or foreign file is
+decodes the file, at the same decode as the embedding step (``rerank.open_thumbnail_source``
+with the area stored here), so a stored thumbnail and a decoded one are the same pixels and a
+run ranks the same either way. Thumbnails only save time: a missing, damaged or foreign file is
 logged and the files are decoded instead, never an error.
 """
 
@@ -38,10 +40,12 @@ THUMBNAILS_FILE = "thumbnails.npz"
 PIXELS_FILE = re.compile(r"thumbnails-[0-9a-f]{32}\.bin")
 
 
-def pack_thumbnails(thumbs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Thumbnails by content hash as the arrays an embedding shard file holds them in."""
+def pack_thumbnails(thumbs: dict[str, np.ndarray], area: int) -> dict[str, np.ndarray]:
+    """Thumbnails by content hash, made from decodes for a model fed ``area`` pixels, as the
+    arrays an embedding shard file holds them in."""
     hashes = list(thumbs)
     return {
+        "thumb_area": np.array(area, np.int64),
         "thumb_hashes": np.array(hashes, dtype="U64"),
         "thumb_shapes": np.array([thumbs[h].shape for h in hashes], np.int64).reshape(-1, 2),
         "thumb_pixels": (
@@ -52,10 +56,18 @@ def pack_thumbnails(thumbs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
+def shard_area(archive) -> int | None:
+    """The area the thumbnails of an open shard archive were decoded at (None: none kept)."""
+    if "thumb_area" not in archive.files:
+        return None
+    area = archive["thumb_area"]
+    return int(area) if area.shape == () and area.dtype.kind == "i" and area > 0 else None
+
+
 def unpack_thumbnails(archive) -> Iterator[tuple[str, np.ndarray]]:
     """The thumbnails ``pack_thumbnails`` wrote into an open ``.npz`` archive (none in an
     older file); thumbnails that do not fit their shapes are left out."""
-    if "thumb_hashes" not in archive.files:
+    if "thumb_hashes" not in archive.files or shard_area(archive) is None:
         return
     hashes, shapes, pixels = (archive[k] for k in ("thumb_hashes", "thumb_shapes", "thumb_pixels"))
     if not (
@@ -81,9 +93,10 @@ def _valid_shapes(shapes: np.ndarray) -> bool:
     )
 
 
-def write_thumbnails(batch_dir: Path, sources: Iterable[tuple[str, np.ndarray]]) -> int:
-    """Write the batch's thumbnails (content hash, thumbnail; the first of a hash is kept) and
-    remove older pixel files; returns how many were written."""
+def write_thumbnails(batch_dir: Path, sources: Iterable[tuple[str, np.ndarray]], area: int) -> int:
+    """Write the batch's thumbnails (content hash, thumbnail; the first of a hash is kept),
+    decoded for a model fed ``area`` pixels, and remove older pixel files; returns how many
+    were written."""
     for leftover in batch_dir.glob(".thumbnails-*.part"):
         leftover.unlink(missing_ok=True)
     name = f"thumbnails-{uuid.uuid4().hex}.bin"
@@ -111,6 +124,7 @@ def write_thumbnails(batch_dir: Path, sources: Iterable[tuple[str, np.ndarray]])
             shapes=np.array(shapes, np.int64).reshape(-1, 2)[order],
             offsets=np.array(offsets, np.int64)[order],
             side=DEFAULT_THUMB_SIDE,
+            area=area,
             pixels_file=name,
         )
     for old in batch_dir.glob("thumbnails-*.bin"):
@@ -129,6 +143,7 @@ class StoredThumbnails:
     hashes: np.ndarray
     offsets: np.ndarray
     shapes: np.ndarray
+    area: int | None  # the model's pixel area the images were decoded at (None: unknown)
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -167,7 +182,7 @@ class StoredThumbnails:
 
 
 NO_THUMBNAILS = StoredThumbnails(
-    None, np.zeros(0, "S64"), np.zeros(0, np.int64), np.zeros((0, 2), np.int64)
+    None, np.zeros(0, "S64"), np.zeros(0, np.int64), np.zeros((0, 2), np.int64), None
 )
 
 
@@ -179,8 +194,8 @@ def load_thumbnails(batch_dir: Path) -> StoredThumbnails:
         return NO_THUMBNAILS
     try:
         with np.load(index_path, allow_pickle=False) as archive:
-            hashes, shapes, offsets, side, name = (
-                archive[k] for k in ("hashes", "shapes", "offsets", "side", "pixels_file")
+            hashes, shapes, offsets, side, area, name = (
+                archive[k] for k in ("hashes", "shapes", "offsets", "side", "area", "pixels_file")
             )
         name = str(name)
         if not PIXELS_FILE.fullmatch(name):
@@ -189,6 +204,7 @@ def load_thumbnails(batch_dir: Path) -> StoredThumbnails:
         sizes = shapes.prod(axis=1) if shapes.ndim == 2 else None
         if not (
             side.shape == () and int(side) == DEFAULT_THUMB_SIDE
+            and area.shape == () and area.dtype.kind == "i" and 0 < int(area) < 2**31
             and hashes.ndim == 1 and hashes.dtype == np.dtype("S64")
             and (len(hashes) < 2 or bool((hashes[1:] > hashes[:-1]).all()))
             and shapes.shape == (len(hashes), 2) and shapes.dtype.kind == "i"
@@ -204,4 +220,4 @@ def load_thumbnails(batch_dir: Path) -> StoredThumbnails:
             exc,
         )
         return NO_THUMBNAILS
-    return StoredThumbnails(batch_dir / name, hashes, offsets, shapes)
+    return StoredThumbnails(batch_dir / name, hashes, offsets, shapes, int(area))

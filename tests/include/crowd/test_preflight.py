@@ -173,6 +173,18 @@ def test_a_model_that_cannot_be_named_is_found(tmp_path):
     assert len(found) == 1 and found[0].startswith("Param model")
 
 
+def test_an_unknown_model_runtime_is_found(tmp_path):
+    from dataclasses import replace
+
+    settings = replace(
+        similarity(dataset=".", queries=".", known_answers="."),
+        embedding=replace(DEFAULTS.embedding, runtime="onnx\n" * 30),
+    )
+    (found,) = checks.problems(settings, tmp_path)
+    assert found.startswith("Param embedding_runtime: 'onnx\\nonnx")
+    assert found.endswith("is not one of keras, litert") and len(found) < 120
+
+
 def test_an_output_folder_that_cannot_be_written_is_found(tmp_path):
     assert checks.output_problems(tmp_path / "new" / "deeper") == []
     (tmp_path / "blocker").write_text("a file, not a folder")

@@ -107,24 +107,87 @@ def test_model_id_changes_with_preprocessing(model_dir):
     assert Embedder(model_dir=model_dir, gem_p=1).model_id != default
 
 
-def test_thumbnails_come_from_the_decode_for_the_model(embedder, tmp_path):
-    """``embed(thumbnails=True)`` gives each decoded image the thumbnail re-ranking would decode
-    from its file, and none to an image whose vector came from the cache."""
+@pytest.mark.parametrize("area", [224 * 224, 100_000, 128 * 128])
+def test_thumbnails_kept_when_embedding_are_the_pixels_reranking_would_decode(
+    model_dir, tmp_path, area
+):
+    """``embed(thumbnails=True)`` gives each decoded image exactly the thumbnail re-ranking
+    would decode from its file at that model area (``open_thumbnail_source``): a run ranks
+    the same whether its thumbnails were kept or decoded. None for a cached vector."""
+    from include.common.images import InputSize
     from include.image_similarity.rerank import open_thumbnail_source, thumbnail
 
     save(textured(1280, 720, seed=1), tmp_path / "frame.jpg", quality=90)
+    save(textured(1920, 1080, seed=4), tmp_path / "full-hd.jpg", quality=90)
+    save(textured(1280, 720, seed=5), tmp_path / "frame.png")
     save(textured(300, 500, seed=2), tmp_path / "portrait.png")
     save(textured(40, 30, seed=3), tmp_path / "tiny.png")
     images = list_local_images(tmp_path).images
+    embedder = Embedder(model_dir=model_dir, batch_size=8, input_size=InputSize(area))
     cache = EmbeddingCache(LocalChunkStore(tmp_path / "cache"), embedder.model_id)
     result = embedder.embed(images, cache, thumbnails=True)
     assert set(result.thumbnails) == {i.sha256 for i in images}
     for image in images:
         stored = result.thumbnails[image.sha256]
-        decoded = thumbnail(open_thumbnail_source(image.path))
-        assert stored.dtype == np.uint8 and stored.shape == decoded.shape
-        assert max(stored.shape) == 128
-        difference = np.abs(stored.astype(int) - decoded).mean()
-        assert difference < 2.0, (image.name, difference)  # the same picture, maybe other draft
+        decoded = thumbnail(open_thumbnail_source(image.path, area=area))
+        assert stored.dtype == np.uint8 and max(stored.shape) == 128
+        np.testing.assert_array_equal(stored, decoded, err_msg=image.name)
     assert embedder.embed(images).thumbnails == {}  # not asked for
     assert embedder.embed(images, cache, thumbnails=True).thumbnails == {}  # all from the cache
+
+
+def test_a_model_area_too_small_for_thumbnails_keeps_none(model_dir, tmp_path):
+    """Below 128x128 pixels the model's decode is smaller than a thumbnail: re-ranking decodes
+    the file at its own size, so none is kept from the model's."""
+    from include.common.images import InputSize
+
+    save(textured(1280, 720, seed=1), tmp_path / "frame.jpg", quality=90)
+    embedder = Embedder(model_dir=model_dir, batch_size=8, input_size=InputSize(64 * 64))
+    result = embedder.embed(list_local_images(tmp_path).images, thumbnails=True)
+    assert len(result.vectors) == 1 and result.thumbnails == {}
+
+
+def test_the_litert_runtime_gives_the_keras_vectors_and_converts_once(
+    embedder, model_dir, tmp_path, caplog
+):
+    """``runtime="litert"`` runs the model converted to TensorFlow Lite: the same vectors (to
+    float32 rounding), the same cache key, converted on first use only."""
+    import logging
+    import shutil
+
+    folder = make_folder(tmp_path / "images", 6)
+    save(textured(300, 500, seed=9), folder / "portrait.png")  # another input shape
+    images = list_local_images(folder).images
+    own_dir = tmp_path / "models"
+    shutil.copytree(model_dir, own_dir)  # the Keras model, without any converted file
+    for old in own_dir.glob("*.tflite"):
+        old.unlink()
+    lite = Embedder(model_dir=own_dir, batch_size=8, runtime="litert")
+    assert lite.model_id == embedder.model_id
+    with caplog.at_level(logging.INFO):
+        vectors = lite.embed(images).vectors
+    assert "converted the model to" in caplog.text
+    expected = embedder.embed(images).vectors
+    assert vectors.keys() == expected.keys()
+    for digest, vector in expected.items():
+        np.testing.assert_allclose(vectors[digest], vector, atol=1e-5)
+    converted = lite.litert_path()
+    assert converted.is_file() and not list(own_dir.glob(".litert-*"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        again = Embedder(model_dir=own_dir, batch_size=8, runtime="litert").embed(images).vectors
+    assert "converted" not in caplog.text  # loaded from the file
+    for digest, vector in vectors.items():
+        np.testing.assert_array_equal(again[digest], vector)
+    converted.write_bytes(b"TFL3 damaged")  # a damaged file is converted again
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        repaired = Embedder(model_dir=own_dir, batch_size=8, runtime="litert").embed(images)
+    assert "converting the model again" in caplog.text
+    for digest, vector in vectors.items():
+        np.testing.assert_array_equal(repaired.vectors[digest], vector)
+
+
+def test_an_unknown_runtime_is_refused():
+    with pytest.raises(ValueError, match="runtime must be one of keras, litert, not 'onnx'"):
+        Embedder(runtime="onnx")

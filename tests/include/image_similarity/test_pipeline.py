@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from include.common.images import InputSize
 from include.image_similarity import pipeline
 from include.image_similarity.rerank import RerankConfig
+from include.image_similarity.settings import DEFAULTS
 from include.image_similarity.vectors import load_vectors, write_vectors
 
 FRAME = (320, 180)
@@ -135,6 +137,7 @@ class _HashEmbedder:
     """Embeds by content hash (a deterministic unit vector); files named bad* fail to decode."""
 
     model_id = "hash-embedder"
+    input_size = InputSize(DEFAULTS.embedding.image_area)
 
     def __init__(self):
         self.seen: list[str] = []
@@ -829,7 +832,11 @@ def test_reranking_reads_the_stored_thumbnails_and_decodes_only_what_is_missing(
     assert "decoding 17 thumbnails the batch does not store" in caplog.text
     listings = pipeline.load_listings(panned)
     images = listings["dataset"].images + listings["queries"].images
-    write_thumbnails(panned, [(i.sha256, thumbnail(open_thumbnail_source(i.path))) for i in images])
+    write_thumbnails(
+        panned,
+        [(i.sha256, thumbnail(open_thumbnail_source(i.path))) for i in images],
+        DEFAULTS.embedding.image_area,
+    )
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("a thumbnail was decoded although the batch stores it")
@@ -848,6 +855,41 @@ def test_reranking_reads_the_stored_thumbnails_and_decodes_only_what_is_missing(
         assert pipeline.match_queries(panned, k=3, rerank_config=config) == decoded
     assert "not using the stored thumbnails" in caplog.text
     assert "decoding 17 thumbnails" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_rerun_from_the_cache_ranks_as_the_first_run_did(panned, embedder, tmp_path, caplog):
+    """The first run keeps the thumbnails the embedding decoded; a rerun in a fresh batch whose
+    vectors all come from the cache decodes them from the files instead. Both are the same
+    pixels, so both runs write the same matches (1280x720 PNG frames and queries: a PNG has
+    no draft decode, so any other decode size would give other thumbnails)."""
+    from include.image_similarity.cache import EmbeddingCache, LocalChunkStore
+
+    sources = {"known_answers": panned.parent / "known"}
+    for name in ("dataset", "queries"):
+        sources[name] = tmp_path / "large" / name
+        sources[name].mkdir(parents=True)
+        for small in sorted((panned.parent / name).iterdir()):
+            large = Image.open(small).convert("RGB").resize((1280, 720), Image.Resampling.BICUBIC)
+            large.save(sources[name] / f"{small.stem}.png")
+    cache = EmbeddingCache(LocalChunkStore(tmp_path / "cache"), embedder.model_id)
+    written = []
+    for run in ("first", "rerun"):
+        batch_dir = tmp_path / run
+        pipeline.list_sources(batch_dir, sources)
+        pipeline.embed_collections(batch_dir, embedder, cache)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="include.image_similarity.pipeline"):
+            pipeline.match_queries(batch_dir, k=3, rerank_config=RerankConfig())
+        decoded = "decoding 17 thumbnails the batch does not store" in caplog.text
+        assert decoded == (run == "rerun")
+        written.append(pipeline.read_json(batch_dir / "similarity.json"))
+    for detailed in written:
+        for query in detailed["queries"]:
+            query["query"].pop("path")
+            for match in query["matches"]:
+                match.pop("path")
+    assert written[0] == written[1]
 
 
 def _damage_rerank(batch_dir, name, **changes):

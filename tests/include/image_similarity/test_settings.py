@@ -89,8 +89,8 @@ def test_stored_settings_read_back_equal(tmp_path):
         (lambda d: d["embedding"].update(cache=5), "embedding.cache has the wrong type (int)"),
         (lambda d: d["sources"].update(dataset=None), "sources.dataset has the wrong type"),
         (lambda d: d.update(embedding=[]), "embedding is not an object"),
-        (lambda d: d.update(format=2), "format is 2, not 3"),
-        (lambda d: d.pop("format"), "format is None, not 3"),
+        (lambda d: d.update(format=3), "format is 3, not 4"),
+        (lambda d: d.pop("format"), "format is None, not 4"),
         (lambda d: d["sources"].pop("gold"), "missing field sources.gold"),
     ],
 )

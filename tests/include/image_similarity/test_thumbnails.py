@@ -18,6 +18,7 @@ from include.image_similarity.thumbnails import (
 )
 
 SHAPES = [(72, 128), (128, 128), (128, 40), (1, 128), (128, 1)]
+AREA = 224 * 224
 
 
 def _thumbs(n: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
@@ -43,9 +44,9 @@ def _pixels(batch_dir):
 
 def test_thumbnails_are_written_and_read_back_one_at_a_time(tmp_path):
     thumbs = _thumbs(12)
-    assert write_thumbnails(tmp_path, thumbs.items()) == 12
+    assert write_thumbnails(tmp_path, thumbs.items(), AREA) == 12
     stored = load_thumbnails(tmp_path)
-    assert len(stored) == 12
+    assert len(stored) == 12 and stored.area == AREA
     for digest, thumb in thumbs.items():
         assert digest in stored
         np.testing.assert_array_equal(stored.get(digest), thumb)
@@ -56,10 +57,10 @@ def test_thumbnails_are_written_and_read_back_one_at_a_time(tmp_path):
 
 def test_a_new_write_replaces_the_old_pixels_and_keeps_the_first_of_a_hash(tmp_path):
     first, second = _thumbs(3, seed=1), _thumbs(3, seed=2)
-    write_thumbnails(tmp_path, first.items())
+    write_thumbnails(tmp_path, first.items(), AREA)
     (tmp_path / ".thumbnails-x.part").write_bytes(b"killed write")
     digest = next(iter(second))
-    assert write_thumbnails(tmp_path, [*second.items(), (digest, first[digest])]) == 3
+    assert write_thumbnails(tmp_path, [*second.items(), (digest, first[digest])], AREA) == 3
     assert len(list(tmp_path.glob("thumbnails-*.bin"))) == 1
     assert not list(tmp_path.glob(".thumbnails-*"))
     np.testing.assert_array_equal(load_thumbnails(tmp_path).get(digest), second[digest])
@@ -67,7 +68,7 @@ def test_a_new_write_replaces_the_old_pixels_and_keeps_the_first_of_a_hash(tmp_p
 
 def test_no_thumbnails_file_means_none_stored(tmp_path):
     assert load_thumbnails(tmp_path) is NO_THUMBNAILS
-    write_thumbnails(tmp_path, [])
+    write_thumbnails(tmp_path, [], AREA)
     stored = load_thumbnails(tmp_path)
     assert len(stored) == 0 and stored.get("0" * 64) is None
 
@@ -75,7 +76,7 @@ def test_no_thumbnails_file_means_none_stored(tmp_path):
 def test_shard_members_round_trip_and_older_or_damaged_shards_give_none(caplog):
     thumbs = _thumbs(7)
     buffer = io.BytesIO()
-    np.savez(buffer, hashes=np.array([]), **pack_thumbnails(thumbs))
+    np.savez(buffer, hashes=np.array([]), **pack_thumbnails(thumbs, AREA))
     with np.load(io.BytesIO(buffer.getvalue()), allow_pickle=False) as archive:
         back = dict(unpack_thumbnails(archive))
     assert back.keys() == thumbs.keys()
@@ -85,16 +86,19 @@ def test_shard_members_round_trip_and_older_or_damaged_shards_give_none(caplog):
     np.savez(older, hashes=np.array([]))
     with np.load(io.BytesIO(older.getvalue()), allow_pickle=False) as archive:
         assert list(unpack_thumbnails(archive)) == []
-    packed = pack_thumbnails(thumbs)
+    packed = pack_thumbnails(thumbs, AREA)
     for damage in (
         {"thumb_pixels": packed["thumb_pixels"][:-1]},  # one pixel short
         {"thumb_shapes": packed["thumb_shapes"] * 2},  # sides of 256
         {"thumb_shapes": packed["thumb_shapes"].astype(np.float64)},
         {"thumb_pixels": packed["thumb_pixels"].astype(np.int16)},
         {"thumb_shapes": packed["thumb_shapes"][:-1]},
+        {"thumb_area": np.array(0)},
+        {"thumb_area": np.array(5.0)},
+        {"thumb_area": None},  # thumbnails whose decode is not known
     ):
         damaged = io.BytesIO()
-        np.savez(damaged, **{**packed, **damage})
+        np.savez(damaged, **{k: v for k, v in {**packed, **damage}.items() if v is not None})
         with (
             caplog.at_level(logging.WARNING),
             np.load(io.BytesIO(damaged.getvalue()), allow_pickle=False) as archive,
@@ -114,6 +118,9 @@ def test_shard_members_round_trip_and_older_or_damaged_shards_give_none(caplog):
         lambda d: _pixels(d).unlink(),
         lambda d: _pixels(d).write_bytes(_pixels(d).read_bytes()[:-1]),
         lambda d: _rewrite_index(d, side=np.array(64)),
+        lambda d: _rewrite_index(d, area=None),
+        lambda d: _rewrite_index(d, area=np.array(-5)),
+        lambda d: _rewrite_index(d, area=np.array("50176")),
         lambda d: _rewrite_index(d, offsets=np.array([10**12, 0, 0, 0, 0])),
         lambda d: _rewrite_index(d, offsets=np.array([-1, 0, 0, 0, 0])),
         lambda d: _rewrite_index(d, offsets=np.zeros(4, np.int64)),
@@ -129,7 +136,7 @@ def test_damaged_or_foreign_files_are_not_used(tmp_path, damage, caplog):
     """Stored thumbnails only save time: a file that does not describe its pixels is logged
     and left unused (re-ranking decodes the images), never followed outside the batch."""
     (tmp_path / "vectors.npy").write_bytes(b"\x00" * 10**6)  # what a crafted name points at
-    write_thumbnails(tmp_path, _thumbs(5).items())
+    write_thumbnails(tmp_path, _thumbs(5).items(), AREA)
     damage(tmp_path)
     with caplog.at_level(logging.WARNING):
         stored = load_thumbnails(tmp_path)
@@ -139,7 +146,7 @@ def test_damaged_or_foreign_files_are_not_used(tmp_path, damage, caplog):
 
 def test_a_pixel_file_cut_short_after_loading_gives_none_not_garbage(tmp_path, caplog):
     thumbs = _thumbs(5)
-    write_thumbnails(tmp_path, thumbs.items())
+    write_thumbnails(tmp_path, thumbs.items(), AREA)
     stored = load_thumbnails(tmp_path)
     _pixels(tmp_path).write_bytes(b"")
     with caplog.at_level(logging.WARNING):
