@@ -995,9 +995,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(
             "benchmarks/embedding.py's recall child: 400 video-like 1280x720 frames, 200 altered "
-            "queries, k=3, EfficientNet-Lite0; thumbnails decoded once beforehand, so the times "
-            "are the searches alone; the issue's baseline recall is the exhaustive re-ranker's "
-            "before this change"
+            "queries, k=3, EfficientNet-Lite0; thumbnails read once beforehand (stored with "
+            "the vectors), so the times are the searches alone, best of "
+            f"{RERANK_PASSES} passes run in turn; the issue's baseline recall is the exhaustive "
+            "re-ranker's before this change"
         )
     if args.wait_hits:
         print()
