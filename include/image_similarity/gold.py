@@ -453,7 +453,12 @@ class _Generator:
         elif index not in self.bad:
             image = self.pictures[index].image
             try:
-                source = open_thumbnail_source(image.path, image.name, max_pixels=self.max_pixels)
+                source = open_thumbnail_source(
+                    image.path,
+                    image.name,
+                    area=self.embedder.input_size.area,  # the decode matching re-ranks
+                    max_pixels=self.max_pixels,
+                )
                 self._thumbs[index] = thumbnail(source)
             except DecodeError as exc:
                 self._leave_out(index, f"{exc.reason}; not used as a gold picture")
