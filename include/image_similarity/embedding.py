@@ -27,9 +27,12 @@ Runtimes (``Embedder(runtime=...)``, ``RUNTIMES``):
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import logging
 import os
+import re
+import shutil
 import threading
 import time
 from collections import defaultdict, deque
@@ -103,6 +106,16 @@ class ModelSpec:
         )
 
 
+MODEL_AREA = re.compile(r"-a(\d{1,9})-gem")
+
+
+def model_area(model_id: str) -> int:
+    """The pixel area a model id's images were decoded at (``Embedder.model_id`` names it), or
+    the default for an id that does not say (a test's hand-made vectors)."""
+    found = MODEL_AREA.search(model_id)
+    return int(found.group(1)) if found else DEFAULTS.embedding.image_area
+
+
 def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -113,6 +126,19 @@ def _gem_l2(maps: np.ndarray, p: float) -> np.ndarray:
     pooled = np.mean(np.power(np.maximum(maps, GEM_FLOOR), p), axis=(1, 2)) ** (1.0 / p)
     norms = np.sqrt(np.maximum(np.sum(pooled * pooled, axis=1, keepdims=True), 1e-12))
     return (pooled / norms).astype(np.float32)
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _check_digest(path: Path) -> None:
+    """Raise ValueError unless ``path`` holds the bytes its conversion wrote."""
+    digest = _digest_path(path)
+    expected = digest.read_text(encoding="utf-8").strip() if digest.is_file() else None
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    if actual != expected:
+        raise ValueError("its contents do not match the checksum written when it was converted")
 
 
 def _convert_to_litert(features, backbone, probe: np.ndarray, path: Path) -> None:
@@ -126,6 +152,9 @@ def _convert_to_litert(features, backbone, probe: np.ndarray, path: Path) -> Non
 
     started = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(".litert-*"):  # of conversions killed over an hour ago
+        if time.time() - stale.stat().st_mtime > 3600:
+            shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".litert-") as folder:
         # A SavedModel first: converting the function directly would leave a Keras 3 model's
         # weights as uninitialised variables, without an error.
@@ -154,6 +183,10 @@ def _convert_to_litert(features, backbone, probe: np.ndarray, path: Path) -> Non
             )
         with atomic_file(path) as handle:
             handle.write(converted)
+        # Checked on every load: a file damaged later is converted again, never run (its wrong
+        # vectors would go into the cache both runtimes share).
+        with atomic_file(_digest_path(path), "w", encoding="utf-8") as handle:
+            handle.write(hashlib.sha256(converted).hexdigest())
     log.info(
         "converted the model to %s in %.1f s (largest difference to Keras %.2g)",
         path.name,
@@ -293,9 +326,10 @@ class Embedder:
         interpreter = None
         if path.is_file():
             try:
+                _check_digest(path)
                 interpreter = Interpreter(model_path=str(path), num_threads=_cpu_count())
-            except (ValueError, RuntimeError) as exc:
-                log.warning("converting the model again: %s cannot be loaded (%s)", path, exc)
+            except (OSError, ValueError, RuntimeError) as exc:
+                log.warning("converting the model again: %s cannot be used (%s)", path, exc)
         if interpreter is None:
             _convert_to_litert(*self._features(), self._probe(), path)
             interpreter = Interpreter(model_path=str(path), num_threads=_cpu_count())

@@ -50,7 +50,7 @@ import numpy as np
 from include.common.files import UNREADABLE_ARCHIVE, atomic_file, read_json, write_json
 from include.common.images import DecodeError, InputSize, open_image
 from include.image_similarity.cache import EmbeddingCache
-from include.image_similarity.embedding import Embedder
+from include.image_similarity.embedding import Embedder, model_area
 from include.image_similarity.index import (
     DEFAULT_DATASET_BLOCK,
     TopK,
@@ -488,14 +488,15 @@ def merge_shards(batch_dir: Path) -> dict[str, int]:
     dims = {width for width in widths if width}
     if len(dims) > 1:
         raise ValueError(f"the shards hold vectors of different lengths: {sorted(dims)}")
+    model_id = model_ids.pop()
     write_vector_files(
         batch_dir,
         hashes,
-        model_ids.pop(),
+        model_id,
         (len(hashes), dims.pop() if dims else 0),
         lambda matrix: _copy_shard_vectors(paths, matrix),
     )
-    thumbs = _merge_thumbnails(batch_dir, paths, hashes)
+    thumbs = _merge_thumbnails(batch_dir, paths, hashes, model_area(model_id))
     log.info(
         "merged %d shard%s: %d vectors (%d re-ranking thumbnails), %d files left out",
         shards,
@@ -507,27 +508,36 @@ def merge_shards(batch_dir: Path) -> dict[str, int]:
     return {"shards": shards, "vectors": len(hashes), "failed": len(problems)}
 
 
-def _merge_thumbnails(batch_dir: Path, paths: list[Path], hashes: list[str]) -> int:
+def _merge_thumbnails(batch_dir: Path, paths: list[Path], hashes: list[str], area: int) -> int:
     """Write the thumbnails the shards decoded, then those of the batch's earlier thumbnails
     file that the shards lack (images whose vector came from the cache this time), for the
-    images of ``hashes`` only, all decoded at the shards' area; returns how many."""
-    areas = set()
-    for path in paths:
-        with np.load(path, allow_pickle=False) as archive:
-            areas.add(shard_area(archive))
-    area = areas.pop() if len(areas) == 1 else None
-    if area is None:  # an older shard, or shards of two settings: nothing to keep
-        log.warning("keeping no re-ranking thumbnail: the shards were decoded at %s", areas)
-        return write_thumbnails(batch_dir, [], DEFAULTS.embedding.image_area)
+    images of ``hashes`` only, all decoded at the model's ``area``; returns how many. A shard
+    whose thumbnails cannot be read, or were decoded at another area, only loses them (they
+    save time, never decide a result): it is named in the log."""
     wanted = set(hashes)
     earlier = load_thumbnails(batch_dir)
+    supplied: set[str] = set()
+
+    def shard_thumbnails(path: Path) -> list[tuple[str, np.ndarray]]:
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                decoded_at = shard_area(archive)
+                if decoded_at not in (area, None):
+                    log.warning("not keeping the thumbnails of %s: decoded at another "
+                                "area (%s, not %s)", path.name, decoded_at, area)  # fmt: skip
+                    return []
+                return [(h, t) for h, t in unpack_thumbnails(archive, path.name) if h in wanted]
+        except UNREADABLE_ARCHIVE as exc:
+            log.warning("not keeping the thumbnails of %s: %s", path.name, exc)
+            return []
 
     def sources() -> Iterator[tuple[str, np.ndarray]]:
         for path in paths:  # one shard's thumbnails in memory at a time
-            with np.load(path, allow_pickle=False) as archive:
-                yield from ((h, t) for h, t in unpack_thumbnails(archive) if h in wanted)
+            for digest, thumb in shard_thumbnails(path):
+                supplied.add(digest)
+                yield digest, thumb
         if earlier.area == area:
-            yield from earlier.items(h for h in hashes if h in earlier)
+            yield from earlier.items(h for h in hashes if h in earlier and h not in supplied)
 
     return write_thumbnails(batch_dir, sources(), area)
 
@@ -566,14 +576,14 @@ def _thumbnails(
     threads: int = 2,
     max_pixels: int | None = None,
     stored: StoredThumbnails = NO_THUMBNAILS,
+    area: int = DEFAULTS.embedding.image_area,
 ) -> dict[str, np.ndarray | None]:
     """Return a greyscale thumbnail per content hash (None where the file can no longer be
-    read): read from ``stored`` (the batch's, kept when embedding) or else decoded here."""
+    read): read from ``stored`` (the batch's, kept when embedding) or else decoded here as the
+    embedding step decodes for a model fed ``area`` pixels (the same pixels either way)."""
     unique = {image.sha256: image for image in images}
     found: dict[str, np.ndarray | None] = dict(stored.items(unique))
     unique = {digest: image for digest, image in unique.items() if digest not in found}
-
-    area = stored.area or DEFAULTS.embedding.image_area  # the embedding step's decode
 
     def one(image: ImageFile) -> np.ndarray | None:
         try:
@@ -598,6 +608,7 @@ def _verify(
     config: RerankConfig,
     max_pixels: int | None,
     stored: StoredThumbnails = NO_THUMBNAILS,
+    area: int = DEFAULTS.embedding.image_area,
 ) -> tuple[np.ndarray, np.ndarray, list[list[float | None]]]:
     """Re-order each query's cosine shortlist by spatial verification; keep the first ``k``.
 
@@ -606,7 +617,7 @@ def _verify(
     """
     started = time.perf_counter()
     needed = list(queries) + [dataset[i] for i in np.unique(found.indices) if i >= 0]
-    thumbs = _thumbnails(needed, max_pixels=max_pixels, stored=stored)
+    thumbs = _thumbnails(needed, max_pixels=max_pixels, stored=stored, area=area)
     flat = np.zeros((8, 8), np.uint8)  # an unreadable candidate correlates with nothing
     indices = np.full((len(queries), k), -1, np.int64)
     scores = np.full((len(queries), k), -np.inf, np.float32)
@@ -1067,9 +1078,14 @@ def _rank(
     alignment = np.full((len(queries), k), np.nan)
     if not rerank_config:
         return _Ranked(part.indices[:, :k], part.scores[:, :k], alignment)
+    area = model_area(inputs.vectors.model_id)  # the decode the vectors were embedded from
     stored = load_thumbnails(inputs.batch_dir)
+    if stored.area not in (area, None):
+        log.warning("not using the stored thumbnails: decoded at %d pixels, the vectors at %d",
+                    stored.area, area)  # fmt: skip
+        stored = NO_THUMBNAILS
     indices, scores, ncc = _verify(
-        queries, inputs.dataset, part, k, rerank_config, max_pixels, stored
+        queries, inputs.dataset, part, k, rerank_config, max_pixels, stored, area
     )
     for q, row in enumerate(ncc):
         alignment[q, : len(row)] = [np.nan if a is None else a for a in row]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -33,11 +34,16 @@ import numpy as np
 
 from include.common.files import UNREADABLE_ARCHIVE, atomic_file
 from include.image_similarity.rerank import DEFAULT_THUMB_SIDE
+from include.image_similarity.vectors import member_shape
 
 log = logging.getLogger(__name__)
 
 THUMBNAILS_FILE = "thumbnails.npz"
 PIXELS_FILE = re.compile(r"thumbnails-[0-9a-f]{32}\.bin")
+CONTENT_HASH = re.compile(r"[0-9a-f]{64}")
+# The fewest pixels a thumbnail has (1 x 128): no file holds more thumbnails than its pixels
+# allow, which bounds what a crafted index may make a task allocate before it is refused.
+MIN_THUMB_PIXELS = DEFAULT_THUMB_SIDE
 
 
 def pack_thumbnails(thumbs: dict[str, np.ndarray], area: int) -> dict[str, np.ndarray]:
@@ -64,10 +70,14 @@ def shard_area(archive) -> int | None:
     return int(area) if area.shape == () and area.dtype.kind == "i" and area > 0 else None
 
 
-def unpack_thumbnails(archive) -> Iterator[tuple[str, np.ndarray]]:
-    """The thumbnails ``pack_thumbnails`` wrote into an open ``.npz`` archive (none in an
-    older file); thumbnails that do not fit their shapes are left out."""
+def unpack_thumbnails(archive, name: str = "a shard file") -> Iterator[tuple[str, np.ndarray]]:
+    """The thumbnails ``pack_thumbnails`` wrote into an open ``.npz`` archive (file ``name``;
+    none in an older file); thumbnails that do not fit their shapes are left out."""
     if "thumb_hashes" not in archive.files or shard_area(archive) is None:
+        return
+    count, size = member_shape(archive, "thumb_hashes"), member_shape(archive, "thumb_pixels")
+    if len(count) != 1 or len(size) != 1 or count[0] * MIN_THUMB_PIXELS > size[0]:
+        log.warning("not keeping the thumbnails of %s: more than its pixels can hold", name)
         return
     hashes, shapes, pixels = (archive[k] for k in ("thumb_hashes", "thumb_shapes", "thumb_pixels"))
     if not (
@@ -78,12 +88,33 @@ def unpack_thumbnails(archive) -> Iterator[tuple[str, np.ndarray]]:
         and _valid_shapes(shapes)
         and int(shapes.prod(axis=1).sum()) == len(pixels)
     ):
-        log.warning("ignoring the thumbnails of a shard file: they do not fit their shapes")
+        log.warning("not keeping the thumbnails of %s: they do not fit their shapes", name)
         return
     start = 0
     for digest, (height, width) in zip(hashes, shapes.tolist(), strict=True):
-        yield str(digest), pixels[start : start + height * width].reshape(height, width)
+        if CONTENT_HASH.fullmatch(str(digest)):  # a content hash, nothing else is stored
+            yield str(digest), pixels[start : start + height * width].reshape(height, width)
         start += height * width
+
+
+def _regular_file(path: Path) -> int:
+    """The size of a regular file; anything else (a FIFO would block the read) is refused."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{path.name} is not a regular file")
+    return info.st_size
+
+
+def _disjoint_within(offsets: np.ndarray, sizes: np.ndarray, size: int) -> bool:
+    """Every thumbnail's bytes (``offsets``, ``sizes``) lie inside a file of ``size`` bytes and
+    no two overlap, so no thumbnail is read from another's pixels."""
+    if len(offsets) == 0:
+        return True
+    if offsets.min() < 0 or offsets.max() > size:  # before adding: no int64 wrap-around
+        return False
+    order = np.argsort(offsets, kind="stable")
+    starts, ends = offsets[order], offsets[order] + sizes[order]
+    return bool(ends[-1] <= size and (ends[:-1] <= starts[1:]).all())
 
 
 def _valid_shapes(shapes: np.ndarray) -> bool:
@@ -97,8 +128,9 @@ def write_thumbnails(batch_dir: Path, sources: Iterable[tuple[str, np.ndarray]],
     """Write the batch's thumbnails (content hash, thumbnail; the first of a hash is kept),
     decoded for a model fed ``area`` pixels, and remove older pixel files; returns how many
     were written."""
-    for leftover in batch_dir.glob(".thumbnails-*.part"):
-        leftover.unlink(missing_ok=True)
+    for pattern in (".thumbnails-*.part", f".{THUMBNAILS_FILE}.*.part"):
+        for leftover in batch_dir.glob(pattern):  # of writes a crash cut short
+            leftover.unlink(missing_ok=True)
     name = f"thumbnails-{uuid.uuid4().hex}.bin"
     hashes: list[str] = []
     shapes: list[tuple[int, int]] = []
@@ -107,7 +139,7 @@ def write_thumbnails(batch_dir: Path, sources: Iterable[tuple[str, np.ndarray]],
     with atomic_file(batch_dir / name) as handle:
         written = 0
         for digest, thumb in sources:
-            if digest in seen:
+            if digest in seen or not CONTENT_HASH.fullmatch(digest):
                 continue
             seen.add(digest)
             pixels = np.ascontiguousarray(thumb, np.uint8)
@@ -193,14 +225,18 @@ def load_thumbnails(batch_dir: Path) -> StoredThumbnails:
     if not index_path.exists():
         return NO_THUMBNAILS
     try:
+        _regular_file(index_path)
         with np.load(index_path, allow_pickle=False) as archive:
-            hashes, shapes, offsets, side, area, name = (
-                archive[k] for k in ("hashes", "shapes", "offsets", "side", "area", "pixels_file")
+            name = str(archive["pixels_file"])
+            if not PIXELS_FILE.fullmatch(name):
+                raise ValueError(f"it names {name[:80]!r} as its pixels")
+            size = _regular_file(batch_dir / name)
+            count = member_shape(archive, "hashes")
+            if len(count) != 1 or count[0] * MIN_THUMB_PIXELS > size:
+                raise ValueError(f"it names {count} thumbnails, more than {name} can hold")
+            hashes, shapes, offsets, side, area = (
+                archive[k] for k in ("hashes", "shapes", "offsets", "side", "area")
             )
-        name = str(name)
-        if not PIXELS_FILE.fullmatch(name):
-            raise ValueError(f"it names {name[:80]!r} as its pixels")
-        size = (batch_dir / name).stat().st_size
         sizes = shapes.prod(axis=1) if shapes.ndim == 2 else None
         if not (
             side.shape == () and int(side) == DEFAULT_THUMB_SIDE
@@ -210,7 +246,7 @@ def load_thumbnails(batch_dir: Path) -> StoredThumbnails:
             and shapes.shape == (len(hashes), 2) and shapes.dtype.kind == "i"
             and offsets.shape == (len(hashes),) and offsets.dtype.kind == "i"
             and _valid_shapes(shapes)
-            and (len(hashes) == 0 or (offsets.min() >= 0 and int((offsets + sizes).max()) <= size))
+            and _disjoint_within(offsets, sizes, size)
         ):  # fmt: skip
             raise ValueError("its hashes, shapes and offsets do not describe its pixel file")
     except UNREADABLE_ARCHIVE as exc:

@@ -179,13 +179,26 @@ def test_the_litert_runtime_gives_the_keras_vectors_and_converts_once(
     assert "converted" not in caplog.text  # loaded from the file
     for digest, vector in vectors.items():
         np.testing.assert_array_equal(again[digest], vector)
-    converted.write_bytes(b"TFL3 damaged")  # a damaged file is converted again
-    caplog.clear()
-    with caplog.at_level(logging.INFO):
-        repaired = Embedder(model_dir=own_dir, batch_size=8, runtime="litert").embed(images)
-    assert "converting the model again" in caplog.text
-    for digest, vector in vectors.items():
-        np.testing.assert_array_equal(repaired.vectors[digest], vector)
+    data = bytearray(converted.read_bytes())
+    middle = len(data) // 2  # weights: a file that still loads, but computes something else
+    data[middle : middle + 4096] = bytes(b ^ 0x40 for b in data[middle : middle + 4096])
+    for damaged in (bytes(data), b"TFL3 damaged"):  # each is converted again, never run
+        converted.write_bytes(damaged)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            repaired = Embedder(model_dir=own_dir, batch_size=8, runtime="litert").embed(images)
+        assert "converting the model again" in caplog.text
+        for digest, vector in vectors.items():
+            np.testing.assert_array_equal(repaired.vectors[digest], vector)
+
+
+def test_the_model_area_is_read_from_the_model_id(embedder):
+    from include.image_similarity.embedding import model_area
+    from include.image_similarity.settings import DEFAULTS
+
+    assert model_area(embedder.model_id) == embedder.input_size.area
+    assert model_area("efficientnet_lite0-abc-a100000-gem3-v1") == 100_000
+    assert model_area("hand-made") == DEFAULTS.embedding.image_area
 
 
 def test_an_unknown_runtime_is_refused():

@@ -277,6 +277,26 @@ def test_the_merge_keeps_the_thumbnails_of_decoded_images_and_carries_cached_one
     assert _stored_thumbnails(listed).keys() == first.keys() - {gone.sha256}
 
 
+def test_shards_with_unreadable_thumbnails_merge_without_them(listed, caplog):
+    """Thumbnails only save time: a shard whose thumbnail members are damaged, crafted or of
+    another decode merges its vectors and loses its thumbnails, named in the log."""
+    plan = pipeline.plan_shards(listed, shard_size=3, fan_out_above=3)
+    for shard in plan:
+        pipeline.embed_shard(listed, _HashEmbedder(), None, **shard)
+    paths = sorted((listed / "vectors").glob("shard-*.npz"))
+    assert len(paths) == 3
+    _rewrite_npz(paths[0], thumb_pixels=np.array([{"a": 1}] * 1000, dtype=object))  # pickles
+    _rewrite_npz(paths[1], thumb_area=np.array(640 * 360))  # decoded for another model size
+    with caplog.at_level(logging.WARNING):
+        merged = pipeline.merge_shards(listed)
+    assert merged == {"shards": 3, "vectors": 8, "failed": 1}
+    assert f"not keeping the thumbnails of {paths[0].name}" in caplog.text
+    assert f"not keeping the thumbnails of {paths[1].name}: decoded at another area" in caplog.text
+    with np.load(paths[2], allow_pickle=False) as archive:
+        kept = {str(h) for h in archive["thumb_hashes"]}
+    assert kept and _stored_thumbnails(listed).keys() == kept
+
+
 def test_a_missing_shard_stops_the_merge(listed):
     plan = pipeline.plan_shards(listed, shard_size=4, fan_out_above=3)
     pipeline.embed_shard(listed, _HashEmbedder(), None, **plan[0])
@@ -890,6 +910,25 @@ def test_a_rerun_from_the_cache_ranks_as_the_first_run_did(panned, embedder, tmp
             for match in query["matches"]:
                 match.pop("path")
     assert written[0] == written[1]
+
+
+def test_thumbnails_are_decoded_at_the_area_the_vectors_were_embedded_at(panned, monkeypatch):
+    """Without stored thumbnails, re-ranking decodes the files as the embedding decoded them:
+    at the pixel area of the vectors' model (its id says it), not at the default."""
+    vectors = load_vectors(panned)
+    write_vectors(
+        panned, vectors.hashes, vectors.read_all(), "efficientnet_lite0-x-a100000-gem3-v1"
+    )
+    seen = []
+    real = pipeline._thumbnails
+
+    def spy(images, **kwargs):
+        seen.append(kwargs["area"])
+        return real(images, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_thumbnails", spy)
+    pipeline.match_queries(panned, k=3, rerank_config=RerankConfig())
+    assert seen == [100_000]
 
 
 def _damage_rerank(batch_dir, name, **changes):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -35,6 +36,11 @@ def _rewrite_index(batch_dir, **changes):
     arrays.update(changes)
     with path.open("wb") as handle:
         np.savez(handle, **{k: v for k, v in arrays.items() if v is not None})
+
+
+def _fifo_instead(path):
+    path.unlink()
+    os.mkfifo(path)
 
 
 def _pixels(batch_dir):
@@ -104,7 +110,7 @@ def test_shard_members_round_trip_and_older_or_damaged_shards_give_none(caplog):
             np.load(io.BytesIO(damaged.getvalue()), allow_pickle=False) as archive,
         ):
             assert list(unpack_thumbnails(archive)) == []
-    assert "do not fit their shapes" in caplog.text
+    assert "not keeping the thumbnails of a shard file: they do not fit" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -130,6 +136,14 @@ def test_shard_members_round_trip_and_older_or_damaged_shards_give_none(caplog):
         lambda d: _rewrite_index(d, hashes=np.array(["a", "b", "c", "d", "e"])),  # unicode
         lambda d: _rewrite_index(d, hashes=np.array([b"e", b"d", b"c", b"b", b"a"], "S64")),
         lambda d: _rewrite_index(d, hashes=np.array([b"a", b"a", b"c", b"d", b"e"], "S64")),
+        lambda d: _rewrite_index(d, offsets=np.array([2**63 - 1, 0, 0, 0, 0])),  # wraps around
+        lambda d: _rewrite_index(d, offsets=np.zeros(5, np.int64)),  # all on the same bytes
+        lambda d: _rewrite_index(  # more hashes than the pixels can hold: refused unread
+            d, hashes=np.array([f"{i:064x}".encode() for i in range(10_000)], "S64")
+        ),
+        lambda d: _fifo_instead(d / THUMBNAILS_FILE),  # would block a read forever
+        lambda d: _fifo_instead(_pixels(d)),
+        lambda d: ((d / THUMBNAILS_FILE).unlink(), (d / THUMBNAILS_FILE).mkdir()),
     ],
 )
 def test_damaged_or_foreign_files_are_not_used(tmp_path, damage, caplog):
@@ -142,6 +156,31 @@ def test_damaged_or_foreign_files_are_not_used(tmp_path, damage, caplog):
         stored = load_thumbnails(tmp_path)
     assert stored is NO_THUMBNAILS
     assert "not using the stored thumbnails" in caplog.text
+
+
+def test_shard_thumbnails_that_are_not_content_hashes_or_too_many_are_dropped(caplog):
+    thumbs = _thumbs(3)
+    odd = {"../../etc/passwd": thumbs[next(iter(thumbs))], "é" * 64: thumbs[next(iter(thumbs))]}
+    buffer = io.BytesIO()
+    np.savez(buffer, **pack_thumbnails({**thumbs, **odd}, AREA))
+    with np.load(io.BytesIO(buffer.getvalue()), allow_pickle=False) as archive:
+        assert dict(unpack_thumbnails(archive)).keys() == thumbs.keys()
+    packed = pack_thumbnails(thumbs, AREA)
+    packed["thumb_hashes"] = np.array(list(packed["thumb_hashes"]) * 1000)  # 3,000 names
+    buffer = io.BytesIO()
+    np.savez(buffer, **packed)
+    with (
+        caplog.at_level(logging.WARNING),
+        np.load(io.BytesIO(buffer.getvalue()), allow_pickle=False) as archive,
+    ):
+        assert list(unpack_thumbnails(archive)) == []
+    assert "more than its pixels can hold" in caplog.text
+
+
+def test_only_content_hashes_are_written(tmp_path):
+    thumbs = _thumbs(2)
+    assert write_thumbnails(tmp_path, [*thumbs.items(), ("é" * 64, thumbs[next(iter(thumbs))])],
+                            AREA) == 2  # fmt: skip
 
 
 def test_a_pixel_file_cut_short_after_loading_gives_none_not_garbage(tmp_path, caplog):
