@@ -108,11 +108,16 @@ class AssignmentOperations(SandboxCore):
                 f"{params['WorkerId']}.",
                 "AWS.MechanicalTurk.InvalidParameterValue",
             )
-        if assignment["AssignmentStatus"] not in ("Approved", "Rejected"):
+        # MTurk's SendBonus reference names no status rule: a bonus "happens separately from
+        # the reward you pay to the Worker when you approve the Worker's assignment", and the
+        # call fails only for want of funds or a Worker with no assignment for the requester
+        # in six months. Any submitted assignment of the Worker's may be paid, before review
+        # too; one still being worked on has no work to pay for (MTurk answers "does not exist"
+        # then: facebookresearch/Mephisto#1081).
+        if assignment["AssignmentStatus"] not in ("Submitted", "Approved", "Rejected"):
             raise RequestError(
-                "A bonus can be paid for an assignment with a status of: Approved, Rejected. "
-                f"Assignment {assignment['AssignmentId']} is {assignment['AssignmentStatus']}.",
-                "AWS.MechanicalTurk.InvalidAssignmentState",
+                f"Assignment {assignment['AssignmentId']} does not exist.",
+                "AWS.MechanicalTurk.AssignmentDoesNotExist",
             )
         try:
             cents = money.parse_amount(params["BonusAmount"])

@@ -315,17 +315,46 @@ def test_balance_falls_by_reward_bonus_and_mturk_fees(sandbox, mturk):
     assert mturk.list_bonus_payments(HITId=large)["NumResults"] == 1
 
 
+def test_a_bonus_before_approval_is_paid_as_on_mturk(sandbox, mturk):
+    """MTurk's SendBonus API reference states no assignment-status rule ("This payment happens
+    separately from the reward you pay to the Worker when you approve the Worker's
+    assignment"; it fails for insufficient funds or a Worker with no assignment for you in six
+    months: https://docs.aws.amazon.com/AWSMechTurk/latest/AWSMturkAPI/ApiReference_SendBonusOperation.html),
+    so the sandbox pays a Submitted assignment too. Nothing is paid for work not submitted."""
+    hit_id = create(mturk, MaxAssignments=2, Reward="0.50")["HITId"]
+    assignment_id = sandbox.work(hit_id, "AWORKERONE")
+    before = balance(mturk)
+    mturk.send_bonus(
+        WorkerId="AWORKERONE", BonusAmount="0.10", AssignmentId=assignment_id, Reason="early"
+    )
+    assert balance(mturk) == f"{float(before) - 0.12:.2f}"  # 0.10 + the 20 % fee
+    (payment,) = mturk.list_bonus_payments(AssignmentId=assignment_id)["BonusPayments"]
+    assert payment["BonusAmount"] == "0.10"
+    mturk.approve_assignment(AssignmentId=assignment_id)  # the reward is still paid on approval
+    assert balance(mturk) == f"{float(before) - 0.12 - 0.60:.2f}"
+    error = error_of(  # another worker's assignment
+        mturk.send_bonus,
+        WorkerId="AWORKERTWO",
+        BonusAmount="0.10",
+        AssignmentId=assignment_id,
+        Reason="not theirs",
+    )
+    assert "was not done by worker" in error["Message"]
+    working = sandbox.accept(hit_id, "AWORKERTWO")  # accepted, nothing submitted yet
+    error = error_of(
+        mturk.send_bonus,
+        WorkerId="AWORKERTWO",
+        BonusAmount="0.10",
+        AssignmentId=working,
+        Reason="too early",
+    )
+    assert "does not exist" in error["Message"]
+    assert mturk.list_bonus_payments(HITId=hit_id)["NumResults"] == 1
+
+
 def test_a_repeated_send_bonus_token_pays_once(sandbox, mturk):
     hit_id = create(mturk, MaxAssignments=1)["HITId"]
     assignment_id = sandbox.work(hit_id, "AWORKERONE")
-    error = error_of(
-        mturk.send_bonus,
-        WorkerId="AWORKERONE",
-        BonusAmount="0.10",
-        AssignmentId=assignment_id,
-        Reason="early",
-    )
-    assert "Approved, Rejected" in error["Message"]  # not before review
     mturk.approve_assignment(AssignmentId=assignment_id)
     bonus = {
         "WorkerId": "AWORKERONE",
