@@ -3,28 +3,33 @@
 
 What is measured, in one run (``make benchmark-scale`` runs ``python benchmarks/scale.py``)::
 
-    python benchmarks/scale.py [--images N] [--shard-size S] [--topk-queries Q]
+    python benchmarks/scale.py [--images N] [--queries Q] [--shard-size S] [--topk-queries T]
                                [--topk-sizes 100000,1000000] [--skip-dag] [--skip-topk]
                                [--topk-sharded-sizes 1000000,10000000] [--shard-rows R]
                                [--topk-check C] [--batch-sizes 1000000]
                                [--match-shard-size M] [--wait-hits H] [--skip-rerank]
                                [--workdir DIR] [--quick]
 
-1. Test images (not timed): N - 4 video-like 1280x720 JPEG frames (the embedding benchmark's
-   generator, reused from ``DIR/frames``) as the dataset, plus the 4 queries and 2 known-answer
-   sets of a small generated sample, so every run also completes its crowd stage (4 HITs).
+1. Test images (not timed): N video-like 1280x720 JPEG frames (the embedding benchmark's
+   generator, reused from ``DIR/frames``) as the dataset, Q queries (altered views of frames
+   spread evenly over the dataset: the demo data's crop, light, colour, blur or noise, at
+   640x360; generated once into ``DIR``) and the 2 known-answer sets of a small sample.
 2. For 1 and then 2 Celery workers (concurrency 1 each, so the worker count is the number of
    shards embedded at once): a fresh stack of real processes (Postgres database, Redis
    database, api-server, scheduler, dag-processor, triggerer, the workers, moto S3 and the
    crowd sandbox on 127.0.0.1), then one run of ``image_similarity_mturk`` triggered through
    the REST API with the embedding fanned out in shards of S images (``fan_out_above_images``
-   0) and a fresh embedding cache in S3, shared by the workers. The embedding wall time runs
-   from the first shard's start to the last shard's end (the task instances' own times);
-   throughput is N over it. The run must succeed.
-3. Top-k: ``index.top_k`` for Q random unit queries over 10^5 and 10^6 random unit vectors of
+   0), a fresh embedding cache in S3 shared by the workers, and ``ask_crowd`` off: the whole
+   similarity stage (list, embed, search, re-rank 20 candidates a query in the DAG's default
+   query shards, write the matches), then gold and contact sheets, and no HIT. From the task
+   instances' own times: the embedding wall time (first shard's start to last shard's end;
+   throughput is N + Q over it), the re-ranking wall time, the matching (end of
+   ``merge_embeddings`` to end of ``write_matches``) and the similarity stage (trigger to end
+   of ``write_matches``). The run must succeed.
+3. Top-k: ``index.top_k`` for T random unit queries over 10^5 and 10^6 random unit vectors of
    1280 dimensions (EfficientNet-Lite0's), each size in a fresh child process: time and peak
    RSS (``VmHWM``), next to the size of the vectors themselves.
-4. Sharded top-k: Q queries over 10^6 and 10^7 random unit vectors stored as float16 files of R
+4. Sharded top-k: T queries over 10^6 and 10^7 random unit vectors stored as float16 files of R
    rows (default 10^6) in ``DIR/topk_vectors`` (generated once, not timed; 10^7 is 25.6 GB).
    One process per shard, one after the other, as the mapped tasks of one worker would run:
    ``index.top_k_sharded`` over the shard read 16,384 rows at a time, its top-3 saved; then
@@ -32,7 +37,7 @@ What is measured, in one run (``make benchmark-scale`` runs ``python benchmarks/
    is under 2 GB each. The first C (default 20) queries are then searched again by a plain
    float32 scan with a stable sort, independent of ``index.py``: the matches must be equal.
 5. The DAG's own search tasks: a batch folder as ``merge_embeddings`` leaves it, generated for
-   10^6 dataset images and Q queries (``sources.json`` and ``vectors-*.npy`` float32; not timed),
+   10^6 dataset images and T queries (``sources.json`` and ``vectors-*.npy`` float32; not timed),
    then ``plan_search``, ``search_shard`` for each shard of M images (default 100,000) and
    ``match_queries(searched=...)`` with the re-ranker off, each in its own process: time and
    peak RSS of each, and the first 20 queries' matches against an independent exact search.
@@ -80,13 +85,15 @@ MODEL_DIR = ROOT / ".cache" / "models"
 DAG_ID = "image_similarity_mturk"
 DIMENSIONS = 1280
 RESULT_PREFIX = "SCALE-RESULT "
-QUERIES = 4
+QUERY_SIZE = (640, 360)  # the DAG run's queries: altered views of dataset frames, half size
+QUERY_GENERATOR_VERSION = 1
 
 
 @dataclass
 class DagResult:
     workers: int
     images: int
+    queries: int
     shards: int
     embed_s: float
     run_s: float
@@ -94,34 +101,94 @@ class DagResult:
     overlap: int
     workloads: dict[str, int]
     state: str
+    matching_s: float = 0.0  # merge_embeddings end to write_matches end
+    rerank_s: float = 0.0  # first rerank_matches start to last end
+    rerank_shards: int = 0
+    similarity_s: float = 0.0  # trigger to write_matches end
+
+
+def _spans(tis: list[dict], task_id: str) -> list[tuple[float, float]]:
+    """(start, end) of each finished instance of ``task_id``, from the task instances' times."""
+    return [
+        (_when(ti["start_date"]), _when(ti["end_date"]))
+        for ti in tis
+        if ti["task_id"] == task_id and ti["start_date"] and ti["end_date"]
+    ]
+
+
+def _wall(spans: list[tuple[float, float]]) -> float:
+    return max(end for _, end in spans) - min(start for start, _ in spans) if spans else 0.0
 
 
 # --- test data ------------------------------------------------------------------------------
 
 
-def prepare_sources(workdir: Path, images: int) -> dict[str, Path]:
-    """The dataset (links to generated frames), queries and known answers for the DAG runs."""
+def _write_query(task: tuple[str, str, int, int]) -> None:
+    """Query ``index``: an altered view (crop, light, colour, blur or noise: the demo data's
+    alteration) of dataset frame ``source``, at half the frame's size; written atomically."""
+    import numpy as np
+    from embedding import frame_path
+    from PIL import Image
+
+    from include.demo.data import altered_view
+
+    folder, frames, index, source = Path(task[0]), Path(task[1]), task[2], task[3]
+    with Image.open(frame_path(frames, source)) as frame:
+        frame.draft("RGB", QUERY_SIZE)  # JPEG: decoded at half size directly
+        rng = np.random.default_rng([7, index])
+        view, _ = altered_view(frame.convert("RGB").resize(QUERY_SIZE), rng)
+    target = folder / f"query{index:05d}_of_frame{source:06d}.jpg"
+    partial = target.with_name(target.name + ".part")
+    view.save(partial, "JPEG", quality=90)
+    partial.replace(target)
+
+
+def ensure_queries(workdir: Path, frames: Path, dataset_size: int, count: int) -> Path:
+    """``count`` queries spread evenly over the dataset's frames (generated once, reused)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    folder = workdir / f"scale_queries_{count}_of_{dataset_size}"
+    manifest = folder / "manifest.json"
+    wanted = {"version": QUERY_GENERATOR_VERSION, "count": count, "size": list(QUERY_SIZE)}
+    try:
+        if json.loads(manifest.read_text(encoding="utf-8")) == wanted:
+            return folder
+    except (OSError, ValueError):
+        pass
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    print(f"generating {count} queries in {folder} ...", flush=True)
+    tasks = [(str(folder), str(frames), i, i * dataset_size // count) for i in range(count)]
+    with ProcessPoolExecutor(os.cpu_count() or 1, mp_context=get_context("spawn")) as pool:
+        list(pool.map(_write_query, tasks, chunksize=32))
+    manifest.write_text(json.dumps(wanted) + "\n", encoding="utf-8")
+    return folder
+
+
+def prepare_sources(workdir: Path, images: int, queries: int) -> dict[str, Path]:
+    """The dataset (links to ``images`` generated frames), ``queries`` altered views of them
+    and the 2 known-answer sets of a small generated sample, for the DAG runs."""
     from embedding import ensure_frames, frame_path
 
     from include.demo.data import generate_demo_data
 
     frames = workdir / "frames"
-    dataset_size = images - QUERIES
-    spent = ensure_frames(frames, dataset_size)
-    print(f"{dataset_size} frames ready in {spent:.0f} s", flush=True)
-    dataset = workdir / f"scale_dataset_{dataset_size}"
-    if not dataset.is_dir() or len(list(dataset.iterdir())) != dataset_size:
+    spent = ensure_frames(frames, images)
+    print(f"{images} frames ready in {spent:.0f} s", flush=True)
+    dataset = workdir / f"scale_dataset_{images}"
+    if not dataset.is_dir() or len(list(dataset.iterdir())) != images:
         shutil.rmtree(dataset, ignore_errors=True)
         dataset.mkdir(parents=True)
-        for i in range(dataset_size):
+        for i in range(images):
             source = frame_path(frames, i)
             (dataset / source.name).symlink_to(source)
     sample = generate_demo_data(
-        workdir / "scale_sample", frames_per_scene=4, n_queries=QUERIES, n_known_sets=2
+        workdir / "scale_sample", frames_per_scene=4, n_queries=4, n_known_sets=2
     )
     return {
         "dataset": dataset,
-        "queries": sample.queries_dir,
+        "queries": ensure_queries(workdir, frames, images, queries),
         "known_answers": sample.known_answers_dir,
     }
 
@@ -181,14 +248,11 @@ def run_dag(workers: int, sources: dict[str, Path], args: argparse.Namespace) ->
                 "fan_out_above_images": 0,
                 "shard_size": args.shard_size,
                 "batch_id": f"scale-{workers}w",
-                "s3_bucket": local.bucket,
-                "assignments_per_hit": 3,
-                "hit_lifetime_hours": 1,
-                "wait_timeout_hours": 0.5,
-                "worker_locales": None,
+                "gold_source": "provided",
+                "ask_crowd": False,  # the similarity stage only: no upload, no HIT
             }
             print(f"{workers} worker(s): run started", flush=True)
-            started = time.monotonic()
+            started, triggered = time.monotonic(), time.time()
             run = stack.api(
                 "POST", f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": conf}
             )
@@ -200,12 +264,7 @@ def run_dag(workers: int, sources: dict[str, Path], args: argparse.Namespace) ->
             stack.stop()
             drop_database(database)
             release_redis_db(redis_db)
-    shards = [ti for ti in tis if ti["task_id"] == "embed_images"]
-    spans = [
-        (_when(ti["start_date"]), _when(ti["end_date"]))
-        for ti in shards
-        if ti["start_date"] and ti["end_date"]
-    ]
+    spans = _spans(tis, "embed_images")
     # The most shards running at the same moment (from the task instances' own times).
     moments = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
     running = overlap = 0
@@ -218,16 +277,23 @@ def run_dag(workers: int, sources: dict[str, Path], args: argparse.Namespace) ->
         for service in stack.processes
         if service.startswith("celery-worker")
     }
+    merged, written = _spans(tis, "merge_embeddings"), _spans(tis, "write_matches")
+    reranked = _spans(tis, "rerank_matches")
     return DagResult(
         workers=workers,
         images=args.images,
-        shards=len(shards),
-        embed_s=max(end for _, end in spans) - min(start for start, _ in spans) if spans else 0,
+        queries=args.queries,
+        shards=len(spans),
+        embed_s=_wall(spans),
         run_s=run_s,
         shard_s=sorted(end - start for start, end in spans),
         overlap=overlap,
         workloads=workloads,
         state=finished["state"],
+        matching_s=written[0][1] - merged[0][1] if merged and written else 0.0,
+        rerank_s=_wall(reranked),
+        rerank_shards=len(reranked),
+        similarity_s=written[0][1] - triggered if written else 0.0,
     )
 
 
@@ -782,22 +848,40 @@ def dag_table(results: dict[int, DagResult | None]) -> str:
             return f"{value(one) / value(two):.2f}×"
         return "—"
 
+    total = (one or two).images + (one or two).queries if one or two else 0
     rows = [
         [
-            f"embedding wall time ({one.images if one else '?'} images, first shard start "
-            "to last shard end)",
+            f"embedding wall time ({total:,} images, first shard start to last shard end)",
             cell(one, lambda r: f"{r.embed_s:.0f} s ({r.shards} shards)"),
             cell(two, lambda r: f"{r.embed_s:.0f} s ({r.shards} shards)"),
             ratio(lambda r: r.embed_s),
         ],
         [
             "embedding throughput",
-            cell(one, lambda r: f"{r.images / r.embed_s:.0f} img/s"),
-            cell(two, lambda r: f"{r.images / r.embed_s:.0f} img/s"),
+            cell(one, lambda r: f"{total / r.embed_s:.0f} img/s"),
+            cell(two, lambda r: f"{total / r.embed_s:.0f} img/s"),
             ratio(lambda r: r.embed_s),
         ],
         [
-            "whole run (trigger to success, incl. 4 HITs answered)",
+            "re-ranking wall time (first shard start to last shard end)",
+            cell(one, lambda r: f"{r.rerank_s:.0f} s ({r.rerank_shards} shards)"),
+            cell(two, lambda r: f"{r.rerank_s:.0f} s ({r.rerank_shards} shards)"),
+            ratio(lambda r: r.rerank_s),
+        ],
+        [
+            "matching (search, re-rank, write: merge_embeddings end to write_matches end)",
+            cell(one, lambda r: f"{r.matching_s:.0f} s"),
+            cell(two, lambda r: f"{r.matching_s:.0f} s"),
+            ratio(lambda r: r.matching_s),
+        ],
+        [
+            "similarity stage (trigger to write_matches end)",
+            cell(one, lambda r: f"{r.similarity_s:.0f} s"),
+            cell(two, lambda r: f"{r.similarity_s:.0f} s"),
+            ratio(lambda r: r.similarity_s),
+        ],
+        [
+            "whole run (trigger to success, incl. gold and contact sheets; ask_crowd off)",
             cell(one, lambda r: f"{r.run_s:.0f} s"),
             cell(two, lambda r: f"{r.run_s:.0f} s"),
             ratio(lambda r: r.run_s),
@@ -831,7 +915,8 @@ def topk_table(results: list[dict[str, Any] | None]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=20_000, help="images embedded per run")
+    parser.add_argument("--images", type=int, default=20_000, help="dataset frames of the DAG runs")
+    parser.add_argument("--queries", type=int, default=10_000, help="queries of the DAG runs")
     parser.add_argument("--shard-size", type=int, default=2500)
     parser.add_argument("--topk-queries", type=int, default=1000)
     parser.add_argument("--topk-sizes", default="100000,1000000")
@@ -866,12 +951,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--child-index", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.images, args.shard_size, args.topk_sizes = 2000, 250, "100000"
+        args.images, args.queries, args.shard_size, args.topk_sizes = 2000, 1000, 250, "100000"
         args.topk_sharded_sizes, args.shard_rows = "200000", 50_000
         args.batch_sizes, args.match_shard_size = "200000", 50_000
         args.wait_hits = 1000
-    if args.images <= QUERIES or args.shard_size < 1 or args.topk_queries < 1:
-        parser.error(f"--images must exceed {QUERIES}; sizes must be positive")
+    if min(args.images, args.queries, args.shard_size, args.topk_queries) < 1:
+        parser.error("--images, --queries and the sizes must be positive")
     args.sizes = [int(s) for s in args.topk_sizes.split(",") if s.strip()]
     args.sharded_sizes = [int(s) for s in args.topk_sharded_sizes.split(",") if s.strip()]
     args.batch_search_sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
@@ -912,7 +997,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ok = True
     dag_results: dict[int, DagResult | None] = {}
     if not args.skip_dag:
-        sources = prepare_sources(args.workdir, args.images)
+        sources = prepare_sources(args.workdir, args.images, args.queries)
         for workers in (1, 2):
             try:
                 dag_results[workers] = run_dag(workers, sources, args)
@@ -950,10 +1035,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{spread}"
                 )
         print(
-            "CeleryExecutor, concurrency 1 per worker, shards of "
-            f"{args.shard_size} images (fan_out_above_images=0), 1280x720 JPEG q90 frames, "
-            "EfficientNet-Lite0 (batch 32, 2 decode threads per task), a fresh S3 (moto) "
-            "embedding cache per run"
+            f"CeleryExecutor, concurrency 1 per worker; {args.images:,} 1280x720 JPEG q90 "
+            f"frames and {args.queries:,} queries (altered views of frames, "
+            f"{QUERY_SIZE[0]}x{QUERY_SIZE[1]} JPEG); embedding in shards of {args.shard_size} "
+            "images (fan_out_above_images=0), EfficientNet-Lite0 (batch 32, 2 decode threads "
+            "per task), a fresh S3 (moto) embedding cache per run; search and re-ranking "
+            "(20 candidates a query, stored thumbnails) with the DAG's default shards; "
+            "gold_source provided, ask_crowd off (the run ends after the contact sheets)"
         )
     if topk:
         print()

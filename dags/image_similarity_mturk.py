@@ -21,6 +21,8 @@ For every **query image**, find the 3 most similar images of a **dataset** with 
    verification (the query lined up against each candidate on thumbnails, which tells
    neighbouring video frames apart); scores stay cosines;
 5. `write_contact_sheets`: one picture per query beside its matches with their scores;
+   `ask_crowd`: with the Param *Ask the crowd* off the run ends here, a rehearsal that
+   uploads, creates and pays nothing;
 6. `publish_images`: the originals of the images workers see → S3, content-addressed, private
    (`create_hits` then makes each HIT's own JPEG copies under keys no worker can link);
 7. `create_hits`: one HIT per query (gold question + model question, shuffled), after a cost
@@ -202,6 +204,12 @@ PARAMS = {
         title="Queries per re-ranking shard",
     ),
     # HIT
+    "ask_crowd": Param(
+        True, type="boolean", section=HIT, title="Ask the crowd",
+        description="Off: a rehearsal that ends before the crowd stage. Sources, embeddings, "
+        "matches, gold and contact sheets are made locally as in a real run; nothing is "
+        "uploaded, no HIT is created, nothing is paid, and S3 and MTurk are not checked.",
+    ),
     "hit_title": Param(
         "Which picture is most similar?", type="string", minLength=1, maxLength=128,
         section=HIT, title="HIT title",
@@ -481,6 +489,21 @@ def _review_round(context, batch_dir: str, final: bool, deadline: float) -> list
     return extended.extended + extended.awaiting  # a retried task waits for earlier rounds' too
 
 
+def _crowd_problems(params: dict, settings) -> list[str]:
+    """What the crowd stage needs: the bucket (set, reachable, private), MTurk (reachable, its
+    balance), the money settings and an existing batch's pinned ones."""
+    from include.crowd import stage
+
+    try:
+        s3 = _s3(params)
+    except Exception as exc:  # noqa: BLE001 - a missing or broken connection
+        return [
+            f"the AWS connection {params['aws_conn_id']!r} (Param aws_conn_id) cannot be used: "
+            f"{exc}"
+        ]
+    return stage.preflight(s3, lambda: _platform(params), settings, params["aws_conn_id"])
+
+
 def _output_root(params: dict) -> Path:
     folder = Path(params["output_dir"]).expanduser()
     return folder if folder.is_absolute() else PROJECT_ROOT / folder
@@ -648,10 +671,10 @@ def image_similarity_mturk():
         """Check everything the run needs before anything is listed or embedded: the sources
         (local folders, Drive folders through the Google connection), the model, the output
         folder, the bucket (set, reachable, private), MTurk (reachable, its balance), the money
-        settings and an existing batch's pinned ones. Every problem is named at once."""
+        settings and an existing batch's pinned ones (not these four when Param ask_crowd is
+        off). Every problem is named at once."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from include.crowd import stage
         from include.image_similarity import checks
 
         context = get_current_context()
@@ -663,28 +686,26 @@ def image_similarity_mturk():
         batch_id = None
         try:
             batch_id = _batch_dir(params, context["run_id"], context["dag"].dag_id).name
-            settings = _settings(params, batch_id)
+            if params["ask_crowd"]:
+                found += _crowd_problems(params, _settings(params, batch_id))
         except (SettingsError, ValueError) as exc:
             found.append(str(exc))
-        else:
-            try:
-                s3 = _s3(params)
-            except Exception as exc:  # noqa: BLE001 - a missing or broken connection
-                found.append(
-                    f"the AWS connection {params['aws_conn_id']!r} (Param aws_conn_id) cannot "
-                    f"be used: {exc}"
-                )
-            else:
-                found += stage.preflight(
-                    s3, lambda: _platform(params), settings, params["aws_conn_id"]
-                )
         if found:
             raise AirflowFailException(
                 f"this run cannot work; fix {'this' if len(found) == 1 else 'these'} and "
                 "trigger again (nothing was listed, embedded, created or paid):\n- "
                 + "\n- ".join(found)
             )
-        log.info("settings checked: batch %s; sources, bucket, MTurk and money are fine", batch_id)
+        if params["ask_crowd"]:
+            log.info(
+                "settings checked: batch %s; sources, bucket, MTurk and money are fine", batch_id
+            )
+        else:
+            log.info(
+                "settings checked: batch %s; sources are fine. Param ask_crowd is off: the run "
+                "ends before the crowd stage, so S3, MTurk and the money settings are not checked",
+                batch_id,
+            )
         return batch_id
 
     @task
@@ -941,6 +962,20 @@ def image_similarity_mturk():
         pipeline.log_summary(Path(batch_dir))
         return batch_dir
 
+    @task.short_circuit
+    def ask_crowd(batch_dir: str) -> str | None:
+        """Go on to the crowd stage, or end the run here when Param ask_crowd is off (every
+        later task is skipped: nothing is uploaded, created or paid)."""
+        if get_current_context()["params"]["ask_crowd"]:
+            return batch_dir
+        log.info(
+            "Param ask_crowd is off: the run ends before the crowd stage; the matches are in "
+            "%s (matches.json, contact_sheets/). Nothing was uploaded, no HIT was created, "
+            "nothing was paid",
+            batch_dir,
+        )
+        return None
+
     @task
     def publish_images(batch_dir: str) -> str:
         """Upload the originals of the images workers see to S3 (content-addressed, private)."""
@@ -1010,7 +1045,7 @@ def image_similarity_mturk():
     shortlisted = match_queries(merged, search_dataset.expand(shard=plan_search(merged)))
     matched = write_matches(merged, rerank_matches.expand(shard=shortlisted))
     batch_dir = write_contact_sheets(prepare_gold(matched))
-    published = publish_images(batch_dir)
+    published = publish_images(ask_crowd(batch_dir))
     hit_ids = create_hits(published)
     progress = MTurkHITsSensor(
         task_id="wait_for_assignments",

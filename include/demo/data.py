@@ -384,7 +384,7 @@ def _write_queries(
     queries: dict[str, str] = {}
     crops: dict[str, Box] = {}
     for index, (_, frame_name) in enumerate(picks):
-        image, crop = _alter(frames[frame_name], rng)
+        image, crop = altered_view(frames[frame_name], rng)
         quality = int(rng.integers(QUERY_JPEG_QUALITY[0], QUERY_JPEG_QUALITY[1] + 1))
         if index in as_png:
             name = f"query{index + 1:02d}.png"
@@ -423,14 +423,14 @@ def _write_known_answers(
             for suffix, source in zip(MATCH_SUFFIXES, [frame_name, *wrong_frames], strict=True)
         ]
         for name, source in sources:
-            _save(_alter(frames[source], rng)[0], folder / name, GOLD_JPEG_QUALITY)
+            _save(altered_view(frames[source], rng)[0], folder / name, GOLD_JPEG_QUALITY)
             if name != target:
                 entry[name] = source
         known[target] = entry
     return known
 
 
-def _alter(frame: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, Box]:
+def altered_view(frame: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, Box]:
     """Return an altered view and its crop box in frame pixels.
 
     The view is an off-centre crop (resized back to the frame's size), with brightness, contrast

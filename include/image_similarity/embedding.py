@@ -148,7 +148,6 @@ def _convert_to_litert(features, backbone, probe: np.ndarray, path: Path) -> Non
 
     import keras
     import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
 
     started = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,13 +166,7 @@ def _convert_to_litert(features, backbone, probe: np.ndarray, path: Path) -> Non
         ).convert()
         candidate = Path(folder) / "model.tflite"
         candidate.write_bytes(converted)
-        interpreter = Interpreter(model_path=str(candidate), num_threads=_cpu_count())
-        (source,), (target,) = interpreter.get_input_details(), interpreter.get_output_details()
-        interpreter.resize_tensor_input(source["index"], probe.shape, strict=False)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(source["index"], probe)
-        interpreter.invoke()
-        got, want = interpreter.get_tensor(target["index"]), features(probe).numpy()
+        got, want = _litert_feature_maps(candidate)(probe), features(probe).numpy()
         difference = float(np.abs(got - want).max()) if got.shape == want.shape else np.inf
         if not difference <= LITERT_TOLERANCE:
             raise RuntimeError(
@@ -193,6 +186,28 @@ def _convert_to_litert(features, backbone, probe: np.ndarray, path: Path) -> Non
         time.perf_counter() - started,
         difference,
     )
+
+
+def _litert_feature_maps(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """Run the TensorFlow Lite file at ``path``: uint8 images in, feature maps out (one
+    interpreter, so one batch at a time; it is resized when the batch's shape changes)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=_cpu_count())
+    (source,), (target,) = interpreter.get_input_details(), interpreter.get_output_details()
+    lock = threading.Lock()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with lock:
+            if tuple(source["shape"]) != batch.shape:
+                interpreter.resize_tensor_input(source["index"], batch.shape, strict=False)
+                interpreter.allocate_tensors()
+                source.update(interpreter.get_input_details()[0])
+            interpreter.set_tensor(source["index"], np.ascontiguousarray(batch, np.uint8))
+            interpreter.invoke()
+            return interpreter.get_tensor(target["index"])
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -320,35 +335,19 @@ class Embedder:
         return self.model_dir / f"{self.model_id}-litert-fp32.tflite"
 
     def _build_litert(self) -> Callable[[np.ndarray], np.ndarray]:
-        from ai_edge_litert.interpreter import Interpreter
-
         path = self.litert_path()
-        interpreter = None
+        maps = None
         if path.is_file():
             try:
                 _check_digest(path)
-                interpreter = Interpreter(model_path=str(path), num_threads=_cpu_count())
+                maps = _litert_feature_maps(path)
             except (OSError, ValueError, RuntimeError) as exc:
                 log.warning("converting the model again: %s cannot be used (%s)", path, exc)
-        if interpreter is None:
+        if maps is None:
             _convert_to_litert(*self._features(), self._probe(), path)
-            interpreter = Interpreter(model_path=str(path), num_threads=_cpu_count())
-        (source,), (target,) = interpreter.get_input_details(), interpreter.get_output_details()
-        lock = threading.Lock()  # one interpreter: one batch at a time
+            maps = _litert_feature_maps(path)
         p = self.gem_p
-
-        def forward(batch: np.ndarray) -> np.ndarray:
-            with lock:
-                if tuple(source["shape"]) != batch.shape:
-                    interpreter.resize_tensor_input(source["index"], batch.shape, strict=False)
-                    interpreter.allocate_tensors()
-                    source.update(interpreter.get_input_details()[0])
-                interpreter.set_tensor(source["index"], np.ascontiguousarray(batch, np.uint8))
-                interpreter.invoke()
-                maps = interpreter.get_tensor(target["index"])
-            return _gem_l2(maps, p)
-
-        return forward
+        return lambda batch: _gem_l2(maps(batch), p)
 
     def _probe(self) -> np.ndarray:
         """Two images of the model's input size to check a converted model on."""

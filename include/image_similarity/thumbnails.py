@@ -190,27 +190,30 @@ class StoredThumbnails:
 
     def get(self, digest: str) -> np.ndarray | None:
         """The thumbnail of this content, or None (not stored, or the pixel file cut short)."""
-        i = self._position(digest) if self.path is not None else None
-        if i is None:
-            return None
-        (height, width), offset = self.shapes[i].tolist(), int(self.offsets[i])
+        return next((thumb for _, thumb in self.items([digest])), None)
+
+    def items(self, digests: Iterable[str]) -> Iterator[tuple[str, np.ndarray]]:
+        """(hash, thumbnail) of those of ``digests`` that are stored and readable, read through
+        one handle on the pixel file."""
+        if self.path is None:
+            return
         try:
             with self.path.open("rb") as handle:
-                data = os.pread(handle.fileno(), height * width, offset)
+                for digest in digests:
+                    i = self._position(digest)
+                    thumb = None if i is None else self._read(handle.fileno(), i)
+                    if thumb is not None:
+                        yield digest, thumb
         except OSError as exc:
-            log.warning("cannot read a thumbnail from %s: %s", self.path.name, exc)
-            return None
+            log.warning("cannot read thumbnails from %s: %s", self.path.name, exc)
+
+    def _read(self, fd: int, i: int) -> np.ndarray | None:
+        (height, width), offset = self.shapes[i].tolist(), int(self.offsets[i])
+        data = os.pread(fd, height * width, offset)
         if len(data) != height * width:
             log.warning("%s is cut short: that thumbnail is decoded instead", self.path.name)
             return None
         return np.frombuffer(data, np.uint8).reshape(height, width).copy()
-
-    def items(self, digests: Iterable[str]) -> Iterator[tuple[str, np.ndarray]]:
-        """(hash, thumbnail) of those of ``digests`` that are stored and readable."""
-        for digest in digests:
-            thumb = self.get(digest)
-            if thumb is not None:
-                yield digest, thumb
 
 
 NO_THUMBNAILS = StoredThumbnails(

@@ -21,7 +21,8 @@ EXPECTED_GRAPH = {
     "rerank_matches": ["write_matches"],
     "write_matches": ["prepare_gold"],
     "prepare_gold": ["write_contact_sheets"],
-    "write_contact_sheets": ["publish_images"],
+    "write_contact_sheets": ["ask_crowd"],
+    "ask_crowd": ["publish_images"],
     "publish_images": ["create_hits", "review_assignments"],
     "create_hits": ["wait_for_assignments"],
     "wait_for_assignments": ["review_assignments"],
@@ -93,6 +94,7 @@ def test_params_form_has_every_section_and_hit_setting(dag):
         "min_approved_hits", "worker_locales", "exclude_failed_workers", "timeout_policy",
         "wait_timeout_hours", "public_image_base_url", "hit_instructions", "email_subject",
         "exclude_after_gold_answers", "exclude_below_gold_accuracy", "max_hits_per_worker",
+        "ask_crowd",
     ):  # fmt: skip
         assert name in dag.params, name
     dag.params.validate()  # the defaults are valid
@@ -125,6 +127,7 @@ def test_params_form_has_every_section_and_hit_setting(dag):
         ("exclude_below_gold_accuracy", -0.1),
         ("max_hits_per_worker", -1),
         ("max_hits_per_worker", 10001),
+        ("ask_crowd", "no"),
     ],
 )
 def test_params_reject_bad_values(dag, name, value):

@@ -252,6 +252,29 @@ def test_a_budget_below_the_cost_stops_before_any_hit(airflow_env, sample, tmp_p
     assert "e2e-budget" not in annotations
 
 
+def test_without_the_crowd_the_run_ends_after_the_matches_and_needs_no_bucket(
+    airflow_env, sample, tmp_path, stack
+):
+    """Param ask_crowd off: a rehearsal. The matches and contact sheets are written; nothing is
+    uploaded, no HIT is created, and a run without a bucket is not refused for it."""
+    conf = {**conf_for(sample, tmp_path, bucket=""), "batch_id": "e2e-dry", "ask_crowd": False}
+    run = dags_test(airflow_env, conf)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    assert_no_error_logged(run)
+    assert "Param ask_crowd is off: the run ends before the crowd stage" in log
+    batch = tmp_path / "output" / "e2e-dry"
+    matches = json.loads((batch / "matches.json").read_text())
+    assert len(matches) == len(list(sample.queries_dir.iterdir()))
+    assert len(list((batch / "contact_sheets").iterdir())) == len(matches)
+    annotations = {h["RequesterAnnotation"] for h in stack.mturk_client().list_hits()["HITs"]}
+    assert "e2e-dry" not in annotations
+    s3 = stack.s3_client()
+    for bucket in s3.list_buckets()["Buckets"]:
+        keys = s3.list_objects_v2(Bucket=bucket["Name"]).get("Contents", [])
+        assert not [k["Key"] for k in keys if "e2e-dry" in k["Key"]]
+
+
 def test_misnamed_known_answer_set_stops_before_embedding(airflow_env, sample, tmp_path):
     broken = tmp_path / "known"
     shutil.copytree(sample.known_answers_dir, broken)
