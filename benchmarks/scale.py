@@ -149,7 +149,7 @@ def ensure_queries(workdir: Path, frames: Path, dataset_size: int, count: int) -
     from multiprocessing import get_context
 
     folder = workdir / f"scale_queries_{count}_of_{dataset_size}"
-    manifest = folder / "manifest.json"
+    manifest = folder.with_name(folder.name + ".json")  # beside it: the folder holds images only
     wanted = {"version": QUERY_GENERATOR_VERSION, "count": count, "size": list(QUERY_SIZE)}
     try:
         if json.loads(manifest.read_text(encoding="utf-8")) == wanted:
@@ -241,6 +241,7 @@ def run_dag(workers: int, sources: dict[str, Path], args: argparse.Namespace) ->
             stack.api("PATCH", f"/dags/{DAG_ID}", json={"is_paused": False})
             conf = {
                 "dataset_source": str(sources["dataset"]),
+                "follow_external_symlinks": True,  # the dataset links to the generated frames
                 "queries_source": str(sources["queries"]),
                 "known_answers_source": str(sources["known_answers"]),
                 "output_dir": str(home / "output"),
@@ -250,6 +251,7 @@ def run_dag(workers: int, sources: dict[str, Path], args: argparse.Namespace) ->
                 "batch_id": f"scale-{workers}w",
                 "gold_source": "provided",
                 "ask_crowd": False,  # the similarity stage only: no upload, no HIT
+                "embedding_runtime": args.runtime,
             }
             print(f"{workers} worker(s): run started", flush=True)
             started, triggered = time.monotonic(), time.time()
@@ -918,6 +920,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=20_000, help="dataset frames of the DAG runs")
     parser.add_argument("--queries", type=int, default=10_000, help="queries of the DAG runs")
     parser.add_argument("--shard-size", type=int, default=2500)
+    parser.add_argument(
+        "--runtime",
+        choices=("keras", "litert"),
+        default="keras",
+        help="the DAG runs' model runtime",
+    )
     parser.add_argument("--topk-queries", type=int, default=1000)
     parser.add_argument("--topk-sizes", default="100000,1000000")
     parser.add_argument("--skip-dag", action="store_true")
@@ -941,7 +949,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--match-shard-size", type=int, default=100_000, help="dataset images per search task"
     )
     parser.add_argument(
-        "--wait-hits", type=int, default=10_000, help="HITs one wait poll reads (0: skip)"
+        "--wait-hits", type=int, help="HITs one wait poll reads (default 10,000; 0: skip)"
     )
     parser.add_argument("--skip-rerank", action="store_true", help="no re-ranking measurement")
     parser.add_argument("--hit-ids-file", type=Path, help=argparse.SUPPRESS)
@@ -954,7 +962,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.images, args.queries, args.shard_size, args.topk_sizes = 2000, 1000, 250, "100000"
         args.topk_sharded_sizes, args.shard_rows = "200000", 50_000
         args.batch_sizes, args.match_shard_size = "200000", 50_000
-        args.wait_hits = 1000
+        args.wait_hits = 1000 if args.wait_hits is None else args.wait_hits
+    args.wait_hits = 10_000 if args.wait_hits is None else args.wait_hits
     if min(args.images, args.queries, args.shard_size, args.topk_queries) < 1:
         parser.error("--images, --queries and the sizes must be positive")
     args.sizes = [int(s) for s in args.topk_sizes.split(",") if s.strip()]
@@ -1028,9 +1037,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for workers, result in dag_results.items():
             if result:
                 spread = ", ".join(f"{name} {n}" for name, n in sorted(result.workloads.items()))
+                took = (
+                    f"each shard took {min(result.shard_s):.0f}-{max(result.shard_s):.0f} s"
+                    if result.shard_s
+                    else "no shard finished"
+                )
                 print(
-                    f"{workers} worker(s): run {result.state}; each shard took "
-                    f"{min(result.shard_s):.0f}-{max(result.shard_s):.0f} s; at most "
+                    f"{workers} worker(s): run {result.state}; {took}; at most "
                     f"{result.overlap} shard(s) ran at once; tasks run per worker (whole run): "
                     f"{spread}"
                 )
@@ -1038,9 +1051,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"CeleryExecutor, concurrency 1 per worker; {args.images:,} 1280x720 JPEG q90 "
             f"frames and {args.queries:,} queries (altered views of frames, "
             f"{QUERY_SIZE[0]}x{QUERY_SIZE[1]} JPEG); embedding in shards of {args.shard_size} "
-            "images (fan_out_above_images=0), EfficientNet-Lite0 (batch 32, 2 decode threads "
-            "per task), a fresh S3 (moto) embedding cache per run; search and re-ranking "
-            "(20 candidates a query, stored thumbnails) with the DAG's default shards; "
+            f"images (fan_out_above_images=0), EfficientNet-Lite0 on the {args.runtime} "
+            "runtime (batch 32, 2 decode threads per task), a fresh S3 (moto) embedding cache "
+            "per run; search and re-ranking (20 candidates a query, stored thumbnails) with "
+            "the DAG's default shards; "
             "gold_source provided, ask_crowd off (the run ends after the contact sheets)"
         )
     if topk:

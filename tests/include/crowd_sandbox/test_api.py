@@ -332,23 +332,16 @@ def test_a_bonus_before_approval_is_paid_as_on_mturk(sandbox, mturk):
     assert payment["BonusAmount"] == "0.10"
     mturk.approve_assignment(AssignmentId=assignment_id)  # the reward is still paid on approval
     assert balance(mturk) == f"{float(before) - 0.12 - 0.60:.2f}"
-    error = error_of(  # another worker's assignment
-        mturk.send_bonus,
-        WorkerId="AWORKERTWO",
-        BonusAmount="0.10",
-        AssignmentId=assignment_id,
-        Reason="not theirs",
-    )
-    assert "was not done by worker" in error["Message"]
+
+    def bonus_error(worker: str, assignment: str) -> str:
+        return error_of(
+            mturk.send_bonus, WorkerId=worker, BonusAmount="0.10", AssignmentId=assignment,
+            Reason="refused",
+        )["Message"]  # fmt: skip
+
+    assert "was not done by worker" in bonus_error("AWORKERTWO", assignment_id)  # not theirs
     working = sandbox.accept(hit_id, "AWORKERTWO")  # accepted, nothing submitted yet
-    error = error_of(
-        mturk.send_bonus,
-        WorkerId="AWORKERTWO",
-        BonusAmount="0.10",
-        AssignmentId=working,
-        Reason="too early",
-    )
-    assert "does not exist" in error["Message"]
+    assert "does not exist" in bonus_error("AWORKERTWO", working)
     assert mturk.list_bonus_payments(HITId=hit_id)["NumResults"] == 1
 
 
