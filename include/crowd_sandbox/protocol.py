@@ -1,8 +1,10 @@
 """MTurk's wire protocol (JSON 1.1), checked and shaped with botocore's own service model.
 
 Requests are validated against the operation's input shape (required members, types, enums,
-lengths, ranges, patterns) before anything runs, and responses are shaped by the output shape:
-only members the model knows, timestamps as epoch seconds, nothing ``None``. Errors are MTurk's
+lengths, ranges, patterns) before anything runs; a member the model requires but MTurk's API
+reference lists as optional (``OPTIONAL_BY_API_REFERENCE``) may be left out. Responses are
+shaped by the output shape: only members the model knows, timestamps as epoch seconds, nothing
+``None``. Errors are MTurk's
 ``RequestError`` / ``ServiceFault`` in the JSON body botocore reads (``__type``, ``Message``,
 ``TurkErrorCode``), so boto3 raises ``ClientError`` with that code and message.
 """
@@ -28,6 +30,12 @@ CONTENT_TYPE = "application/x-amz-json-1.1"
 MAX_LISTED_VIOLATIONS = 20
 # What botocore's model calls integer and long are Java's int and long.
 INTEGER_BITS = {"integer": 32, "long": 64}
+
+# Members botocore's model requires but MTurk's API reference lists as not required, by input
+# shape: boto3 still refuses to send a request without them, a raw request may leave them out.
+# CreateWorkerBlock's Reason: "Required: No" in
+# https://docs.aws.amazon.com/AWSMechTurk/latest/AWSMturkAPI/ApiReference_CreateWorkerBlockOperation.html
+OPTIONAL_BY_API_REFERENCE = {"CreateWorkerBlockRequest": frozenset({"Reason"})}
 
 # Containers in an error message: their first few items, a few levels deep.
 _SHOWN = reprlib.Repr()
@@ -178,8 +186,9 @@ class _Validator:
             self.fail(path or "request", value, "be a structure")
             return value
         out: dict[str, Any] = {}
+        optional = OPTIONAL_BY_API_REFERENCE.get(shape.name, frozenset())
         for name in shape.required_members:
-            if value.get(name) is None:
+            if value.get(name) is None and name not in optional:
                 self.fail(_join(path, name), None, "not be null")
         for name, member in shape.members.items():
             if value.get(name) is not None:

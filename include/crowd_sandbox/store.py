@@ -1,5 +1,5 @@
 """The sandbox's state in one SQLite file: every HIT, assignment, answer, payment, e-mail,
-qualification and request token, so a restart on the same file loses nothing.
+qualification, worker block and request token, so a restart on the same file loses nothing.
 
 Each kind of record is a JSON document in its own table, with the columns the queries filter on.
 Every API call runs in one transaction (``Store.transaction``): its side effects and the
@@ -11,7 +11,9 @@ a HIT's expiration, maximum assignments and flags (``_hit_columns``), an assignm
 grows with what it returns, not with the whole state: the sandbox refreshes only the assignments
 that are due, and lists a page or a worker's HITs without reading every HIT and assignment.
 ``put_hit`` and ``put_assignment`` write the columns with the document; a version 1 file gets
-them from its documents when it is opened (``_migrate_from_1``).
+them from its documents when it is opened (``_migrate_from_1``). Tables added since
+(``_ADDED_TABLES``) are created in the opening transaction, so any file of version 1 or 2 gets
+them when it is opened; an older sandbox that opens the file does not read them.
 """
 
 from __future__ import annotations
@@ -63,6 +65,14 @@ CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS ledger (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, doc TEXT NOT NULL);
 """
+
+# Tables added after version 2: created in the opening transaction (the script above commits on
+# its own), so a file that fails to open stays as it was. worker_blocks: CreateWorkerBlock's
+# blocks, one per worker, listed in the order they were first made.
+_ADDED_TABLES = (
+    "CREATE TABLE IF NOT EXISTS worker_blocks ("
+    "seq INTEGER PRIMARY KEY AUTOINCREMENT, worker_id TEXT UNIQUE NOT NULL, doc TEXT NOT NULL)",
+)
 
 # Created after any migration (a version 1 file has not got the columns before it).
 # hits_state covers what a listing filters on, so a listing reads a HIT's document (with its
@@ -148,7 +158,7 @@ class Store:
                     f"{self.path} holds crowd sandbox state version {found}; this sandbox "
                     f"reads versions 1 and {SCHEMA_VERSION}. Use a new --state file."
                 )
-            for statement in _INDEXES:
+            for statement in (*_ADDED_TABLES, *_INDEXES):
                 self._db.execute(statement)
 
     def _migrate_from_1(self) -> None:
@@ -399,6 +409,28 @@ class Store:
 
     def workers(self) -> list[dict[str, Any]]:
         return self.docs("SELECT doc FROM workers ORDER BY id")
+
+    def put_worker_block(self, block: dict[str, Any]) -> None:
+        """Block a worker (``WorkerId``, ``Reason``); a block made again keeps its place."""
+        self.execute(
+            "INSERT INTO worker_blocks (worker_id, doc) VALUES (?, ?) "
+            "ON CONFLICT (worker_id) DO UPDATE SET doc = excluded.doc",
+            (block["WorkerId"], _dump(block)),
+        )
+
+    def delete_worker_block(self, worker_id: str) -> None:
+        self.execute("DELETE FROM worker_blocks WHERE worker_id = ?", (worker_id,))
+
+    def worker_block(self, worker_id: str) -> dict[str, Any] | None:
+        return self.doc("SELECT doc FROM worker_blocks WHERE worker_id = ?", (worker_id,))
+
+    def worker_blocks(self) -> list[dict[str, Any]]:
+        """Every block, in the order the workers were blocked."""
+        return self.docs("SELECT doc FROM worker_blocks ORDER BY seq")
+
+    def count_worker_blocks(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM worker_blocks").fetchone()[0]
 
     def add_ledger(self, kind: str, entry: dict[str, Any]) -> None:
         self.execute("INSERT INTO ledger (kind, doc) VALUES (?, ?)", (kind, _dump(entry)))

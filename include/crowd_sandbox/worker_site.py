@@ -6,17 +6,21 @@ assignment id):
 ``GET /`` and ``GET /?workerId=W``
     Pick a worker id (the known workers, or type one); with one, the HITs assignable for ``W``
     (title, reward, assignments available, expiry), each linking to ``/hit/H?workerId=W``, and
-    ``W``'s assignments in progress.
+    ``W``'s assignments in progress. When the requester blocked ``W`` (CreateWorkerBlock), the
+    HITs are still listed, as MTurk lets a blocked worker view them, each row marked
+    ``data-blocked`` under a notice ``#blocked`` with MTurk's words for a block.
 ``GET /hit/H?workerId=W``
     The preview: the HIT's title, description and reward, the question in
     ``<iframe id="question">`` (``assignmentId=ASSIGNMENT_ID_NOT_AVAILABLE``) and the Accept form
     ``<form id="accept" method="post" action="/hit/H/accept">``. A qualification requirement
-    that guards Preview and is unmet hides the question; one that guards Accept hides the button.
+    that guards Preview and is unmet hides the question; one that guards Accept hides the button,
+    and so does a block (the notice ``#blocked`` takes its place).
 ``POST /hit/H/accept`` (``workerId``)
     Accepts (``Sandbox.accept``) and answers ``303`` to the work page
     ``/hit/H?workerId=W&assignmentId=A``: the same page with the real ``assignmentId`` in the
     question's URL and a Return form (``POST /hit/H/return``). A refusal is a 4xx page that says
-    why.
+    why (403 for a worker the requester blocked; an assignment accepted before the block stays
+    the worker's to do and submit).
 ``GET /hit/H/question?assignmentId=..&hitId=..&workerId=..&turkSubmitTo=..``
     The question itself, called with the query parameters MTurk passes. An HTMLQuestion's
     HTMLContent is served as it is, with one rewrite: every absolute MTurk externalSubmit URL
@@ -62,7 +66,8 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from include.crowd_sandbox import money
 from include.crowd_sandbox.core import new_id
 from include.crowd_sandbox.messages import Request, Response
-from include.crowd_sandbox.operations.worker_actions import NotTheWorkersAssignment
+from include.crowd_sandbox.operations.worker_actions import NotTheWorkersAssignment, WorkerBlocked
+from include.crowd_sandbox.operations.worker_blocks import BLOCKED_MESSAGE
 from include.crowd_sandbox.protocol import RequestError
 from include.crowd_sandbox.question_xml import AnswerTooLarge, external_url, html_content
 from include.crowd_sandbox.requester import Sandbox
@@ -155,10 +160,18 @@ class WorkerSite:
     def index(self, request: Request) -> Response:
         worker_id = self._worker_id(request, required=False)
         worker = self.sandbox.worker(worker_id) if worker_id else None
+        blocked = bool(worker_id) and self.sandbox.blocked(worker_id)
         hits = []
         for hit in self.sandbox.assignable_hits(worker_id):
             unmet = self._unmet(worker, hit, "Accept") if worker else []
-            hits.append({"hit": hit, "unmet": unmet, "url": self._hit_url(hit["HITId"], worker_id)})
+            hits.append(
+                {
+                    "hit": hit,
+                    "unmet": unmet,
+                    "blocked": blocked,
+                    "url": self._hit_url(hit["HITId"], worker_id),
+                }
+            )
         in_progress, done = [], []
         if worker_id:
             for assignment in reversed(self.sandbox.store.assignments_for_worker(worker_id)):
@@ -188,6 +201,8 @@ class WorkerSite:
             workers=workers,
             suggested_worker=new_id("A", 14),
             hits=hits,
+            blocked=blocked,
+            blocked_message=BLOCKED_MESSAGE,
             in_progress=in_progress,
             done=done[:20],
             just_submitted=just_submitted,
@@ -215,6 +230,7 @@ class WorkerSite:
         in_progress = None
         if assignment is None and worker_id:
             in_progress = self._accepted_assignment(hit_id, worker_id)
+        blocked = assignment is None and bool(worker_id) and self.sandbox.blocked(worker_id)
         params = [("assignmentId", assignment_id), ("hitId", hit_id)]
         if worker_id:
             params.append(("workerId", worker_id))
@@ -228,6 +244,8 @@ class WorkerSite:
             preview=assignment is None,
             preview_unmet=preview_unmet,
             accept_unmet=accept_unmet,
+            blocked=blocked,
+            blocked_message=BLOCKED_MESSAGE,
             in_progress=in_progress,
             in_progress_url=in_progress
             and self._hit_url(hit_id, worker_id, in_progress["AssignmentId"]),
@@ -396,10 +414,14 @@ class WorkerSite:
         )
 
     def _refusal(self, error: RequestError, title: str, worker_id: str | None) -> HTTPProblem:
-        """A refused worker action: 404 (no such thing), 403 (not qualified) or 409 (state)."""
+        """A refused worker action: 404 (no such thing), 403 (not qualified, or blocked) or 409
+        (state)."""
         if error.turk_error_code in _NOT_FOUND_CODES:
             status = 404
-        elif error.turk_error_code == "AWS.MechanicalTurk.QualificationRequirementNotMet":
+        elif (
+            isinstance(error, WorkerBlocked)
+            or error.turk_error_code == "AWS.MechanicalTurk.QualificationRequirementNotMet"
+        ):
             status = 403
         else:
             status = 409

@@ -7,7 +7,8 @@ by the largest remainder (ties: the larger share, then the profile named first; 
 rounds to 0 starts nobody), here 14 diligent and 2 each of the others. At most 1000 workers
 in all.
 
-Each one loops: list the HITs it can find (``GET /?workerId=W``), pick up to
+Each one loops: list the HITs it can find (``GET /?workerId=W``; a worker the requester
+blocked passes over the HITs the list marks blocked, so it never works on them), pick up to
 ``HITS_PER_LIST`` of those it has not done, in a random order, and for each in turn (the list
 is loaded again when they are done): open it, accept it (the preview page's ``form#accept``;
 a HIT that filled up meanwhile is skipped for a while), load the question frame (the

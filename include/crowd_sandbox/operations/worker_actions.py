@@ -1,7 +1,11 @@
 """What workers do, as the worker site (and through it the simulated workers) asks for it:
 register, find the HITs they may do, accept, submit (MTurk's externalSubmit), return, and read
 their outbox. Qualification requirements are checked when a worker discovers, previews or
-accepts a HIT."""
+accepts a HIT. A worker the requester blocked (CreateWorkerBlock) still finds and previews the
+HITs but cannot accept one ("A blocked Worker can view your HITs", legacy BlockWorker
+reference); an assignment accepted before the block can still be submitted ("it does not
+prevent the Worker from submitting assignments that they accepted before you blocked them",
+RequesterUI/BlockingaWorker.html)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from include.crowd_sandbox.core import SandboxCore, new_id
+from include.crowd_sandbox.operations.worker_blocks import BLOCKED_MESSAGE
 from include.crowd_sandbox.protocol import RequestError
 from include.crowd_sandbox.qualification_requirements import unmet_requirements
 from include.crowd_sandbox.question_xml import answers_xml
@@ -26,6 +31,10 @@ DEFAULT_WORKER = {
 
 class NotTheWorkersAssignment(RequestError):
     """A worker submitted an assignment that another worker accepted."""
+
+
+class WorkerBlocked(RequestError):
+    """A worker the requester blocked tried to accept one of the requester's HITs."""
 
 
 class WorkerActions(SandboxCore):
@@ -45,6 +54,11 @@ class WorkerActions(SandboxCore):
 
     def worker(self, worker_id: str) -> dict[str, Any]:
         return self.store.worker(worker_id) or self.register_worker(worker_id)
+
+    def blocked(self, worker_id: str) -> bool:
+        """Whether the requester blocked this worker (CreateWorkerBlock)."""
+        with self.store.transaction():
+            return self.store.worker_block(worker_id) is not None
 
     def qualifies(self, worker: dict[str, Any], hit: dict[str, Any], action: str) -> list[str]:
         """Return the unmet requirements that guard ``action`` (Discover, Preview, Accept)."""
@@ -87,6 +101,8 @@ class WorkerActions(SandboxCore):
                     if existing["AssignmentStatus"] == "Accepted":
                         return existing
                     raise RequestError(f"Worker {worker_id} has already done HIT {hit_id}.")
+            if self.store.worker_block(worker_id) is not None:
+                raise WorkerBlocked(BLOCKED_MESSAGE)
             view = self.hit_view(hit)
             if view["HITStatus"] != "Assignable":
                 raise RequestError(f"HIT {hit_id} is {view['HITStatus']}, not Assignable.")

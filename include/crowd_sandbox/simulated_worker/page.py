@@ -293,10 +293,15 @@ _HIT_PATH = re.compile(r"^/hit/([^/?#]+)/?$")
 
 
 def hits_on_list_page(html: str, url: str) -> list[str]:
-    """HIT ids linked from the HIT list page (``/hit/<HITId>`` links), in page order."""
+    """HIT ids linked from the HIT list page (``/hit/<HITId>`` links), in page order.
+
+    Links inside an element marked ``data-blocked`` (the requester blocked this worker) are
+    passed over, as a person passes over HITs they are told they cannot accept."""
     found: list[str] = []
     origin = urlsplit(url).netloc
     for anchor in parse_html(html).iter("a"):
+        if any("data-blocked" in node.attrs for node in (anchor, *anchor.ancestors())):
+            continue
         target = urlsplit(urljoin(url, anchor.get("href") or ""))
         match = _HIT_PATH.match(target.path)
         if match and target.netloc == origin and match.group(1) not in found:
