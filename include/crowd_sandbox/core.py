@@ -1,7 +1,12 @@
 """The sandbox's core, which every group of operations shares: the state file (``Store``),
 the clock, the account balance, ``UniqueRequestToken`` bookkeeping, the HIT and assignment
-lookups, what time does to assignments (abandonment, auto-approval), paging, and the parameter
-checks MTurk answers ``InvalidParameterValue`` to.
+lookups, what time does to assignments (abandonment, auto-approval), paging, the parameter
+checks MTurk answers ``InvalidParameterValue`` to, and the HIT events the operations report
+(``_event``) for the notifications.
+
+Every operation runs in ``_operation``: one transaction of the state file, in which the events it
+recorded become notification messages, sent once it has committed (the hooks
+``_queue_notifications`` and ``_send_notifications``, which ``NotificationOperations`` fills in).
 
 The operations are in ``include.crowd_sandbox.operations``, one module per group of MTurk's API
 reference; ``requester.Sandbox`` composes them over this core.
@@ -14,7 +19,9 @@ import json
 import secrets
 import string
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from include.crowd_sandbox import money
@@ -36,6 +43,16 @@ def new_id(prefix: str = "", length: int = 30) -> str:
     return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(length - len(prefix)))
 
 
+@dataclass(frozen=True)
+class HITEvent:
+    """Something that happened to a HIT, as MTurk's notifications name it (``EventType``)."""
+
+    event_type: str
+    hit_id: str
+    at: float
+    assignment_id: str | None = None
+
+
 class SandboxCore:
     """The shared state of the sandbox's operations, over a ``Store``."""
 
@@ -48,6 +65,10 @@ class SandboxCore:
     ) -> None:
         self.store = store
         self.clock = clock
+        # The events of the operation in progress: only touched inside its transaction, which
+        # holds the store's lock, so one list serves every thread.
+        self._events: list[HITEvent] = []
+        self._operation_depth = 0
         with store.transaction():
             if store.meta("balance_cents") is None:
                 store.set_meta("balance_cents", str(money.parse_amount(initial_balance)))
@@ -63,9 +84,49 @@ class SandboxCore:
                 f"The crowd sandbox does not implement {operation}.",
                 "AWS.MechanicalTurk.UnsupportedOperation",
             )
-        with self.store.transaction():
+        with self._operation():
             self._refresh()
             return handler(params, request_id) or {}
+
+    @contextmanager
+    def _operation(self) -> Generator[None]:
+        """Run an operation in one transaction; send its notifications once it committed.
+
+        An operation inside another joins it. If it fails, its events go with its changes."""
+        with self.store.transaction():
+            if self._operation_depth:
+                yield
+                return
+            self._operation_depth = 1
+            try:
+                yield
+                self._queue_notifications()
+            except BaseException:
+                self._events.clear()
+                raise
+            finally:
+                self._operation_depth = 0
+        self._send_notifications()
+
+    def _event(
+        self,
+        event_type: str,
+        hit_id: str,
+        assignment_id: str | None = None,
+        at: float | None = None,
+    ) -> None:
+        """Record that ``event_type`` happened to a HIT (at ``at``, by default now)."""
+        self._events.append(
+            HITEvent(event_type, hit_id, self._now() if at is None else at, assignment_id)
+        )
+
+    def _queue_notifications(self) -> None:
+        """Turn the events recorded so far into notification messages, in the transaction
+        (``NotificationOperations``); without it they are dropped."""
+        self._events.clear()
+
+    def _send_notifications(self) -> None:
+        """Send the messages waiting to be sent, after the commit (``NotificationOperations``)."""
 
     def _now(self) -> float:
         return float(self.clock()) + self._offset
@@ -82,7 +143,7 @@ class SandboxCore:
                 f"the clock moves forward by 0 to {MAX_CLOCK_ADVANCE_S} seconds at a time, "
                 f"not {seconds}"
             )
-        with self.store.transaction():
+        with self._operation():
             self._offset += seconds
             self.store.set_meta("clock_offset", repr(self._offset))
             self._refresh()
@@ -136,13 +197,20 @@ class SandboxCore:
         """Apply what time did: abandoned assignments free their slot, auto-approvals happen.
 
         Only the assignments that are due are read (``Store.due_assignments``), so a call costs
-        what time changed, not the size of the state."""
+        what time changed, not the size of the state. Their events (and the HITs that expired)
+        are queued before the operation's own."""
         now = self._now()
         for assignment in self.store.due_assignments(now):
             status = assignment["AssignmentStatus"]
             if status == "Accepted" and now >= assignment["Deadline"]:
                 self.store.delete_assignment(assignment["AssignmentId"])
                 self.store.add_ledger("abandoned", {"AssignmentId": assignment["AssignmentId"]})
+                self._event(
+                    "AssignmentAbandoned",
+                    assignment["HITId"],
+                    assignment["AssignmentId"],
+                    at=assignment["Deadline"],
+                )
             elif status == "Submitted" and now >= assignment["AutoApprovalTime"]:
                 hit = self.store.hit(assignment["HITId"])
                 cost = self._approval_cost(hit)
@@ -154,6 +222,8 @@ class SandboxCore:
                     "auto-approval",
                     {"AssignmentId": assignment["AssignmentId"], "Charged": cost, "Time": now},
                 )
+                self._event("AssignmentApproved", assignment["HITId"], assignment["AssignmentId"])
+        self._queue_notifications()
 
     def _approval_cost(self, hit: dict[str, Any]) -> int:
         reward = money.parse_amount(hit["Reward"])

@@ -5,19 +5,21 @@ Unassignable → Reviewable → Reviewing / Disposed, expiry), assignment states
 Approved / Rejected, OverrideRejection, auto-approval), ``UniqueRequestToken`` (24 h) on
 CreateHIT, CreateHITWithHITType, SendBonus and CreateAdditionalAssignmentsForHIT, qualification
 requirements checked when a worker previews or accepts, worker blocks (a blocked worker cannot
-accept), NotifyWorkers limits, and the account balance charged with MTurk's fees. Every
-operation runs in one transaction of the state file.
+accept), NotifyWorkers limits, the account balance charged with MTurk's fees, and HIT event
+notifications sent to SQS queues on this machine. Every operation runs in one transaction of the
+state file; its notifications are sent after it commits.
 
 ``Sandbox`` is that service: the core (``core.SandboxCore``: the state, clock, balance and
 tokens) with one mixin per group of operations (``operations/``: HITs, assignments,
-qualifications, worker blocks, worker actions). A request runs the ``op_<Operation>`` method of
-its name.
+qualifications, worker blocks, notifications, worker actions). A request runs the
+``op_<Operation>`` method of its name.
 """
 
 from __future__ import annotations
 
 from include.crowd_sandbox.operations.assignments import AssignmentOperations
 from include.crowd_sandbox.operations.hits import HITOperations
+from include.crowd_sandbox.operations.notifications import NotificationOperations
 from include.crowd_sandbox.operations.qualifications import QualificationOperations
 from include.crowd_sandbox.operations.worker_actions import WorkerActions
 from include.crowd_sandbox.operations.worker_blocks import WorkerBlockOperations
@@ -32,6 +34,7 @@ class Sandbox(
     AssignmentOperations,
     QualificationOperations,
     WorkerBlockOperations,
+    NotificationOperations,
     WorkerActions,
 ):
     """MTurk's requester API and the worker actions, over a ``Store``."""

@@ -1,4 +1,5 @@
-"""The embedded default's services on 127.0.0.1: moto's S3 server and the crowd sandbox.
+"""The embedded default's services on 127.0.0.1: moto's server (S3, and SQS for the crowd
+sandbox's notifications: moto serves every service on its one port) and the crowd sandbox.
 
 Used by ``make demo`` and the end-to-end tests::
 
@@ -172,6 +173,15 @@ class LocalStack:
 
     def s3_client(self):
         return self._client("s3", self.s3_url)
+
+    def sqs_client(self):
+        """SQS on moto's server (the S3 endpoint: moto serves every service on one port)."""
+        return self._client("sqs", self.s3_url)
+
+    def create_queue(self, name: str = "mturk-notifications") -> str:
+        """Create an SQS queue for the sandbox's notifications (UpdateNotificationSettings'
+        Destination, Transport SQS); return its URL, on 127.0.0.1 as the sandbox requires."""
+        return self.sqs_client().create_queue(QueueName=name)["QueueUrl"]
 
     def mturk_client(self):
         return self._client("mturk", self.sandbox_url)

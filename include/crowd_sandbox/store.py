@@ -1,5 +1,6 @@
 """The sandbox's state in one SQLite file: every HIT, assignment, answer, payment, e-mail,
-qualification, worker block and request token, so a restart on the same file loses nothing.
+qualification, worker block, notification setting, notification not yet sent and request token,
+so a restart on the same file loses nothing.
 
 Each kind of record is a JSON document in its own table, with the columns the queries filter on.
 Every API call runs in one transaction (``Store.transaction``): its side effects and the
@@ -68,10 +69,23 @@ CREATE TABLE IF NOT EXISTS ledger (
 
 # Tables added after version 2: created in the opening transaction (the script above commits on
 # its own), so a file that fails to open stays as it was. worker_blocks: CreateWorkerBlock's
-# blocks, one per worker, listed in the order they were first made.
+# blocks, one per worker, listed in the order they were first made. notification_settings: each
+# HIT type's UpdateNotificationSettings (its Notification and Active). notification_outbox: the
+# notification messages written with the changes they report and sent once those committed
+# (``attempts``, ``next_attempt`` and ``error`` after a failed send; ``failed`` once given up).
+# notification_hit_status: the status each HIT of a notified HIT type was last seen in, to tell
+# when it becomes Reviewable.
 _ADDED_TABLES = (
     "CREATE TABLE IF NOT EXISTS worker_blocks ("
     "seq INTEGER PRIMARY KEY AUTOINCREMENT, worker_id TEXT UNIQUE NOT NULL, doc TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS notification_settings ("
+    "hit_type_id TEXT PRIMARY KEY, active INTEGER NOT NULL, doc TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS notification_outbox ("
+    "seq INTEGER PRIMARY KEY AUTOINCREMENT, destination TEXT NOT NULL, body TEXT NOT NULL, "
+    "attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL DEFAULT 0, error TEXT, "
+    "failed INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS notification_hit_status ("
+    "hit_id TEXT PRIMARY KEY, status TEXT NOT NULL)",
 )
 
 # Created after any migration (a version 1 file has not got the columns before it).
@@ -83,6 +97,8 @@ _INDEXES = (
     "(disposed, seq, expiration, max_assignments, reviewing, hit_type_id, id)",
     "CREATE INDEX IF NOT EXISTS assignments_hit_status ON assignments (hit_id, status)",
     "CREATE INDEX IF NOT EXISTS assignments_due ON assignments (due) WHERE due IS NOT NULL",
+    # HITs by expiration, for the HITExpired notifications: a range of it reads no document.
+    "CREATE INDEX IF NOT EXISTS hits_expiration ON hits (expiration, disposed, hit_type_id, id)",
 )
 
 # Every HIT with its assignment counts, from indexes only: no document is read (a scan of the
@@ -104,6 +120,16 @@ class AssignmentCounts:
     assigned: int = 0
     pending: int = 0
     completed: int = 0
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """A notification message waiting in ``notification_outbox`` to be sent."""
+
+    seq: int
+    destination: str
+    body: str
+    attempts: int
 
 
 @dataclass(frozen=True)
@@ -264,6 +290,19 @@ class Store:
 
     def hit(self, hit_id: str) -> dict[str, Any] | None:
         return self.doc("SELECT doc FROM hits WHERE id = ?", (hit_id,))
+
+    def hit_type(self, hit_type_id: str) -> dict[str, Any] | None:
+        return self.doc("SELECT doc FROM hit_types WHERE id = ?", (hit_type_id,))
+
+    def hits_expired(self, after: float, until: float) -> list[tuple[str, str, float]]:
+        """The HITs not disposed of whose expiration is in (``after``, ``until``], as
+        ``(HITId, HITTypeId, Expiration)``, by expiration (from an index: no document)."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT id, hit_type_id, expiration FROM hits INDEXED BY hits_expiration "
+                "WHERE expiration > ? AND expiration <= ? AND disposed = 0 ORDER BY expiration",
+                (after, until),
+            ).fetchall()
 
     def hits(self) -> list[dict[str, Any]]:
         return self.docs("SELECT doc FROM hits ORDER BY seq")
@@ -431,6 +470,92 @@ class Store:
     def count_worker_blocks(self) -> int:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM worker_blocks").fetchone()[0]
+
+    def put_notification_setting(self, setting: dict[str, Any]) -> None:
+        """A HIT type's notification setting: ``HITTypeId``, ``Notification``, ``Active``."""
+        self.execute(
+            "INSERT OR REPLACE INTO notification_settings (hit_type_id, active, doc) "
+            "VALUES (?, ?, ?)",
+            (setting["HITTypeId"], int(setting["Active"]), _dump(setting)),
+        )
+
+    def notification_setting(self, hit_type_id: str) -> dict[str, Any] | None:
+        return self.doc(
+            "SELECT doc FROM notification_settings WHERE hit_type_id = ?", (hit_type_id,)
+        )
+
+    def active_notification_settings(self) -> list[dict[str, Any]]:
+        return self.docs("SELECT doc FROM notification_settings WHERE active = 1")
+
+    def add_outbox(self, destination: str, body: str) -> None:
+        self.execute(
+            "INSERT INTO notification_outbox (destination, body) VALUES (?, ?)",
+            (destination, body),
+        )
+
+    def due_outbox(self, now: float, after: int, limit: int) -> list[OutboxMessage]:
+        """The oldest messages after ``after`` (a ``seq``), not given up, whose next attempt is
+        due at ``now``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, destination, body, attempts FROM notification_outbox "
+                "WHERE seq > ? AND failed = 0 AND next_attempt <= ? ORDER BY seq LIMIT ?",
+                (after, now, limit),
+            ).fetchall()
+        return [OutboxMessage(*row) for row in rows]
+
+    def outbox_waiting(self) -> bool:
+        """Whether any message is still to be sent (now or after a failed attempt)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT EXISTS (SELECT 1 FROM notification_outbox WHERE failed = 0)"
+            ).fetchone()
+        return bool(row[0])
+
+    def delete_outbox(self, seq: int) -> None:
+        self.execute("DELETE FROM notification_outbox WHERE seq = ?", (seq,))
+
+    def defer_outbox(
+        self, seq: int, *, attempts: int, next_attempt: float, error: str, failed: bool
+    ) -> None:
+        """Record a failed attempt: try again at ``next_attempt``, or never (``failed``)."""
+        self.execute(
+            "UPDATE notification_outbox SET attempts = ?, next_attempt = ?, error = ?, "
+            "failed = ? WHERE seq = ?",
+            (attempts, next_attempt, error, int(failed), seq),
+        )
+
+    def outbox(self) -> list[dict[str, Any]]:
+        """Every message still in the outbox (waiting or given up), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT destination, body, attempts, error, failed FROM notification_outbox "
+                "ORDER BY seq"
+            ).fetchall()
+        keys = ("Destination", "Body", "Attempts", "Error", "Failed")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def notice_statuses(self, hit_ids: list[str]) -> dict[str, str]:
+        """The status each of these HITs was last seen in for notifications (if it was)."""
+        found: dict[str, str] = {}
+        with self._lock:
+            for start in range(0, len(hit_ids), _MAX_SQL_ARGS):
+                chunk = hit_ids[start : start + _MAX_SQL_ARGS]
+                marks = ",".join("?" * len(chunk))
+                found.update(
+                    self._db.execute(
+                        "SELECT hit_id, status FROM notification_hit_status "
+                        f"WHERE hit_id IN ({marks})",
+                        tuple(chunk),
+                    ).fetchall()
+                )
+        return found
+
+    def put_notice_status(self, hit_id: str, status: str) -> None:
+        self.execute(
+            "INSERT OR REPLACE INTO notification_hit_status (hit_id, status) VALUES (?, ?)",
+            (hit_id, status),
+        )
 
     def add_ledger(self, kind: str, entry: dict[str, Any]) -> None:
         self.execute("INSERT INTO ledger (kind, doc) VALUES (?, ?)", (kind, _dump(entry)))

@@ -1,6 +1,7 @@
 """Assignments and what the requester pays and writes: ListAssignmentsForHIT,
 GetAssignment, ApproveAssignment, RejectAssignment, SendBonus, ListBonusPayments, NotifyWorkers
-and GetAccountBalance, charged with MTurk's fees."""
+and GetAccountBalance, charged with MTurk's fees. Approving and rejecting report the
+AssignmentApproved and AssignmentRejected events of MTurk's notifications."""
 
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ class AssignmentOperations(SandboxCore):
         if params.get("RequesterFeedback") is not None:
             assignment["RequesterFeedback"] = params["RequesterFeedback"]
         self.store.put_assignment(assignment)
+        self._event("AssignmentApproved", assignment["HITId"], assignment["AssignmentId"], now)
         return {}
 
     def op_RejectAssignment(self, params: dict[str, Any], request_id: str):
@@ -88,6 +90,7 @@ class AssignmentOperations(SandboxCore):
             RequesterFeedback=params["RequesterFeedback"],
         )
         self.store.put_assignment(assignment)
+        self._event("AssignmentRejected", assignment["HITId"], assignment["AssignmentId"])
         return {}
 
     # --- money and messages -----------------------------------------------------------------

@@ -1,6 +1,7 @@
 """HIT types and HITs: CreateHIT, CreateHITType, CreateHITWithHITType, GetHIT, ListHITs,
 ListReviewableHITs, UpdateExpirationForHIT, UpdateHITReviewStatus, DeleteHIT and
-CreateAdditionalAssignmentsForHIT."""
+CreateAdditionalAssignmentsForHIT. They report the HIT events of MTurk's notifications:
+HITCreated, HITExtended (a later expiration, more assignments) and HITDisposed."""
 
 from __future__ import annotations
 
@@ -97,6 +98,7 @@ class HITOperations(SandboxCore):
         self.store.put_hit(hit)
         self._remember_token("CreateHIT", token, {"HITId": hit["HITId"], "RequestId": request_id})
         self.store.add_ledger("create-hit", {"HITId": hit["HITId"], "Time": now})
+        self._event("HITCreated", hit["HITId"], at=now)
         return {"HIT": self.hit_view(hit)}
 
     def _check_hit_token(self, params: dict[str, Any]) -> None:
@@ -118,7 +120,7 @@ class HITOperations(SandboxCore):
 
     def op_CreateHITWithHITType(self, params: dict[str, Any], request_id: str):
         self._check_hit_token(params)
-        hit_type = self.store.doc("SELECT doc FROM hit_types WHERE id = ?", (params["HITTypeId"],))
+        hit_type = self.store.hit_type(params["HITTypeId"])
         if hit_type is None:
             raise RequestError(
                 f"HITType {params['HITTypeId']} does not exist.",
@@ -164,8 +166,11 @@ class HITOperations(SandboxCore):
                 f"Hit {hit['HITId']} has been deleted.", "AWS.MechanicalTurk.InvalidHITState"
             )
         expire_at: datetime = params["ExpireAt"]
+        before = hit["Expiration"]
         hit["Expiration"] = max(self._now(), expire_at.timestamp())
         self.store.put_hit(hit)
+        if hit["Expiration"] > before:
+            self._event("HITExtended", hit["HITId"])
         return {}
 
     def op_UpdateHITReviewStatus(self, params: dict[str, Any], request_id: str):
@@ -206,6 +211,7 @@ class HITOperations(SandboxCore):
             )
         hit["Disposed"] = True
         self.store.put_hit(hit)
+        self._event("HITDisposed", hit["HITId"])
         return {}
 
     def op_CreateAdditionalAssignmentsForHIT(self, params: dict[str, Any], request_id: str):
@@ -239,6 +245,7 @@ class HITOperations(SandboxCore):
         self._require_funds(extra * self._approval_cost(hit))
         hit["MaxAssignments"] = before + extra
         self.store.put_hit(hit)
+        self._event("HITExtended", hit["HITId"])
         self._remember_token(
             "CreateAdditionalAssignmentsForHIT",
             token,

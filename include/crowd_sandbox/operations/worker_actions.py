@@ -5,7 +5,8 @@ accepts a HIT. A worker the requester blocked (CreateWorkerBlock) still finds an
 HITs but cannot accept one ("A blocked Worker can view your HITs", legacy BlockWorker
 reference); an assignment accepted before the block can still be submitted ("it does not
 prevent the Worker from submitting assignments that they accepted before you blocked them",
-RequesterUI/BlockingaWorker.html)."""
+RequesterUI/BlockingaWorker.html). Accepting, submitting and returning report the
+AssignmentAccepted, AssignmentSubmitted and AssignmentReturned events of MTurk's notifications."""
 
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ class WorkerActions(SandboxCore):
 
         The store picks the HITs with a free slot that the worker has not done from its
         columns, so only the documents of HITs on the list are read."""
-        with self.store.transaction():
+        with self._operation():
             self._refresh()
             worker = self.worker(worker_id) if worker_id else None
             now = self._now()
@@ -86,13 +87,13 @@ class WorkerActions(SandboxCore):
             ]
 
     def hit_for_worker(self, hit_id: str) -> dict[str, Any]:
-        with self.store.transaction():
+        with self._operation():
             self._refresh()
             return self.hit_view(self._hit(hit_id))
 
     def accept(self, hit_id: str, worker_id: str) -> dict[str, Any]:
         """A worker accepts a HIT: return the new assignment, or raise ``RequestError``."""
-        with self.store.transaction():
+        with self._operation():
             self._refresh()
             hit = self._hit(hit_id)
             worker = self.worker(worker_id)
@@ -123,6 +124,7 @@ class WorkerActions(SandboxCore):
                 "Deadline": now + hit["AssignmentDurationInSeconds"],
             }
             self.store.put_assignment(assignment)
+            self._event("AssignmentAccepted", hit_id, assignment["AssignmentId"], now)
             return assignment
 
     def submit(
@@ -137,7 +139,7 @@ class WorkerActions(SandboxCore):
         ``worker_ids`` are the workers the request says it comes from: each must be the one
         who accepted the assignment. A refusal (``RequestError``) changes nothing.
         """
-        with self.store.transaction():
+        with self._operation():
             self._refresh()
             assignment = self.store.assignment(assignment_id)
             if assignment is None:
@@ -164,16 +166,18 @@ class WorkerActions(SandboxCore):
                 Answer=answers_xml([(k, v) for k, v in fields if k != "assignmentId"]),
             )
             self.store.put_assignment(assignment)
+            self._event("AssignmentSubmitted", hit["HITId"], assignment_id, now)
             return assignment
 
     def return_assignment(self, assignment_id: str) -> None:
         """A worker returns an accepted assignment; its slot becomes available again."""
-        with self.store.transaction():
+        with self._operation():
             assignment = self.store.assignment(assignment_id)
             if assignment is None or assignment["AssignmentStatus"] != "Accepted":
                 raise RequestError(f"Assignment {assignment_id} cannot be returned.")
             self.store.delete_assignment(assignment_id)
             self.store.add_ledger("returned", {"AssignmentId": assignment_id})
+            self._event("AssignmentReturned", assignment["HITId"], assignment_id)
 
     def outbox(self) -> dict[str, dict[str, list]]:
         """Per worker: the e-mails sent to them and the bonuses paid to them."""

@@ -8,9 +8,11 @@ import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 from urllib.request import Request, urlopen
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from testsupport.motokit import moto_s3
 from testsupport.sandbox_process import html_question
 
 ANSWERS_NS = (
@@ -422,6 +424,54 @@ def test_notify_workers_limits_and_failure_statuses(sandbox, mturk):
             mturk.notify_workers, WorkerIds=["AWORKERONE"], Subject="x" * 201, MessageText="y"
         )["Message"]
     )
+
+
+# --- notifications ----------------------------------------------------------------------------
+
+
+def test_notifications_reach_a_local_sqs_queue_in_mturks_message_format(sandbox, mturk):
+    """UpdateNotificationSettings and SendTestEventNotification through boto3; the messages are
+    read back from moto's SQS on 127.0.0.1 (each rule and its source: test_notifications.py)."""
+    with moto_s3() as endpoint:  # moto's server: SQS on the same port
+        sqs = boto3.client(
+            "sqs",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+        queue = sqs.create_queue(QueueName="conformance")["QueueUrl"]
+        notification = {
+            "Destination": queue,
+            "Transport": "SQS",
+            "Version": "2006-05-05",
+            "EventTypes": ["AssignmentSubmitted", "HITReviewable"],
+        }
+        mturk.send_test_event_notification(Notification=notification, TestEventType="Ping")
+        hit = create(mturk, MaxAssignments=1)
+        mturk.update_notification_settings(
+            HITTypeId=hit["HITTypeId"], Notification=notification, Active=True
+        )
+        assignment_id = sandbox.work(hit["HITId"], "AWORKERONE")
+        messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    bodies = [json.loads(message["Body"]) for message in messages]
+    assert [set(body) for body in bodies] == [
+        {"Events", "EventDocId", "SourceAccount", "CustomerId", "EventDocVersion"}
+    ] * 3
+    assert [
+        (e["EventType"], e.get("AssignmentId"), e["HITTypeId"] == hit["HITTypeId"])
+        for body in bodies
+        for e in body["Events"]
+    ] == [
+        ("Ping", None, False),
+        ("AssignmentSubmitted", assignment_id, True),
+        ("HITReviewable", None, True),
+    ]
+    real_queue = {**notification, "Destination": "https://sqs.us-east-1.amazonaws.com/1/q"}
+    error = error_of(
+        mturk.update_notification_settings, HITTypeId=hit["HITTypeId"], Notification=real_queue
+    )
+    assert "only to a queue on this machine" in error["Message"]
 
 
 # --- qualifications ---------------------------------------------------------------------------
