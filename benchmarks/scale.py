@@ -107,6 +107,17 @@ class DagResult:
     similarity_s: float = 0.0  # trigger to write_matches end
 
 
+def _task_instances(stack, base: str) -> list[dict]:
+    """Every task instance of a run, page by page (the API gives at most [api]
+    maximum_page_limit, 100 by default, a page)."""
+    found: list[dict] = []
+    while True:
+        page = stack.api("GET", base, params={"limit": 100, "offset": len(found)})
+        found += page["task_instances"]
+        if not page["task_instances"] or len(found) >= page["total_entries"]:
+            return found
+
+
 def _spans(tis: list[dict], task_id: str) -> list[tuple[float, float]]:
     """(start, end) of each finished instance of ``task_id``, from the task instances' times."""
     return [
@@ -261,7 +272,7 @@ def run_dag(workers: int, sources: dict[str, Path], args: argparse.Namespace) ->
             finished = stack.wait_for_run(DAG_ID, run["dag_run_id"], timeout=args.timeout)
             run_s = time.monotonic() - started
             base = f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances"
-            tis = stack.api("GET", base, params={"limit": 1000})["task_instances"]
+            tis = _task_instances(stack, base)
         finally:
             stack.stop()
             drop_database(database)

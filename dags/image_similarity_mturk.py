@@ -84,6 +84,7 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MONEY = r"^(?!0+\.0+$)\d{1,3}\.\d{2}$"
 MATCHES_ASSET = Asset("image_similarity_mturk_matches")
+REHEARSAL = "@rehearsal"  # a rehearsal's folder suffix: no batch id holds an "@"
 
 SOURCES, MODEL, HIT, WORKERS, PAYMENTS, MESSAGES, STORAGE = (
     "Sources", "Model", "HIT", "Workers", "Payments", "Messages", "Storage",
@@ -440,7 +441,9 @@ PARAMS = {
 def _batch_dir(params: dict, run_id: str, dag_id: str) -> Path:
     """The run's batch folder: the Param batch_id's, or the campaign of this DAG, its sources
     (normalised: a relative and an absolute path to one folder are one campaign) and its MTurk
-    environment."""
+    environment. A rehearsal (Param ask_crowd off) works in ``<batch id>@rehearsal`` beside it:
+    it never rewrites the matches or gold a batch's HITs are made from (a failed real run's
+    retry would otherwise create HITs from the rehearsal's)."""
     from include.image_similarity.sources import SourceSpec
 
     sources = {
@@ -448,9 +451,10 @@ def _batch_dir(params: dict, run_id: str, dag_id: str) -> Path:
         for name, text in _similarity_settings(params).sources.locations().items()
     }
     campaign = campaign_id(dag_id, params["mturk_environment"], sources)
-    return batch_dir_for_run(
+    folder = batch_dir_for_run(
         params["output_dir"], params["batch_id"], run_id, PROJECT_ROOT, campaign
     )
+    return folder if params["ask_crowd"] else folder.with_name(folder.name + REHEARSAL)
 
 
 def _review_round(context, batch_dir: str, final: bool, deadline: float) -> list[str]:
@@ -515,8 +519,8 @@ def _drive_problems(similarity: SimilaritySettings, params: dict) -> list[str]:
     from include.image_similarity.checks import drive_folders
 
     folders = drive_folders(similarity)
-    try:
-        results_folder = parse_folder(params["results_drive_folder"])
+    try:  # the results are copied by the crowd stage: a rehearsal needs no results folder
+        results_folder = parse_folder(params["results_drive_folder"] if params["ask_crowd"] else "")
     except ValueError as exc:
         return [str(exc)]
     if results_folder:
@@ -686,8 +690,9 @@ def image_similarity_mturk():
         batch_id = None
         try:
             batch_id = _batch_dir(params, context["run_id"], context["dag"].dag_id).name
+            settings = _settings(params, batch_id.removesuffix(REHEARSAL))  # also rehearsed
             if params["ask_crowd"]:
-                found += _crowd_problems(params, _settings(params, batch_id))
+                found += _crowd_problems(params, settings)
         except (SettingsError, ValueError) as exc:
             found.append(str(exc))
         if found:
@@ -702,8 +707,9 @@ def image_similarity_mturk():
             )
         else:
             log.info(
-                "settings checked: batch %s; sources are fine. Param ask_crowd is off: the run "
-                "ends before the crowd stage, so S3, MTurk and the money settings are not checked",
+                "settings checked: %s; sources and HIT settings are fine. Param ask_crowd is "
+                "off: a rehearsal that ends before the crowd stage, in its own folder, so the "
+                "bucket, MTurk and the balance are not checked",
                 batch_id,
             )
         return batch_id

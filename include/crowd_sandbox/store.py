@@ -86,6 +86,10 @@ _ADDED_TABLES = (
     "failed INTEGER NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS notification_hit_status ("
     "hit_id TEXT PRIMARY KEY, status TEXT NOT NULL)",
+    # The messages still to send, without the given-up ones: a call's look at the outbox does
+    # not grow with the messages that could never be sent.
+    "CREATE INDEX IF NOT EXISTS notification_outbox_pending ON notification_outbox (seq) "
+    "WHERE failed = 0",
 )
 
 # Created after any migration (a version 1 file has not got the columns before it).

@@ -255,15 +255,25 @@ def test_a_budget_below_the_cost_stops_before_any_hit(airflow_env, sample, tmp_p
 def test_without_the_crowd_the_run_ends_after_the_matches_and_needs_no_bucket(
     airflow_env, sample, tmp_path, stack
 ):
-    """Param ask_crowd off: a rehearsal. The matches and contact sheets are written; nothing is
-    uploaded, no HIT is created, and a run without a bucket is not refused for it."""
+    """Param ask_crowd off: a rehearsal, in its own folder. The matches and contact sheets are
+    written; nothing is uploaded, no HIT is created, and a run without a bucket, whose S3 and
+    MTurk are a dead address, is not refused for it."""
     conf = {**conf_for(sample, tmp_path, bucket=""), "batch_id": "e2e-dry", "ask_crowd": False}
-    run = dags_test(airflow_env, conf)
+    dead = {**stack.connection()}
+    dead["extra"] = {
+        "region_name": "us-east-1",
+        "service_config": {
+            "s3": {"endpoint_url": "http://127.0.0.1:9"},
+            "mturk": {"endpoint_url": "http://127.0.0.1:9"},
+        },
+    }
+    run = dags_test({**airflow_env, "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(dead)}, conf)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-4000:]
     assert_no_error_logged(run)
     assert "Param ask_crowd is off: the run ends before the crowd stage" in log
-    batch = tmp_path / "output" / "e2e-dry"
+    assert not (tmp_path / "output" / "e2e-dry").exists()  # a batch's folder is not touched
+    batch = tmp_path / "output" / "e2e-dry@rehearsal"
     matches = json.loads((batch / "matches.json").read_text())
     assert len(matches) == len(list(sample.queries_dir.iterdir()))
     assert len(list((batch / "contact_sheets").iterdir())) == len(matches)

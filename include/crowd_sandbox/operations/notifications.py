@@ -35,12 +35,13 @@ Delivery: the operations record events (``SandboxCore._event``); ``_queue_notifi
 those of HIT types with an active specification into messages in the state file's outbox, in
 the transaction of the change they report, so a message exists exactly when its change
 committed. ``_send_notifications`` sends them after the commit, oldest first, one sender at a
-time, each message at most once per round, and deletes each message it sent. A failed send is
-logged and the message kept: it is tried again by the rounds after later operations,
-``FIRST_RETRY_S`` later and twice as long after each failure, and given up (logged as an error,
-left in the outbox marked failed) after ``MAX_SEND_ATTEMPTS``. A message is sent twice only if
-the sandbox stops between sending it and deleting it; it is sent again, with the same
-EventDocId, when the sandbox runs again.
+time (a call that finds another sending does not wait for it), each message at most once per
+round, and deletes each message it sent. A failed send is logged and the message kept: it is
+tried again by the rounds after later operations, ``FIRST_RETRY_S`` later and twice as long
+after each failure, and given up (logged as an error, left in the outbox marked failed) after
+``MAX_SEND_ATTEMPTS``. A message can arrive twice, with the same EventDocId (which MTurk tells
+consumers to track): when SQS took it but its answer was lost (a timeout), or when the sandbox
+stopped between sending it and deleting it (it is sent again when the sandbox runs again).
 
 Events of time (AssignmentAbandoned, auto-approval's AssignmentApproved, HITExpired and the
 HITReviewable it may cause) are found where the sandbox applies what time did (``_refresh``).
@@ -137,6 +138,7 @@ class NotificationOperations(SandboxCore):
         super().__init__(*args, **kwargs)
         self._sender = SQSSender()
         self._sending = threading.Lock()
+        self._queued = 0  # messages queued by this sandbox: a sender goes round again if it grew
         with self.store.transaction():
             self._outbox_waiting = self.store.outbox_waiting()  # left by an earlier run
 
@@ -286,6 +288,7 @@ class NotificationOperations(SandboxCore):
         body = json.dumps(message, separators=(",", ":"))  # compact, as MTurk's messages are
         self.store.add_outbox(notification["Destination"], body)
         self._outbox_waiting = True
+        self._queued += 1  # under the store's lock
 
     def _customer_id(self) -> str:
         """The requester's customer id (``A`` and 12 letters or digits), the same for the state
@@ -299,19 +302,35 @@ class NotificationOperations(SandboxCore):
     # --- sending, after the commit -----------------------------------------------------------
 
     def _send_notifications(self) -> None:
-        if not self._outbox_waiting:
-            return
-        with self._sending:
-            after = 0  # each message is tried at most once per round
-            while True:
-                with self.store.transaction():  # the store's lock: no message is being queued
-                    due = self.store.due_outbox(time.time(), after, SEND_BATCH)
-                    if not due:
-                        self._outbox_waiting = self.store.outbox_waiting()
-                        return
-                for message in due:
-                    self._send(message.seq, message.destination, message.body, message.attempts)
-                after = due[-1].seq
+        """Send what is due. Never waits for another sender: a call that finds one at work
+        leaves its messages to it (the sender goes round again when messages were queued
+        during its round), so a slow queue delays the call that is sending, not every call.
+        The call's change has committed: nothing here may fail it."""
+        while self._outbox_waiting:
+            if not self._sending.acquire(blocking=False):
+                return
+            queued = self._queued
+            try:
+                self._send_round()
+            except Exception:  # noqa: BLE001 - logged; the messages stay in the outbox
+                log.exception("sending notifications failed; the messages stay in the outbox")
+                return
+            finally:
+                self._sending.release()
+            if self._queued == queued:
+                return
+
+    def _send_round(self) -> None:
+        after = 0  # each message is tried at most once per round
+        while True:
+            with self.store.transaction():  # the store's lock: no message is being queued
+                due = self.store.due_outbox(time.time(), after, SEND_BATCH)
+                if not due:
+                    self._outbox_waiting = self.store.outbox_waiting()
+                    return
+            for message in due:
+                self._send(message.seq, message.destination, message.body, message.attempts)
+            after = due[-1].seq
 
     def _send(self, seq: int, destination: str, body: str, attempts: int) -> None:
         events = " ".join(

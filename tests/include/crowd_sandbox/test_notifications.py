@@ -559,3 +559,58 @@ def test_a_message_that_cannot_be_sent_is_given_up_after_five_attempts_and_logge
     again.call("GetAccountBalance", {}, "request")
     assert events(received(sqs, gone)) == [("HITDisposed", hit_id["HITId"], None)]
     assert [m["Failed"] for m in again.store.outbox()] == [1]  # the given-up one stays
+
+
+def test_a_hanging_queue_holds_up_only_the_call_that_is_sending(tmp_path, monkeypatch, caplog):
+    """A queue that takes its time (here: a send that waits until released) delays the call
+    that is sending, never the others: they find a sender at work and leave their messages to
+    it, and it goes round again for the messages queued meanwhile. An unexpected error while
+    sending is logged and never fails the call, whose change has committed."""
+    import threading
+
+    sandbox = Sandbox(Store(tmp_path / "state.sqlite"))
+    type_id = sandbox.call("CreateHITType", HIT_TYPE, "request")["HITTypeId"]
+    sandbox.call(
+        "UpdateNotificationSettings",
+        {
+            "HITTypeId": type_id,
+            "Notification": specification("http://127.0.0.1:9/1/q", ["HITCreated"]),
+        },
+        "request",
+    )
+    release, sending, sent = threading.Event(), threading.Event(), []
+
+    def slow_send(queue_url: str, body: str) -> str:
+        sending.set()
+        assert release.wait(30)
+        sent.append(json.loads(body)["Events"][0]["HITId"])
+        return "message-id"
+
+    monkeypatch.setattr(sandbox._sender, "send", slow_send)
+    create = {**HIT, "HITTypeId": type_id}
+    first: list[str] = []
+    worker = threading.Thread(
+        target=lambda: first.append(
+            sandbox.call("CreateHITWithHITType", create, "request")["HIT"]["HITId"]
+        )
+    )
+    worker.start()
+    assert sending.wait(30)
+    started = time.monotonic()
+    second = sandbox.call("CreateHITWithHITType", create, "request")["HIT"]["HITId"]
+    sandbox.call("GetAccountBalance", {}, "request")
+    assert time.monotonic() - started < 5  # not held up by the hanging send
+    release.set()
+    worker.join(30)
+    assert sent == [first[0], second]  # the sender went round again for the second HIT
+    assert sandbox.store.outbox() == []
+
+    def broken(queue_url: str, body: str) -> str:
+        raise RuntimeError("a bug in sending")
+
+    monkeypatch.setattr(sandbox._sender, "send", broken)
+    caplog.set_level(logging.INFO, logger=notifications.__name__)
+    third = sandbox.call("CreateHITWithHITType", create, "request")["HIT"]["HITId"]
+    assert sandbox.call("GetHIT", {"HITId": third}, "request")["HIT"]["HITId"] == third
+    assert any("sending notifications failed" in r.getMessage() for r in caplog.records)
+    assert len(sandbox.store.outbox()) == 1  # kept for a later round
