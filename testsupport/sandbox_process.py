@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import HTTPError
 from urllib.parse import urlencode
-from urllib.request import HTTPRedirectHandler, Request, build_opener
+from urllib.request import HTTPRedirectHandler, Request, build_opener, urlopen
 
 import boto3
 from botocore.config import Config
@@ -135,6 +135,25 @@ HTML_QUESTION = (
     "<FrameHeight>600</FrameHeight>\n"
     "</HTMLQuestion>"
 )
+
+
+def raw(sandbox, operation: str, payload: dict) -> tuple[int, dict]:
+    """Send ``sandbox`` (anything with the API's ``url``) a request body boto3 would refuse to
+    send, to see the sandbox's own checks: the HTTP status and the JSON answer."""
+    request = Request(
+        sandbox.url,
+        data=json.dumps(payload).encode(),
+        method="POST",
+        headers={
+            "X-Amz-Target": f"MTurkRequesterServiceV20170117.{operation}",
+            "Content-Type": "application/x-amz-json-1.1",
+        },
+    )
+    try:
+        with urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except HTTPError as error:  # 4xx and 5xx
+        return error.code, json.loads(error.read())
 
 
 def html_page(title: str = "Pick one") -> str:

@@ -13,7 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from testsupport.motokit import moto_s3
-from testsupport.sandbox_process import html_question
+from testsupport.sandbox_process import html_question, raw
 
 ANSWERS_NS = (
     "{http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2005-10-01/"
@@ -43,24 +43,6 @@ def error_of(call, *args, **kwargs) -> dict:
     with pytest.raises(ClientError) as raised:
         call(*args, **kwargs)
     return raised.value.response["Error"]
-
-
-def raw(sandbox, operation: str, payload: dict) -> tuple[int, dict]:
-    """Send a request body botocore would refuse to send (to see the server's own checks)."""
-    request = Request(
-        sandbox.url,
-        data=json.dumps(payload).encode(),
-        method="POST",
-        headers={
-            "X-Amz-Target": f"MTurkRequesterServiceV20170117.{operation}",
-            "Content-Type": "application/x-amz-json-1.1",
-        },
-    )
-    try:
-        with urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except Exception as error:  # urllib raises HTTPError for 4xx/5xx
-        return error.code, json.loads(error.read())
 
 
 def answers(assignment: dict) -> dict[str, str]:

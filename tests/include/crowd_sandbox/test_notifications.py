@@ -36,8 +36,6 @@ import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from urllib.error import HTTPError
-from urllib.request import Request, urlopen
 
 import boto3
 import pytest
@@ -48,7 +46,7 @@ from include.crowd_sandbox.requester import Sandbox
 from include.crowd_sandbox.sqs_transport import local_queue_endpoint
 from include.crowd_sandbox.store import Store
 from testsupport.motokit import moto_s3
-from testsupport.sandbox_process import html_question, http
+from testsupport.sandbox_process import html_question, http, raw
 
 ALL_EVENTS = [
     "AssignmentAccepted",
@@ -153,24 +151,6 @@ def error_of(call, **params) -> dict:
     with pytest.raises(ClientError) as raised:
         call(**params)
     return raised.value.response["Error"]
-
-
-def raw(sandbox, operation: str, payload: dict) -> tuple[int, dict]:
-    """Send a request body boto3 would refuse to send (to see the sandbox's own checks)."""
-    request = Request(
-        sandbox.url,
-        data=json.dumps(payload).encode(),
-        method="POST",
-        headers={
-            "X-Amz-Target": f"MTurkRequesterServiceV20170117.{operation}",
-            "Content-Type": "application/x-amz-json-1.1",
-        },
-    )
-    try:
-        with urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def test_update_notification_settings_checks_what_it_is_given(sandbox, mturk, queue):

@@ -16,11 +16,8 @@ Sources (each test names the rule it checks):
 from __future__ import annotations
 
 import html
-import json
 import re
 import time
-from urllib.error import HTTPError
-from urllib.request import Request, urlopen
 
 import pytest
 from botocore.exceptions import ClientError, ParamValidationError
@@ -30,7 +27,7 @@ from include.crowd_sandbox.protocol import RequestError
 from include.crowd_sandbox.requester import Sandbox
 from include.crowd_sandbox.simulated_worker.page import hits_on_list_page
 from include.crowd_sandbox.store import Store
-from testsupport.sandbox_process import html_question
+from testsupport.sandbox_process import html_question, raw
 
 BLOCKED_TEXT = "has chosen to prevent you from working on any of this Requester's HITs"
 
@@ -45,24 +42,6 @@ def create_hit(mturk, max_assignments: int = 1) -> str:
         Description="Pick the matching image",
         Question=html_question(),
     )["HIT"]["HITId"]
-
-
-def raw(sandbox, operation: str, payload: dict) -> tuple[int, dict]:
-    """Send a request body boto3 would refuse to send (to see the sandbox's own checks)."""
-    request = Request(
-        sandbox.url,
-        data=json.dumps(payload).encode(),
-        method="POST",
-        headers={
-            "X-Amz-Target": f"MTurkRequesterServiceV20170117.{operation}",
-            "Content-Type": "application/x-amz-json-1.1",
-        },
-    )
-    try:
-        with urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def blocks(mturk, **params) -> list[dict]:
