@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 import os
 import shutil
 import sys
@@ -861,45 +862,35 @@ def dag_table(results: dict[int, DagResult | None]) -> str:
             return f"{value(one) / value(two):.2f}×"
         return "—"
 
+    def row(label: str, seconds, shown) -> list[str]:
+        """A measurement over both runs: ``shown`` formats a run's cell, ``seconds`` gives the
+        time whose ratio is the speed-up."""
+        return [label, cell(one, shown), cell(two, shown), ratio(seconds)]
+
     total = (one or two).images + (one or two).queries if one or two else 0
     rows = [
-        [
+        row(
             f"embedding wall time ({total:,} images, first shard start to last shard end)",
-            cell(one, lambda r: f"{r.embed_s:.0f} s ({r.shards} shards)"),
-            cell(two, lambda r: f"{r.embed_s:.0f} s ({r.shards} shards)"),
-            ratio(lambda r: r.embed_s),
-        ],
-        [
-            "embedding throughput",
-            cell(one, lambda r: f"{total / r.embed_s:.0f} img/s"),
-            cell(two, lambda r: f"{total / r.embed_s:.0f} img/s"),
-            ratio(lambda r: r.embed_s),
-        ],
-        [
+            lambda r: r.embed_s,
+            lambda r: f"{r.embed_s:.0f} s ({r.shards} shards)",
+        ),
+        row(
+            "embedding throughput", lambda r: r.embed_s, lambda r: f"{total / r.embed_s:.0f} img/s"
+        ),
+        row(
             "re-ranking wall time (first shard start to last shard end)",
-            cell(one, lambda r: f"{r.rerank_s:.0f} s ({r.rerank_shards} shards)"),
-            cell(two, lambda r: f"{r.rerank_s:.0f} s ({r.rerank_shards} shards)"),
-            ratio(lambda r: r.rerank_s),
-        ],
-        [
-            "matching (search, re-rank, write: merge_embeddings end to write_matches end)",
-            cell(one, lambda r: f"{r.matching_s:.0f} s"),
-            cell(two, lambda r: f"{r.matching_s:.0f} s"),
-            ratio(lambda r: r.matching_s),
-        ],
-        [
-            "similarity stage (trigger to write_matches end)",
-            cell(one, lambda r: f"{r.similarity_s:.0f} s"),
-            cell(two, lambda r: f"{r.similarity_s:.0f} s"),
-            ratio(lambda r: r.similarity_s),
-        ],
-        [
-            "whole run (trigger to success, incl. gold and contact sheets; ask_crowd off)",
-            cell(one, lambda r: f"{r.run_s:.0f} s"),
-            cell(two, lambda r: f"{r.run_s:.0f} s"),
-            ratio(lambda r: r.run_s),
-        ],
+            lambda r: r.rerank_s,
+            lambda r: f"{r.rerank_s:.0f} s ({r.rerank_shards} shards)",
+        ),
     ]
+    for label, name in (
+        ("matching (search, re-rank, write: merge_embeddings end to write_matches end)",
+         "matching_s"),
+        ("similarity stage (trigger to write_matches end)", "similarity_s"),
+        ("whole run (trigger to success, incl. gold and contact sheets; ask_crowd off)", "run_s"),
+    ):  # fmt: skip
+        seconds = operator.attrgetter(name)
+        rows.append(row(label, seconds, lambda r, seconds=seconds: f"{seconds(r):.0f} s"))
     return render(["measurement", "1 Celery worker", "2 Celery workers", "speed-up"], rows)
 
 
