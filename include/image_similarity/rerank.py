@@ -41,6 +41,7 @@ over a genuinely similar one.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -107,9 +108,7 @@ class RerankConfig:
             raise ValueError(f"min_scale must be in (0, 1], not {self.min_scale}")
         if self.n_scales < 1:
             raise ValueError(f"n_scales must be at least 1, not {self.n_scales}")
-        if self.n_scales == 1:
-            return np.array([1.0])
-        return np.geomspace(1.0, self.min_scale, self.n_scales)
+        return _ladder(self.min_scale, self.n_scales)
 
     def check(self) -> None:
         """Raise ValueError for settings no search can run with."""
@@ -124,6 +123,15 @@ class RerankConfig:
             raise ValueError(f"refine_top must be at least 1 or None, not {self.refine_top}")
         if self.refine_scales < 0 or self.refine_radius < 0:
             raise ValueError("refine_scales and refine_radius must not be negative")
+
+
+@functools.lru_cache(maxsize=64)
+def _ladder(smallest: float, count: int) -> np.ndarray:
+    """``count`` scales from 1.0 down to ``smallest``, geometrically spaced (read-only: one
+    array serves every query; ``np.geomspace`` costs more than a query's bookkeeping)."""
+    scales = np.array([1.0]) if count == 1 else np.geomspace(1.0, smallest, count)
+    scales.setflags(write=False)
+    return scales
 
 
 @dataclass(frozen=True)
@@ -457,6 +465,7 @@ class _Pyramid:
     def __init__(self, query: np.ndarray, candidates: Sequence[np.ndarray], config: RerankConfig):
         self.config = config
         self.scales = config.scales()
+        self.log_scales = np.log(self.scales)
         self.query = _float_side(query, DEFAULT_THUMB_SIDE)
         self.query_coarse = _float_side(self.query, config.coarse_side)
         self.fine = [_float_side(c, DEFAULT_THUMB_SIDE) for c in candidates]
@@ -466,7 +475,7 @@ class _Pyramid:
         self.live = [i for i, image in enumerate(self.fine) if not _is_flat(image)]
         self.coarse = {i: _float_side(self.fine[i], config.coarse_side) for i in self.live}
         self.hypotheses = {i: _Hypothesis() for i in self.live}
-        self._query_templates: dict[tuple[int, int], np.ndarray] = {}
+        self._query_templates: dict[tuple[int, int], np.ndarray | None] = {}
 
     def run(self) -> Alignment:
         if not _is_flat(self.query):
@@ -478,16 +487,16 @@ class _Pyramid:
                 self._refine(i)
         return Alignment(self.ncc, self.scale, self.inside, self.offset)
 
-    def _query_template(self, th: int, tw: int) -> np.ndarray:
+    def _query_template(self, th: int, tw: int) -> np.ndarray | None:
+        """The query shrunk to ``th x tw`` (None: flat there), made once per size."""
         if (th, tw) not in self._query_templates:
-            self._query_templates[th, tw] = cv2.resize(
-                self.query, (tw, th), interpolation=cv2.INTER_AREA
-            )
+            template = cv2.resize(self.query, (tw, th), interpolation=cv2.INTER_AREA)
+            self._query_templates[th, tw] = None if _is_flat(template) else template
         return self._query_templates[th, tw]
 
     def _coarse_query_inside(self) -> None:
         """The query at each coarse scale against all candidates of one shape, tiled, at once."""
-        ladder = np.geomspace(1.0, self.config.min_scale, self.config.coarse_scales)
+        ladder = _ladder(self.config.min_scale, self.config.coarse_scales)
         for (ch, cw), rows in self._coarse_groups().items():
             tiled = np.vstack([self.coarse[i] for i in rows])
             integrals = _integrals(tiled.astype(np.float64)[None])  # once for every scale
@@ -509,7 +518,7 @@ class _Pyramid:
 
     def _coarse_candidate_inside(self) -> None:
         """Each candidate of one shape at each coarse scale inside the query, all at once."""
-        ladder = np.geomspace(1.0, self.config.min_scale, self.config.coarse_scales_reverse)
+        ladder = _ladder(self.config.min_scale, self.config.coarse_scales_reverse)
         qh, qw = self.query_coarse.shape
         for shape, rows in self._coarse_groups().items():
             for scale in ladder:
@@ -548,7 +557,7 @@ class _Pyramid:
         hypothesis = self.hypotheses[i]
         scales = self.scales
         if np.isfinite(hypothesis.score):
-            nearest = int(np.argmin(np.abs(np.log(scales) - np.log(hypothesis.scale))))
+            nearest = int(np.argmin(np.abs(self.log_scales - np.log(hypothesis.scale))))
             self._climb(i, hypothesis, nearest)
             return
         # Nothing fitted the coarse copies (a thin or tiny image): search the thumbnails whole.
@@ -602,7 +611,8 @@ class _Pyramid:
             template = self._query_template(th, tw)
         else:
             template = cv2.resize(inner, (tw, th), interpolation=cv2.INTER_AREA)
-        if _is_flat(template):
+            template = None if _is_flat(template) else template
+        if template is None:
             return -np.inf
         cy, cx = round(at[0] * height), round(at[1] * width)
         y0, x0 = min(max(0, cy - radius), height - th), min(max(0, cx - radius), width - tw)
@@ -614,7 +624,7 @@ class _Pyramid:
             return -np.inf
         if self.config.subpixel:
             value = _subpixel_peak(scores, value, y, x)
-        value = float(np.clip(value, -1.0, 1.0))
+        value = min(max(float(value), -1.0), 1.0)
         if value > self.ncc[i] + 1e-12:  # strictly better: the first scale searched wins ties
             self.ncc[i], self.scale[i], self.inside[i] = value, scale, into
             self.offset[i] = (y + y0, x + x0)
