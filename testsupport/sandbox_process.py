@@ -19,7 +19,9 @@ from urllib.parse import urlencode
 from urllib.request import HTTPRedirectHandler, Request, build_opener, urlopen
 
 import boto3
+import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,6 +137,34 @@ HTML_QUESTION = (
     "<FrameHeight>600</FrameHeight>\n"
     "</HTMLQuestion>"
 )
+
+
+DAY = 24 * 3600
+
+
+def create_hit(mturk, **overrides):
+    """CreateHIT through ``mturk`` (boto3) with a small real HIT's parameters; return the HIT."""
+    params = {
+        "MaxAssignments": 2,
+        "LifetimeInSeconds": 3600,
+        "AssignmentDurationInSeconds": 600,
+        "AutoApprovalDelayInSeconds": DAY,
+        "Reward": "0.50",
+        "Title": "Find the most similar image",
+        "Description": "Pick the image that matches",
+        "Keywords": "image, similarity",
+        "Question": html_question(),
+        "RequesterAnnotation": "batch-1",
+    }
+    params.update(overrides)
+    return mturk.create_hit(**params)["HIT"]
+
+
+def error_of(call, *args, **kwargs) -> dict:
+    """The ``Error`` of the ClientError that ``call(*args, **kwargs)`` must raise."""
+    with pytest.raises(ClientError) as raised:
+        call(*args, **kwargs)
+    return raised.value.response["Error"]
 
 
 def raw(sandbox, operation: str, payload: dict) -> tuple[int, dict]:

@@ -34,8 +34,28 @@ def requires_masters(hit: dict[str, Any]) -> bool:
     )
 
 
+MAX_REQUIREMENTS = 10
+MAX_INTEGER_VALUES = 15
+MAX_LOCALE_VALUES = 30
+LOCALE_COMPARATORS = ("EqualTo", "NotEqualTo", "In", "NotIn", "Exists", "DoesNotExist")
+
+
 def checked_requirements(store: Store, requirements: list | None) -> list[dict[str, Any]]:
-    """The requirements of a new HIT type, checked and with ``ActionsGuarded`` filled in."""
+    """The requirements of a new HIT type, checked and with ``ActionsGuarded`` filled in.
+
+    MTurk's limits (CreateHIT and the QualificationRequirement data structure of its API
+    reference): "A HIT can have between zero and ten Qualification requirements"; In and NotIn
+    take "up to 15 IntegerValue elements" or "up to 30 LocaleValue elements"; "LocaleValue can
+    only be used with a Worker_Locale QualificationType ID" and "only ... with the EqualTo,
+    NotEqualTo, In, and NotIn comparators"; IntegerValue "cannot be used with the Worker_Locale
+    QualificationType ID".
+    """
+    if len(requirements or []) > MAX_REQUIREMENTS:
+        raise RequestError(
+            f"A HIT can have between zero and {MAX_REQUIREMENTS} Qualification requirements, "
+            f"not {len(requirements or [])}.",
+            "AWS.MechanicalTurk.InvalidParameterValue",
+        )
     checked = []
     for requirement in requirements or []:
         type_id = requirement["QualificationTypeId"]
@@ -56,6 +76,26 @@ def checked_requirements(store: Store, requirements: list | None) -> list[dict[s
             raise RequestError(f"The comparator {comparator} needs exactly one value.")
         if type_id == LOCALE and requirement.get("IntegerValues"):
             raise RequestError("The Locale qualification compares LocaleValues.")
+        if type_id != LOCALE and requirement.get("LocaleValues"):
+            raise RequestError(
+                f"LocaleValues can only be used with the Worker_Locale qualification type "
+                f"({LOCALE}), not {type_id}: compare IntegerValues.",
+                "AWS.MechanicalTurk.InvalidParameterValue",
+            )
+        if type_id == LOCALE and comparator not in LOCALE_COMPARATORS:
+            raise RequestError(
+                f"The Locale qualification can only be compared with "
+                f"{', '.join(LOCALE_COMPARATORS)}, not {comparator}.",
+                "AWS.MechanicalTurk.InvalidParameterValue",
+            )
+        most = MAX_LOCALE_VALUES if type_id == LOCALE else MAX_INTEGER_VALUES
+        if len(values) > most:
+            raise RequestError(
+                f"A set comparison takes up to {most} "
+                f"{'LocaleValue' if type_id == LOCALE else 'IntegerValue'} elements, "
+                f"not {len(values)}.",
+                "AWS.MechanicalTurk.InvalidParameterValue",
+            )
         entry = dict(requirement)
         if entry.pop("RequiredToPreview", False) and "ActionsGuarded" not in entry:
             entry["ActionsGuarded"] = "PreviewAndAccept"

@@ -7,10 +7,13 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from include.crowd_sandbox.protocol import RequestError
 
-MAX_QUESTION_BYTES = 131_072
+# CreateHIT's reference: "The XML question data must not be larger than 64 kilobytes (65,535
+# bytes) in size, including whitespace."
+MAX_QUESTION_BYTES = 65_535
 # MTurk documents no limit on an assignment's answer data (the QuestionFormAnswers, Assignment
 # and HTMLQuestion pages name none); the sandbox keeps the answer XML to 64 KiB, as big as the
 # 64 KB MTurk allows a Question. Without a bound, one 4 MB form became 35 MB of state that every
@@ -107,7 +110,34 @@ def question_kind(question: str) -> str:
             "An ExternalQuestion needs ExternalURL and FrameHeight.",
             "AWS.MechanicalTurk.XMLParseError",
         )
+    if kind == "ExternalQuestion":
+        _check_external_url((children["ExternalURL"].text or "").strip())
     return kind
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+def _check_external_url(url: str) -> None:
+    """The ExternalQuestion reference: "This URL must use the HTTPS protocol." The sandbox
+    also takes ``http`` on 127.0.0.1 or localhost (its own exception), so a rehearsal can
+    serve its page on this machine."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        parts, host = None, None
+    if (
+        parts is not None
+        and host
+        and (parts.scheme == "https" or (parts.scheme == "http" and host in LOCAL_HOSTS))
+    ):
+        return
+    raise RequestError(
+        f"The ExternalURL {url[:200]!r} must be an https URL (the sandbox also takes http on "
+        "127.0.0.1 or localhost).",
+        "AWS.MechanicalTurk.XMLParseError",
+    )
 
 
 def html_content(question: str) -> str | None:

@@ -90,6 +90,15 @@ _ADDED_TABLES = (
     # not grow with the messages that could never be sent.
     "CREATE INDEX IF NOT EXISTS notification_outbox_pending ON notification_outbox (seq) "
     "WHERE failed = 0",
+    # Workers' requests for qualifications (``operations/qualifications.py``): a test taken
+    # (Started, then Granted, Submitted for review, Expired), then Approved or Rejected.
+    "CREATE TABLE IF NOT EXISTS qualification_requests ("
+    "seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, type_id TEXT NOT NULL, "
+    "worker_id TEXT NOT NULL, status TEXT NOT NULL, doc TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS qualification_requests_worker ON qualification_requests "
+    "(type_id, worker_id)",
+    "CREATE INDEX IF NOT EXISTS qualification_requests_status ON qualification_requests "
+    "(status, type_id)",
 )
 
 # Created after any migration (a version 1 file has not got the columns before it).

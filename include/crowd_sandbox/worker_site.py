@@ -28,12 +28,24 @@ assignment id):
     ``https://workersandbox.mturk.com/mturk/externalSubmit``, in a form's ``action`` or in a
     script) becomes ``{base_url}/mturk/externalSubmit``, so submitting lands here and no request
     leaves the machine. HITs that post to ``{turkSubmitTo}/mturk/externalSubmit`` need no
-    rewrite: ``turkSubmitTo`` is the sandbox's own URL. Nothing is injected. An ExternalQuestion
-    is a ``302`` to its ExternalURL with the same parameters appended. (QuestionForm HITs and
-    ``crowd-form`` layouts, which need MTurk's own scripts, are not rendered.)
+    rewrite: ``turkSubmitTo`` is the sandbox's own URL. A second rewrite serves Crowd HTML
+    Elements offline: MTurk's loader ``https://assets.crowd.aws/crowd-html-elements.js`` (any
+    version suffix or query string) becomes ``{base_url}/static/crowd-html-elements.js``, the
+    sandbox's own implementation of the common elements, whose ``<crowd-form>`` submits one
+    ``taskAnswers`` field of JSON as MTurk stores it (``crowd_elements``). Nothing else is
+    changed or injected. An ExternalQuestion
+    is a ``302`` to its ExternalURL with the same parameters appended. A QuestionForm is rendered
+    as MTurk renders it, a web form of its questions (``question_form.render``) posting to
+    ``/mturk/externalSubmit`` with the ``assignmentId`` (and ``workerId``); in a preview its
+    Submit button is disabled.
+``GET /static/crowd-html-elements.js``
+    That script (``static/crowd-html-elements.js``).
 ``POST /mturk/externalSubmit``
     MTurk's submit endpoint: the form becomes the assignment's ``QuestionFormAnswers`` XML, one
-    ``Answer`` per field (``Sandbox.submit``; the ``assignmentId`` field itself is dropped), and
+    ``Answer`` per field (``Sandbox.submit``; the ``assignmentId`` field itself is dropped), or
+    for a QuestionForm HIT one ``Answer`` per answered question with ``FreeText`` or
+    ``SelectionIdentifier``/``OtherSelectionText`` (a form that breaks the QuestionForm's
+    ``IsRequired``, selection counts or constraints is a 400 page naming the rule), and
     a 200 "submitted" page links back to ``/?workerId=W``. Loaded in the HIT's frame, that page
     takes the whole window to ``/?workerId=W&submitted=A`` (as MTurk leaves the HIT once it is
     submitted). A preview's ``ASSIGNMENT_ID_NOT_AVAILABLE``, or an unknown assignment, is a 400
@@ -46,6 +58,9 @@ assignment id):
 ``GET /outbox`` (optionally ``?workerId=W``)
     Per worker, the e-mails sent with NotifyWorkers (and qualification notices) and the bonuses
     paid with SendBonus, with their reasons.
+``GET|POST /qualification/Q?workerId=W``
+    Take qualification type ``Q``'s test, or request a type without one
+    (``qualification_pages``); a HIT page whose unmet requirement is such a type links there.
 
 Every page is a Jinja2 template from ``templates/`` with autoescaping on: titles, descriptions,
 answers, e-mails and reasons are requester- or worker-controlled text. No page loads anything
@@ -63,12 +78,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from include.crowd_sandbox import money
+from include.crowd_sandbox import crowd_elements, money, question_form
 from include.crowd_sandbox.core import new_id
 from include.crowd_sandbox.messages import Request, Response
 from include.crowd_sandbox.operations.worker_actions import NotTheWorkersAssignment, WorkerBlocked
 from include.crowd_sandbox.operations.worker_blocks import BLOCKED_MESSAGE
 from include.crowd_sandbox.protocol import RequestError
+from include.crowd_sandbox.qualification_pages import PATH as QUALIFICATION_PATH
+from include.crowd_sandbox.qualification_pages import QualificationPages
 from include.crowd_sandbox.question_xml import AnswerTooLarge, external_url, html_content
 from include.crowd_sandbox.requester import Sandbox
 
@@ -112,6 +129,7 @@ class WorkerSite:
         self.env.filters["dollars"] = _dollars
         self.env.filters["duration"] = _duration
         self.env.globals["relative"] = self._relative
+        self.qualifications = QualificationPages(self, HTTPProblem)
 
     # --- dispatch -------------------------------------------------------------------------
 
@@ -130,9 +148,15 @@ class WorkerSite:
         if path in ("/outbox", "/outbox/"):
             self._allow(method, "GET")
             return self.outbox(request)
+        if path == crowd_elements.SCRIPT_PATH:
+            self._allow(method, "GET")
+            return Response(200, crowd_elements.script(), "text/javascript; charset=utf-8")
         if path == "/mturk/externalSubmit":
             self._allow(method, "GET", "POST")
             return self.external_submit(request, method)
+        test = QUALIFICATION_PATH.match(path)
+        if test:  # take a qualification test, or request a qualification
+            return self.qualifications.handle(request, method, test.group(1))
         found = _HIT_PATH.match(path)
         if found:
             hit_id, action = found.group(1), found.group(2)
@@ -253,6 +277,9 @@ class WorkerSite:
             frame_height=_frame_height(hit["Question"]),
             kind=_question_kind(hit["Question"]),
             list_url=self._list_url(worker_id),
+            qualification_offers=self.qualifications.offers(
+                worker_id, hit, preview_unmet or accept_unmet
+            ),
         )
 
     def question(self, request: Request, hit_id: str) -> Response:
@@ -268,6 +295,7 @@ class WorkerSite:
             )
         content = html_content(hit["Question"])
         if content is not None:
+            content = crowd_elements.rewrite_script_urls(content, self.base_url)
             return Response(200, self.rewrite_submit_urls(content).encode("utf-8"))
         target = external_url(hit["Question"])
         if target:
@@ -279,12 +307,23 @@ class WorkerSite:
             separator = "&" if urlsplit(target).query else "?"
             location = target + (separator + urlencode(params) if params else "")
             return Response(302, b"", "text/plain", {"Location": location})
-        raise HTTPProblem(
-            501,
-            "Question not shown",
-            "This HIT's question is a QuestionForm, which the crowd sandbox does not render. "
-            "Use an HTMLQuestion or an ExternalQuestion.",
+        # A QuestionForm: MTurk renders it as its own web form (question_form.render).
+        assignment_id = request.arg("assignmentId") or PREVIEW_ASSIGNMENT_ID
+        hidden = {"assignmentId": assignment_id}
+        if worker_id:
+            hidden["workerId"] = worker_id
+        try:
+            form = question_form.parse(hit["Question"])
+        except RequestError as error:  # a HIT stored before CreateHIT checked QuestionForms
+            raise HTTPProblem(500, "Question not shown", error.message) from None
+        page = question_form.render(
+            form,
+            action="/mturk/externalSubmit",
+            hidden=hidden,
+            preview=assignment_id == PREVIEW_ASSIGNMENT_ID,
+            title=hit["Title"],
         )
+        return Response(200, page.encode("utf-8"))
 
     def rewrite_submit_urls(self, html: str) -> str:
         """Point MTurk's absolute externalSubmit URLs at this sandbox (nothing else changes)."""
@@ -349,7 +388,9 @@ class WorkerSite:
             assignment=assignment,
             title=hit.get("Title", assignment["HITId"]),
             reward=hit.get("Reward"),
-            answers=[(k, v) for k, v in fields if k != "assignmentId"],
+            answers=question_form.answer_pairs(assignment["Answer"])
+            if _question_kind(hit.get("Question", "<x/>")) == "QuestionForm"
+            else [(k, v) for k, v in fields if k != "assignmentId"],
             list_url=self._list_url(assignment["WorkerId"]),
             done_url="/?"
             + urlencode({"workerId": assignment["WorkerId"], "submitted": assignment_id}),
@@ -534,8 +575,11 @@ def _question_kind(question: str) -> str:
 
 
 def _frame_height(question: str) -> int:
-    """The question's FrameHeight in pixels; 0 (MTurk: fit the content) is sized by the page."""
+    """The question's FrameHeight in pixels; 0 (MTurk: fit the content) is sized by the page.
+    A QuestionForm has none: 0, its page is as tall as its questions."""
     root = ET.fromstring(question.strip())
+    if root.tag.rsplit("}", 1)[-1] == "QuestionForm":
+        return 0
     for child in root:
         if child.tag.rsplit("}", 1)[-1] == "FrameHeight":
             try:

@@ -14,6 +14,10 @@ is loaded again when they are done): open it, accept it (the preview page's ``fo
 a HIT that filled up meanwhile is skipped for a while), load the question frame (the
 ``iframe#question`` of the page the accept redirects to), look at the pictures, think for a
 while, fill the form and post it to the form's action (the site's ``/mturk/externalSubmit``).
+A HIT page that cannot be accepted for want of a qualification, and offers its test ("Take the
+qualification test") or a request, makes the worker follow that link, answer the test like any
+form (``simulated_worker/qualifying``; each type at most once every ``QUALIFY_EVERY_SECONDS``)
+and, once granted, load the HIT again and accept it.
 Workers read nothing but the HTML and images a browser would load; they never touch the
 database or the requester API.
 This module is the crowd (the threads); what one worker is made of is in ``simulated_worker/``:
@@ -74,6 +78,9 @@ empty (what MTurk's usual ``turkGetParam`` script does in a browser).
   is answered by looking, any other group by a random pick (a spammer may always take the first);
 - each group of check boxes gets a random non-empty subset ticked;
 - each ``<select>`` gets one option, skipping disabled ones and an empty-valued placeholder;
+- a group of check boxes or a ``<select multiple>`` whose controls say
+  ``data-min-selections``/``data-max-selections`` (a QuestionForm's Min/MaxSelectionCount, as
+  the sandbox renders it) gets that many choices;
 - text inputs and ``<textarea>`` get a short sentence (kept within ``minlength``/``maxlength``);
   ``email``, ``url``, ``tel``, ``number``/``range`` (within ``min``/``max``), ``date``, ``time``,
   ``datetime-local``, ``month``, ``week`` and ``color`` inputs get a value of their type; a
@@ -82,6 +89,14 @@ empty (what MTurk's usual ``turkGetParam`` script does in a browser).
   controls, file inputs, buttons and controls without a ``name`` are left out, as a browser does.
 
 If nothing but ``assignmentId`` would be sent, a field ``answer=<sentence>`` is added.
+
+*Crowd HTML Elements.* A page with a ``<crowd-form>`` is answered the way the browser's
+``crowd-html-elements.js`` submits it (``crowd_elements.crowd_page``): its fields are the
+``crowd-*`` fields and native controls inside the crowd-form, filled by the rules above
+(``crowd-radio-group`` and ``crowd-classifier``/``crowd-image-classifier`` are questions with one
+pick, ``crowd-checkbox`` groups check boxes, ``crowd-input``/``crowd-text-area`` text; native
+radios are image questions as anywhere else), and the post is ``assignmentId`` plus one field,
+``taskAnswers``, the JSON MTurk stores for a crowd-form, to ``<turkSubmitTo>/mturk/externalSubmit``.
 
 *Image questions.* A radio group is an image question when its options show images:
 
@@ -138,6 +153,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
+from include.crowd_sandbox.crowd_elements import crowd_page
 from include.crowd_sandbox.simulated_worker.answering import answer_form
 from include.crowd_sandbox.simulated_worker.browser import Browser, NotLocal
 from include.crowd_sandbox.simulated_worker.page import (
@@ -155,6 +171,7 @@ from include.crowd_sandbox.simulated_worker.profiles import (
     parse_spec,
     worker_ids,
 )
+from include.crowd_sandbox.simulated_worker.qualifying import qualification_offers, qualify
 
 # A worker's parts live in simulated_worker/; the tests import these names from here.
 __all__ = [
@@ -182,6 +199,8 @@ IDLE_SECONDS = 1.0
 """How long (times a random factor in [0.5, 1.5]) a worker waits when it has nothing to do."""
 MAX_BACKOFF_SECONDS = 30.0
 HITS_PER_LIST = 5
+QUALIFY_EVERY_SECONDS = 60.0
+"""A worker takes a qualification type's test (or requests it) at most this often."""
 """How many HITs of one look at the list a worker goes through before loading the list again
 (as a person works down a page; it also spares a big sandbox most of its list pages)."""
 
@@ -217,6 +236,7 @@ class SimulatedWorker(threading.Thread):
         self.done: set[str] = set()
         self._skip_until: dict[str, tuple[float, int]] = {}
         self._picked: list[str] = []  # HITs of the last look at the list, still to try
+        self._tests_tried: dict[str, float] = {}  # qualification type -> when (monotonic)
 
     @property
     def style(self) -> str:
@@ -282,6 +302,9 @@ class SimulatedWorker(threading.Thread):
         except urllib.error.HTTPError as error:
             raise SkipHit(f"preview answered {error.code}") from None
         found = accept_form(preview, preview_url)
+        if found is None and self._qualify(preview, preview_url):
+            preview_url, preview = self.browser.get(preview_url)  # qualified now: reload
+            found = accept_form(preview, preview_url)
         action, hidden = found or (f"{base}/hit/{hit_id}/accept", [])
         if not any(name == "workerId" for name, _ in hidden):
             hidden.append(("workerId", self.worker_id))
@@ -301,7 +324,8 @@ class SimulatedWorker(threading.Thread):
         rng = random.Random(f"{self.seed}:{self.worker_id}:answer:{self.answered}")
         think = self.seconds_per_assignment * self.profile.speed * rng.uniform(*THINK_JITTER)
         frame_url, question = self._retry(lambda: self.browser.get(frame))
-        form = understand(question, frame_url)
+        crowd = crowd_page(question, frame_url)  # a <crowd-form>: sent as its script sends it
+        form = crowd.form if crowd is not None else understand(question, frame_url)
         cache: dict[str, bytes | None] = {}
 
         def fetch(url: str) -> bytes | None:
@@ -312,6 +336,8 @@ class SimulatedWorker(threading.Thread):
         answer = answer_form(form, self.profile, rng, fetch, first_option=self.first_option)
         self.answered += 1
         fields = [(k, v) for k, v in answer.fields if k != "assignmentId"]
+        if crowd is not None:
+            fields = crowd.submission(fields)
         given = next((v for k, v in answer.fields if k == "assignmentId"), "")
         if given in ("", "ASSIGNMENT_ID_NOT_AVAILABLE"):
             given = assignment_id
@@ -331,6 +357,28 @@ class SimulatedWorker(threading.Thread):
             ", ".join(f"{q}={v} ({answer.notes[q]})" for q, v in answer.choices.items())
             or f"{len(fields) - 1} fields",
         )
+
+    def _qualify(self, page: str, url: str) -> bool:
+        """Take the qualification tests (or send the requests) a HIT page offers, each type at
+        most once every ``QUALIFY_EVERY_SECONDS``; return whether one was granted."""
+        granted = False
+        for type_id, offer in qualification_offers(page, url):
+            now = time.monotonic()
+            if now - self._tests_tried.get(type_id, -QUALIFY_EVERY_SECONDS) < QUALIFY_EVERY_SECONDS:
+                continue
+            self._tests_tried[type_id] = now
+            rng = random.Random(f"{self.seed}:{self.worker_id}:qualify:{len(self._tests_tried)}")
+            outcome = qualify(
+                self.browser,
+                offer,
+                self.profile,
+                rng,
+                self.browser.image,
+                first_option=self.first_option,
+            )
+            log.info("worker %s asked for qualification %s: %s", self.worker_id, type_id, outcome)
+            granted = granted or outcome == "Granted"
+        return granted
 
     def _submit_url(self, action: str | None, params: dict[str, list[str]]) -> str:
         if action and self.browser.is_local(action):

@@ -41,9 +41,18 @@ class AssignmentOperations(SandboxCore):
         status = assignment["AssignmentStatus"]
         now = self._now()
         if status == "Rejected" and params.get("OverrideRejection"):
-            if now - assignment["RejectionTime"] > OVERRIDE_REJECTION_WINDOW_S:
+            # ApproveAssignment's reference: overriding "only works on rejected assignments that
+            # were submitted within the previous 30 days and only if the assignment's related
+            # HIT has not been deleted".
+            if now - assignment["SubmitTime"] > OVERRIDE_REJECTION_WINDOW_S:
                 raise RequestError(
-                    "A rejection can only be overridden within 30 days.",
+                    "A rejection can only be overridden for an assignment submitted within the "
+                    "previous 30 days.",
+                    "AWS.MechanicalTurk.InvalidAssignmentState",
+                )
+            if self._hit(assignment["HITId"]).get("Disposed"):
+                raise RequestError(
+                    "After a HIT is deleted, its rejected assignments can no longer be approved.",
                     "AWS.MechanicalTurk.InvalidAssignmentState",
                 )
         elif status != "Submitted":
@@ -155,14 +164,24 @@ class AssignmentOperations(SandboxCore):
 
     def op_ListBonusPayments(self, params: dict[str, Any], request_id: str):
         hit_id, assignment_id = params.get("HITId"), params.get("AssignmentId")
-        if bool(hit_id) == bool(assignment_id):
-            raise RequestError("Specify exactly one of HITId and AssignmentId.")
-        if hit_id:
+        # The reference: "Either the HITId parameter or the AssignmentId parameter must be
+        # specified"; with AssignmentId "only bonus payments for the given assignment are
+        # returned". Both together select the assignment's (it must be the HIT's: the
+        # sandbox's reading).
+        if not hit_id and not assignment_id:
+            raise RequestError("Specify HITId or AssignmentId.")
+        if assignment_id:
+            assignment = self._assignment(assignment_id)
+            if hit_id and assignment["HITId"] != hit_id:
+                self._hit(hit_id)
+                raise RequestError(
+                    f"Assignment {assignment_id} does not belong to HIT {hit_id}.",
+                    "AWS.MechanicalTurk.InvalidParameterValue",
+                )
+            found = self.store.bonuses(assignment_id=assignment_id)
+        else:
             self._hit(hit_id)
             found = self.store.bonuses(hit_id=hit_id)
-        else:
-            self._assignment(assignment_id)
-            found = self.store.bonuses(assignment_id=assignment_id)
         page, token = self._page(found, params, f"ListBonusPayments:{hit_id}:{assignment_id}")
         return {"BonusPayments": page, "NextToken": token, "NumResults": len(page)}
 

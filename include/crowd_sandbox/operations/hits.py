@@ -11,7 +11,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from include.crowd_sandbox import money
+from include.crowd_sandbox import money, question_form
 from include.crowd_sandbox.core import SandboxCore, check_length, check_range, new_id
 from include.crowd_sandbox.protocol import RequestError
 from include.crowd_sandbox.qualification_requirements import checked_requirements
@@ -74,7 +74,8 @@ class HITOperations(SandboxCore):
         question = params.get("Question")
         if not question:
             raise RequestError("Either Question or HITLayoutId must be provided.")
-        question_kind(question)
+        if question_kind(question) == "QuestionForm":
+            question_form.parse(question)  # MTurk validates a QuestionForm against its schema
         now = self._now()
         hit = {
             "HITId": new_id(),
@@ -198,15 +199,17 @@ class HITOperations(SandboxCore):
             for a in self.store.assignments_for_hit(hit["HITId"])
             if a["AssignmentStatus"] == "Submitted"
         ]
-        if view["HITStatus"] not in ("Reviewable", "Reviewing") or unreviewed:
+        # DeleteHIT's reference: "You can only dispose of HITs that are in the Reviewable
+        # state, with all of their submitted assignments already either approved or rejected."
+        if view["HITStatus"] != "Reviewable" or unreviewed:
             detail = (
                 f"{len(unreviewed)} submitted assignment(s) are neither approved nor rejected"
-                if unreviewed and view["HITStatus"] in ("Reviewable", "Reviewing")
+                if unreviewed and view["HITStatus"] == "Reviewable"
                 else f"This HIT is currently in the state '{view['HITStatus']}'"
             )
             raise RequestError(
                 f"{detail}. This operation can be called with a status of: Reviewable, "
-                "Reviewing, once every submitted assignment is approved or rejected.",
+                "once every submitted assignment is approved or rejected.",
                 "AWS.MechanicalTurk.InvalidHITState",
             )
         hit["Disposed"] = True

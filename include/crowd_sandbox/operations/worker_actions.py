@@ -18,7 +18,7 @@ from include.crowd_sandbox.core import SandboxCore, new_id
 from include.crowd_sandbox.operations.worker_blocks import BLOCKED_MESSAGE
 from include.crowd_sandbox.protocol import RequestError
 from include.crowd_sandbox.qualification_requirements import unmet_requirements
-from include.crowd_sandbox.question_xml import answers_xml
+from include.crowd_sandbox.question_form import submitted_answers
 
 # What a worker profile holds when nobody says otherwise.
 DEFAULT_WORKER = {
@@ -163,7 +163,7 @@ class WorkerActions(SandboxCore):
                 AssignmentStatus="Submitted",
                 SubmitTime=now,
                 AutoApprovalTime=now + hit["AutoApprovalDelayInSeconds"],
-                Answer=answers_xml([(k, v) for k, v in fields if k != "assignmentId"]),
+                Answer=submitted_answers(hit["Question"], fields),
             )
             self.store.put_assignment(assignment)
             self._event("AssignmentSubmitted", hit["HITId"], assignment_id, now)

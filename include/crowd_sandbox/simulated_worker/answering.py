@@ -81,6 +81,7 @@ def answer_form(
             ticked = [boxes[0]] if len(boxes) == 1 or rng.random() < 0.5 else boxes
         else:
             ticked = [b for b in boxes if rng.random() < 0.5] or [rng.choice(boxes)]
+        ticked = _within_counts(ticked, boxes, boxes[0].attrs, rng)
         fields.extend((name, b.value) for b in ticked)
 
     fields.extend(choices.items())
@@ -135,10 +136,27 @@ def _pick_select(control: Control, profile: Profile, rng: random.Random) -> list
     if not real:
         return []
     if not profile.looks:
+        if "multiple" in control.attrs:
+            return _within_counts([real[0]], real, control.attrs, rng)
         return [real[0]]
     if "multiple" in control.attrs and len(real) > 1:
-        return [v for v in real if rng.random() < 0.5] or [rng.choice(real)]
+        picked = [v for v in real if rng.random() < 0.5] or [rng.choice(real)]
+        return _within_counts(picked, real, control.attrs, rng)
     return [rng.choice(real)]
+
+
+def _within_counts(picked: list, pool: list, attrs: dict[str, str], rng: random.Random) -> list:
+    """Keep a multiple choice within ``data-min-selections``/``data-max-selections`` (how a
+    QuestionForm page states MinSelectionCount and MaxSelectionCount), in page order."""
+    chosen = [i for i, item in enumerate(pool) if any(item is p for p in picked)]
+    high = _number(attrs.get("data-max-selections"))
+    if high is not None and len(chosen) > high >= 1:
+        chosen = sorted(rng.sample(chosen, int(high)))
+    low = int(_number(attrs.get("data-min-selections")) or 0)
+    rest = [i for i in range(len(pool)) if i not in chosen]
+    while len(chosen) < low and rest:
+        chosen.append(rest.pop(rng.randrange(len(rest))))
+    return [pool[i] for i in sorted(chosen)]
 
 
 def _number(text: str | None) -> float | None:

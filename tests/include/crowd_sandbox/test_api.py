@@ -9,40 +9,16 @@ from datetime import UTC, datetime, timedelta
 from urllib.request import Request, urlopen
 
 import boto3
-import pytest
 from botocore.exceptions import ClientError
 
 from testsupport.motokit import moto_s3
-from testsupport.sandbox_process import html_question, raw
+from testsupport.sandbox_process import DAY, error_of, html_question, raw
+from testsupport.sandbox_process import create_hit as create
 
 ANSWERS_NS = (
     "{http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2005-10-01/"
     "QuestionFormAnswers.xsd}"
 )
-DAY = 24 * 3600
-
-
-def create(mturk, **overrides):
-    params = {
-        "MaxAssignments": 2,
-        "LifetimeInSeconds": 3600,
-        "AssignmentDurationInSeconds": 600,
-        "AutoApprovalDelayInSeconds": DAY,
-        "Reward": "0.50",
-        "Title": "Find the most similar image",
-        "Description": "Pick the image that matches",
-        "Keywords": "image, similarity",
-        "Question": html_question(),
-        "RequesterAnnotation": "batch-1",
-    }
-    params.update(overrides)
-    return mturk.create_hit(**params)["HIT"]
-
-
-def error_of(call, *args, **kwargs) -> dict:
-    with pytest.raises(ClientError) as raised:
-        call(*args, **kwargs)
-    return raised.value.response["Error"]
 
 
 def answers(assignment: dict) -> dict[str, str]:
