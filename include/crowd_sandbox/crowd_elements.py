@@ -175,11 +175,19 @@ class CrowdPage:
         for key, value in filled:
             given.setdefault(key, []).append(value)
         entries = []
+        radios_seen: set[tuple[str, str]] = set()
         for f in self.fields:
             values = given.get(f.key, [])
             if f.choice is not None:
                 entries.append(Entry("toggle", f.name, f.value, f.choice in values))
-            elif f.kind in ("toggle", "radio", "checkbox"):
+            elif f.kind == "radio":
+                # One radio of a name is checked: the first with the chosen value (as a person
+                # clicks it); a later one with the same value is not, and, as in the script,
+                # its false is the one the JSON keeps.
+                first = (f.name, f.value) not in radios_seen
+                radios_seen.add((f.name, f.value))
+                entries.append(Entry("toggle", f.name, f.value, first and f.value in values))
+            elif f.kind in ("toggle", "checkbox"):
                 entries.append(Entry("toggle", f.name, f.value, f.value in values))
             elif f.kind == "label":
                 entries.append(Entry("label", f.name, values[0] if values else ""))
@@ -254,7 +262,8 @@ def crowd_page(html: str, url: str) -> CrowdPage | None:
                 page.form.controls.append(Control(kind, name, value, dict(node.attrs)))
                 page.fields.append(_Field(node, "text", name, name, value))
         elif tag == "textarea":
-            text = node.all_text()
+            # HTML drops one newline right after <textarea>: the browser's value has none.
+            text = re.sub(r"^\r?\n", "", node.all_text())
             page.form.controls.append(Control("textarea", name, text, dict(node.attrs)))
             page.fields.append(_Field(node, "text", name, name, text))
         elif tag == "select":

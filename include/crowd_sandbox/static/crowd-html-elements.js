@@ -26,9 +26,14 @@
   var CLASSIFIERS = ["crowd-classifier", "crowd-image-classifier"];
   var NOT_SENT = ["submit", "button", "reset", "image", "file"];
   var FIELDS = TEXT.concat(TOGGLE, CLASSIFIERS);
-  var SCRIPT_ORIGIN = document.currentScript
-    ? new URL(document.currentScript.src, location.href).origin
-    : location.origin;
+  var SCRIPT_ORIGIN = location.origin;
+  try { // an inline copy of the script has no src; a data: page is no base URL
+    if (document.currentScript && document.currentScript.src) {
+      SCRIPT_ORIGIN = new URL(document.currentScript.src, location.href).origin;
+    }
+  } catch (e) {
+    SCRIPT_ORIGIN = location.origin;
+  }
   var params = new URLSearchParams(location.search);
   var counter = 0;
 
@@ -304,7 +309,9 @@
     submit() {
       var missing = this._missing();
       if (missing.length) {
-        this._message.textContent = "Please answer every required question before submitting.";
+        if (this._message) { // not yet there when a page script submits before the page loaded
+          this._message.textContent = "Please answer every required question before submitting.";
+        }
         if (missing[0].reportValidity && missing[0].localName === "input") {
           missing[0].reportValidity();
         } else if (missing[0].scrollIntoView) {

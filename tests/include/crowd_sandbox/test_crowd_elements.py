@@ -631,3 +631,67 @@ def test_the_script_rewrite_takes_the_base_url_literally():
     assert crowd_elements.rewrite_script_urls(page, "http://h/\\g<0>x\\1") == (
         '<script src="http://h/\\g<0>x\\1/static/crowd-html-elements.js"></script>'
     )
+
+
+def test_a_readonly_textarea_sends_its_value_as_the_browser_has_it():
+    """HTML (the "textarea" parsing rule): a newline right after ``<textarea>`` is dropped, so
+    Chromium's value of ``<textarea>\\nhello</textarea>`` is ``hello``; a readonly one is
+    sent as it is, by the script and by the simulated workers alike."""
+    page = (
+        '<crowd-form><textarea name="t" readonly>\nhello\n</textarea>'
+        '<textarea name="u" readonly>\r\n\nsecond</textarea></crowd-form>'
+    )
+    crowd = crowd_page(page, "http://127.0.0.1:1/q")
+    assert crowd is not None
+    filled = answer_form(crowd.form, PROFILES["diligent"], random.Random(1), lambda _: None).fields
+    ((_, sent),) = crowd.submission(filled)
+    assert sent == '[{"t":"hello\\n","u":"\\nsecond"}]'
+
+
+EARLY_SUBMIT_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"></head><body>
+<script src="https://assets.crowd.aws/crowd-html-elements.js"></script>
+<crowd-form><crowd-input name="word" label="A word" required></crowd-input></crowd-form>
+<script>window.early = document.querySelector("crowd-form").submit();</script>
+</body></html>"""
+
+
+def test_a_submit_before_the_page_loaded_is_refused_without_a_script_error(
+    sandbox, mturk, page, foreign_requests
+):
+    """A page script that calls ``crowd-form``'s ``submit()`` while the page is still loading,
+    with a required field empty, gets ``false`` (the message line is not there yet: it used to
+    be a TypeError), and the form still works once the page is loaded."""
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    hit_id = create_hit(mturk, EARLY_SUBMIT_PAGE)
+    assignment_id = sandbox.accept(hit_id, WORKER)
+    page.goto(f"{sandbox.url}/hit/{hit_id}?workerId={WORKER}&assignmentId={assignment_id}")
+    frame = page.frame_locator("#question")
+    frame.locator("crowd-input[name=word] input").fill("kept")
+    assert frame.locator("crowd-form").evaluate("() => window.early") is False
+    frame.locator("crowd-button[form-action=submit] button").click()
+    page.wait_for_url(f"{sandbox.url}/?workerId={WORKER}&submitted={assignment_id}")
+    (assignment,) = mturk.list_assignments_for_hit(HITId=hit_id)["Assignments"]
+    assert answers_of(assignment["Answer"]) == [("taskAnswers", '[{"word":"kept"}]')]
+    assert errors == [] and foreign_requests == []
+
+
+def test_radios_sharing_a_value_give_what_the_script_gives():
+    """Two radios of one name with the same value: a person checks one, the script writes
+    ``r.a = true`` then ``r.a = false`` for the other (Chromium gives ``{"r":{"a":false}}``, the
+    reviewer's run); the simulated worker's JSON used to say ``true``."""
+    page = (
+        "<crowd-form><input type=radio name=r value=a>"
+        "<input type=radio name=r value=a></crowd-form>"
+    )
+    crowd = crowd_page(page, "http://127.0.0.1:1/q")
+    assert crowd is not None
+    assert crowd.submission([("r", "a")]) == [("taskAnswers", '[{"r":{"a":false}}]')]
+    plain = (
+        "<crowd-form><input type=radio name=r value=a>"
+        "<input type=radio name=r value=b></crowd-form>"
+    )
+    crowd = crowd_page(plain, "http://127.0.0.1:1/q")
+    assert crowd is not None
+    assert crowd.submission([("r", "a")]) == [("taskAnswers", '[{"r":{"a":true,"b":false}}]')]
