@@ -39,6 +39,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from include.crowd_sandbox import question_form
 from include.crowd_sandbox.protocol import RequestError
+from include.crowd_sandbox.question_xml import DoctypeNotAllowed, xml_root
 
 MAX_TEST_BYTES = 65_535
 MAX_ANSWER_KEY_BYTES = 65_535
@@ -79,10 +80,10 @@ def parse_answer_key(xml: str, form: question_form.QuestionForm) -> AnswerKey:
             f"The AnswerKey is longer than {MAX_ANSWER_KEY_BYTES} bytes.",
             "AWS.MechanicalTurk.ValidationError",
         )
-    if "<!DOCTYPE" in xml.upper():
-        raise _fail("a document type declaration (<!DOCTYPE>) is not allowed.")
     try:
-        root = ET.fromstring(xml.strip())
+        root = xml_root(xml.strip())
+    except DoctypeNotAllowed:
+        raise _fail("a document type declaration (<!DOCTYPE>) is not allowed.") from None
     except ET.ParseError as error:
         raise _fail(f"the XML is not well-formed ({error}).") from None
     if _local(root) != "AnswerKey":

@@ -79,9 +79,11 @@ from include.crowd_sandbox.question_xml import (
     _NOT_XML,
     MAX_ANSWER_BYTES,
     MAX_QUESTION_BYTES,
+    DoctypeNotAllowed,
     _too_large,
     answers_xml,
     question_kind,
+    xml_root,
 )
 
 XML_PARSE_ERROR = "AWS.MechanicalTurk.XMLParseError"
@@ -309,24 +311,10 @@ def _parse(question_xml: str) -> QuestionForm:
     return QuestionForm(tuple(items), questions)
 
 
-class _DoctypeFound(Exception):
-    pass
-
-
-class _NoDoctype(ET.TreeBuilder):
-    """A tree builder that stops the parse at a ``<!DOCTYPE``, before its entities are read
-    (wherever it is: after a processing instruction or a byte order mark too)."""
-
-    def doctype(self, name: str, pubid: str | None, system: str | None) -> None:
-        raise _DoctypeFound
-
-
 def _xml_root(xml: str) -> ET.Element:
-    parser = ET.XMLParser(target=_NoDoctype())
     try:
-        parser.feed(xml)
-        return parser.close()
-    except _DoctypeFound:
+        return xml_root(xml)
+    except DoctypeNotAllowed:
         raise _fail("a document type declaration (<!DOCTYPE>) is not allowed.") from None
     except ET.ParseError as error:
         raise _fail(f"the XML is not well-formed ({error}).") from None

@@ -76,6 +76,28 @@ def _too_large(limit: int) -> AnswerTooLarge:
     )
 
 
+class DoctypeNotAllowed(ValueError):
+    """An XML document with a ``<!DOCTYPE>``: refused before any entity it declares is read."""
+
+
+class _NoDoctype(ET.TreeBuilder):
+    """A tree builder that stops the parse at a ``<!DOCTYPE``, before its entities are read
+    (wherever it is: after a processing instruction or a byte order mark too)."""
+
+    def doctype(self, name: str, pubid: str | None, system: str | None) -> None:
+        raise DoctypeNotAllowed
+
+
+def xml_root(xml: str) -> ET.Element:
+    """``ET.fromstring`` for requester- and worker-written XML: a document type declaration is
+    refused (``DoctypeNotAllowed``), so an internal entity can never expand a 4 KB Question
+    into megabytes of page on every view (MTurk's schemas have no use for one). Malformed XML
+    raises ``ET.ParseError`` as before."""
+    parser = ET.XMLParser(target=_NoDoctype())
+    parser.feed(xml)
+    return parser.close()
+
+
 def question_kind(question: str) -> str:
     """Return ``HTMLQuestion``, ``ExternalQuestion`` or ``QuestionForm``, or raise."""
     if len(question.encode("utf-8")) > MAX_QUESTION_BYTES:
@@ -84,7 +106,12 @@ def question_kind(question: str) -> str:
             "AWS.MechanicalTurk.XMLParseError",
         )
     try:
-        root = ET.fromstring(question.strip())
+        root = xml_root(question.strip())
+    except DoctypeNotAllowed:
+        raise RequestError(
+            "A document type declaration (<!DOCTYPE>) is not allowed in a Question.",
+            "AWS.MechanicalTurk.XMLParseError",
+        ) from None
     except ET.ParseError as error:
         raise RequestError(
             f"There was an error parsing the XML question or answer data in your request. "
@@ -142,7 +169,7 @@ def _check_external_url(url: str) -> None:
 
 def html_content(question: str) -> str | None:
     """The HTML of an HTMLQuestion (None for other kinds)."""
-    root = ET.fromstring(question.strip())
+    root = xml_root(question.strip())
     for child in root:
         if child.tag.rsplit("}", 1)[-1] == "HTMLContent":
             return child.text or ""
@@ -150,7 +177,7 @@ def html_content(question: str) -> str | None:
 
 
 def external_url(question: str) -> str | None:
-    root = ET.fromstring(question.strip())
+    root = xml_root(question.strip())
     for child in root:
         if child.tag.rsplit("}", 1)[-1] == "ExternalURL":
             return (child.text or "").strip()

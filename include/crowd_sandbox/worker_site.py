@@ -70,7 +70,6 @@ from another host.
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,7 +85,7 @@ from include.crowd_sandbox.operations.worker_blocks import BLOCKED_MESSAGE
 from include.crowd_sandbox.protocol import RequestError
 from include.crowd_sandbox.qualification_pages import PATH as QUALIFICATION_PATH
 from include.crowd_sandbox.qualification_pages import QualificationPages
-from include.crowd_sandbox.question_xml import AnswerTooLarge, external_url, html_content
+from include.crowd_sandbox.question_xml import AnswerTooLarge, external_url, html_content, xml_root
 from include.crowd_sandbox.requester import Sandbox
 
 PREVIEW_ASSIGNMENT_ID = "ASSIGNMENT_ID_NOT_AVAILABLE"
@@ -570,14 +569,14 @@ def _redirect(location: str) -> Response:
 
 
 def _question_kind(question: str) -> str:
-    root = ET.fromstring(question.strip())
+    root = xml_root(question.strip())
     return root.tag.rsplit("}", 1)[-1]
 
 
 def _frame_height(question: str) -> int:
     """The question's FrameHeight in pixels; 0 (MTurk: fit the content) is sized by the page.
     A QuestionForm has none: 0, its page is as tall as its questions."""
-    root = ET.fromstring(question.strip())
+    root = xml_root(question.strip())
     if root.tag.rsplit("}", 1)[-1] == "QuestionForm":
         return 0
     for child in root:

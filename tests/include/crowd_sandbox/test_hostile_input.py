@@ -451,3 +451,36 @@ def test_a_refused_body_is_not_read_as_the_next_request(sandbox):
     assert status_of(response) == 413
     assert b"Connection: close" in response
     assert response.count(b"HTTP/1.1 ") == 1
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "",
+        '<?xml version="1.0"?>',
+        "\ufeff",
+        '<?xml-stylesheet href="x"?><!-- a comment -->',
+    ],
+)
+def test_a_question_with_a_document_type_is_refused_before_its_entities_expand(mturk, prefix):
+    """An HTMLQuestion may not declare entities: 4 KB of nested entities would otherwise
+    expand into megabytes of page on every view of the HIT. The DOCTYPE is refused wherever it
+    is (after an XML declaration, a byte order mark, a processing instruction or a comment)."""
+    laughs = (
+        '<!DOCTYPE HTMLQuestion [<!ENTITY a "aaaaaaaaaa">'
+        + "".join(f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(6))
+        + "]>"
+    )
+    question = prefix + laughs + html_question().replace("Pick one", "&g;", 1)
+    with pytest.raises(ClientError) as raised:
+        mturk.create_hit(
+            MaxAssignments=1,
+            LifetimeInSeconds=600,
+            AssignmentDurationInSeconds=60,
+            Reward="0.10",
+            Title="Entities",
+            Description="A question with a document type",
+            Question=question,
+        )
+    assert "<!DOCTYPE>" in raised.value.response["Error"]["Message"]
+    assert mturk.list_hits()["NumResults"] == 0
