@@ -26,6 +26,39 @@ SYSTEM_QUALIFICATIONS = {
 }
 
 
+_SYSTEM_DESCRIPTIONS = {
+    "PercentAssignmentsApproved": "The percentage of assignments the Worker has submitted "
+    "that were subsequently approved by the Requester, over all assignments the Worker has "
+    "submitted.",
+    "NumberHITsApproved": "Specifies the total number of HITs submitted by a Worker that have "
+    "been approved.",
+    "Locale": "The location of the Worker, as specified in the Worker's mailing address.",
+    "Adult": "Requires Workers to acknowledge that they are over 18 and that they agree to "
+    "work on potentially offensive content.",
+    "Masters": "Workers who have demonstrated excellence across a wide range of HITs.",
+}
+SYSTEM_CREATION_TIME = 1_104_537_600.0  # 2005-01-01: before any requester's own type
+
+
+def system_qualification_type(type_id: str) -> dict[str, Any] | None:
+    """MTurk's QualificationType structure of a system type (None for any other id): found by
+    GetQualificationType and listed by ListQualificationTypes, never requestable or grantable by
+    a requester."""
+    name = SYSTEM_QUALIFICATIONS.get(type_id)
+    if name is None:
+        return None
+    return {
+        "QualificationTypeId": type_id,
+        "CreationTime": SYSTEM_CREATION_TIME,
+        "Name": name,
+        "Description": _SYSTEM_DESCRIPTIONS[name],
+        "Keywords": None,
+        "QualificationTypeStatus": "Active",
+        "IsRequestable": False,
+        "AutoGranted": False,
+    }
+
+
 def requires_masters(hit: dict[str, Any]) -> bool:
     """Whether a HIT asks for Masters (MTurk's fee is higher then)."""
     return any(

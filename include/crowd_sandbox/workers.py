@@ -199,10 +199,10 @@ IDLE_SECONDS = 1.0
 """How long (times a random factor in [0.5, 1.5]) a worker waits when it has nothing to do."""
 MAX_BACKOFF_SECONDS = 30.0
 HITS_PER_LIST = 5
-QUALIFY_EVERY_SECONDS = 60.0
-"""A worker takes a qualification type's test (or requests it) at most this often."""
 """How many HITs of one look at the list a worker goes through before loading the list again
 (as a person works down a page; it also spares a big sandbox most of its list pages)."""
+QUALIFY_EVERY_SECONDS = 60.0
+"""A worker takes a qualification type's test (or requests it) at most this often."""
 
 
 class SkipHit(Exception):

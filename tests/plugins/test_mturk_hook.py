@@ -154,8 +154,10 @@ def test_get_or_create_qualification_type_matches_the_exact_name(hook, crowd):
     assert gold["QualificationTypeId"] != gold_v2["QualificationTypeId"]
     again = hook.get_or_create_qualification_type("Gold", "ignored")
     assert again["QualificationTypeId"] == gold["QualificationTypeId"]
-    names = [q["Name"] for q in hook.get_conn().list_qualification_types(
-        MustBeRequestable=False, MaxResults=100)["QualificationTypes"]]  # fmt: skip
+    listed = hook.get_conn().list_qualification_types(
+        MustBeRequestable=False, MustBeOwnedByCaller=True, MaxResults=100
+    )
+    names = [q["Name"] for q in listed["QualificationTypes"]]
     assert sorted(names) == ["Gold", "Gold v2"]
 
     hook.associate_qualification_with_worker(gold["QualificationTypeId"], WORKERS[0], 90)

@@ -48,6 +48,7 @@ from include.crowd_sandbox.protocol import RequestError
 from include.crowd_sandbox.qualification_requirements import (
     SYSTEM_QUALIFICATIONS,
     held_qualification,
+    system_qualification_type,
 )
 
 PENDING = "Submitted"
@@ -184,17 +185,29 @@ class QualificationOperations(SandboxCore):
         return {"QualificationType": qtype}
 
     def op_GetQualificationType(self, params: dict[str, Any], request_id: str):
-        return {"QualificationType": self._qualification_type(params["QualificationTypeId"])}
+        # The reference: it "retrieves information about a Qualification type using its ID"
+        # (a system type's too; other requesters' types do not exist offline).
+        type_id = params["QualificationTypeId"]
+        system = system_qualification_type(type_id)
+        return {"QualificationType": system or self._qualification_type(type_id)}
 
     def op_ListQualificationTypes(self, params: dict[str, Any], request_id: str):
+        # The reference: MustBeRequestable "If false, all Qualification types, including those
+        # managed by the system, are considered"; MustBeOwnedByCaller "If false, the operation
+        # returns all Qualification types"; Query is "A text query against all of the
+        # searchable attributes of Qualification types".
         query = (params.get("Query") or "").lower()
+        owned = params.get("MustBeOwnedByCaller")
+        system = [] if owned else [system_qualification_type(i) for i in SYSTEM_QUALIFICATIONS]
+        own = self.store.docs("SELECT doc FROM qualification_types ORDER BY seq")
         found = [
             q
-            for q in self.store.docs("SELECT doc FROM qualification_types ORDER BY seq")
-            if (not params.get("MustBeRequestable") or q["IsRequestable"])
-            and (not query or query in (q["Name"] + " " + (q.get("Keywords") or "")).lower())
+            for q in [*system, *own]
+            if q is not None
+            and (not params.get("MustBeRequestable") or q["IsRequestable"])
+            and (not query or query in _searchable(q))
         ]
-        page, token = self._page(found, params, f"ListQualificationTypes:{query}")
+        page, token = self._page(found, params, f"ListQualificationTypes:{query}:{bool(owned)}")
         return {"QualificationTypes": page, "NextToken": token, "NumResults": len(page)}
 
     def op_AssociateQualificationWithWorker(self, params: dict[str, Any], request_id: str):
@@ -206,7 +219,8 @@ class QualificationOperations(SandboxCore):
             )
         qtype = self._qualification_type(type_id)
         self._grant(type_id, worker_id, params.get("IntegerValue", 1))
-        if params.get("SendNotification"):
+        # SendNotification: "Note: this is true by default" (the API reference).
+        if params.get("SendNotification", True):
             self._tell(
                 worker_id,
                 f"You have been granted the qualification {qtype['Name']}",
@@ -462,6 +476,12 @@ class QualificationOperations(SandboxCore):
                 raise QualificationRefused(
                     f"This qualification test was already submitted ({attempt['Status']})."
                 )
+            qtype = self._qualification_type(attempt["QualificationTypeId"])
+            if qtype["QualificationTypeStatus"] != "Active":
+                raise QualificationRefused(
+                    "This qualification type was made Inactive while the test was open: it "
+                    "takes no requests. Nothing was submitted."
+                )
             form = question_form.parse(attempt["Test"])
             answer = question_form.answers(form, fields)
             attempt.update(Answer=answer, SubmitTime=now)
@@ -555,6 +575,12 @@ class QualificationOperations(SandboxCore):
                 f"(the requester's retry delay is {delay} s)."
             )
         return None
+
+
+def _searchable(qtype: dict[str, Any]) -> str:
+    """The text ListQualificationTypes' Query searches: name, description and keywords."""
+    parts = (qtype["Name"], qtype.get("Description") or "", qtype.get("Keywords") or "")
+    return " ".join(parts).lower()
 
 
 def _request_view(request: dict[str, Any]) -> dict[str, Any]:

@@ -175,3 +175,60 @@ def test_an_external_question_needs_an_https_url(mturk, url, allowed):
         create(mturk, Question=question)
     else:
         assert "https" in error_of(create, mturk, Question=question)["Message"]
+
+
+def test_system_qualification_types_can_be_looked_up_and_listed(mturk):
+    """ListQualificationTypes: MustBeRequestable "If false, all Qualification types, including
+    those managed by the system, are considered"; MustBeOwnedByCaller "If false, the operation
+    returns all Qualification types" (REFERENCE + ListQualificationTypesOperation.html);
+    GetQualificationType "retrieves information about a Qualification type using its ID"
+    (REFERENCE + GetQualificationTypeOperation.html). System types are found by id and listed,
+    but cannot be assigned: AssociateQualificationWithWorker "You can only assign a
+    Qualification of a Qualification type that you created"."""
+    found = mturk.get_qualification_type(QualificationTypeId=PERCENT_APPROVED)
+    assert found["QualificationType"]["Name"] == "PercentAssignmentsApproved"
+    assert found["QualificationType"]["IsRequestable"] is False
+    own = mturk.create_qualification_type(
+        Name="Gold", Description="Passed gold", QualificationTypeStatus="Active"
+    )["QualificationType"]["QualificationTypeId"]
+    listed = mturk.list_qualification_types(MustBeRequestable=False, MaxResults=100)
+    ids = [q["QualificationTypeId"] for q in listed["QualificationTypes"]]
+    assert PERCENT_APPROVED in ids and LOCALE in ids and own in ids
+    owned = mturk.list_qualification_types(
+        MustBeRequestable=False, MustBeOwnedByCaller=True, MaxResults=100
+    )
+    assert [q["QualificationTypeId"] for q in owned["QualificationTypes"]] == [own]
+    requestable = mturk.list_qualification_types(MustBeRequestable=True, MaxResults=100)
+    assert [q["QualificationTypeId"] for q in requestable["QualificationTypes"]] == [own]
+    # Query searches the description too.
+    by_text = mturk.list_qualification_types(
+        MustBeRequestable=False, Query="mailing address", MaxResults=100
+    )
+    assert [q["QualificationTypeId"] for q in by_text["QualificationTypes"]] == [LOCALE]
+    error = error_of(
+        mturk.associate_qualification_with_worker,
+        QualificationTypeId=PERCENT_APPROVED,
+        WorkerId="AWORKERONE",
+        IntegerValue=100,
+    )
+    assert "System qualifications" in error["Message"]
+
+
+def test_associating_a_qualification_notifies_the_worker_unless_told_not_to(sandbox, mturk):
+    """AssociateQualificationWithWorker's SendNotification: "Specifies whether to send a
+    notification email message to the Worker saying that the qualification was assigned to
+    the Worker. Note: this is true by default"
+    (REFERENCE + AssociateQualificationWithWorkerOperation.html)."""
+    type_id = mturk.create_qualification_type(
+        Name="Trusted", Description="Trusted worker", QualificationTypeStatus="Active"
+    )["QualificationType"]["QualificationTypeId"]
+    mturk.associate_qualification_with_worker(
+        QualificationTypeId=type_id, WorkerId="AWORKERONE", IntegerValue=1
+    )
+    mturk.associate_qualification_with_worker(
+        QualificationTypeId=type_id, WorkerId="AWORKERTWO", IntegerValue=1, SendNotification=False
+    )
+    for worker, told in (("AWORKERONE", True), ("AWORKERTWO", False)):
+        status, _, outbox = sandbox.page(f"/outbox?workerId={worker}")
+        assert status == 200
+        assert ("granted the qualification Trusted" in outbox) is told, worker

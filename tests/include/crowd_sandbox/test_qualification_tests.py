@@ -376,7 +376,8 @@ def test_create_and_update_follow_mturks_rules_for_tests(mturk):
     ]
     for params in refused:
         assert error_of(create, **base, **params)["Code"] == "RequestError", params["Name"]
-    assert mturk.list_qualification_types(MustBeRequestable=False)["NumResults"] == 0
+    owned = mturk.list_qualification_types(MustBeRequestable=False, MustBeOwnedByCaller=True)
+    assert owned["NumResults"] == 0
 
     type_id = qualification_type(
         mturk, Test=ARITHMETIC, AnswerKey=ARITHMETIC_KEY, TestDurationInSeconds=60
@@ -416,6 +417,20 @@ def test_an_inactive_type_takes_no_requests(sandbox, mturk):
     type_id = qualification_type(mturk, QualificationTypeStatus="Inactive")
     status, _, page = http(f"{sandbox.url}/qualification/{type_id}", {"workerId": "AWORKER"})
     assert status == 409 and "inactive" in page
+
+
+def test_a_test_open_when_its_type_is_made_inactive_cannot_be_submitted(sandbox, mturk):
+    """An Inactive type takes no requests (as ``test_an_inactive_type_takes_no_requests``),
+    also from a test a worker opened before the requester made it Inactive."""
+    type_id = qualification_type(mturk, Test=ARITHMETIC, TestDurationInSeconds=600)
+    status, page, hidden = open_test(sandbox, type_id, "ALATE")
+    assert status == 200, page[:2000]
+    mturk.update_qualification_type(QualificationTypeId=type_id, QualificationTypeStatus="Inactive")
+    status, _, page = http(
+        f"{sandbox.url}/qualification/{type_id}", {**dict(hidden), "qf.0": "1", "qf.1": "0"}
+    )
+    assert status == 409 and "Inactive" in page
+    assert mturk.list_qualification_requests(QualificationTypeId=type_id)["NumResults"] == 0
 
 
 def test_the_qualification_page_refuses_what_it_cannot_take(sandbox, mturk):
