@@ -1,4 +1,10 @@
-"""Conformance: the crowd sandbox driven with plain boto3, as scripts written for MTurk drive it."""
+"""Conformance: the crowd sandbox driven with plain boto3, as scripts written for MTurk drive it.
+
+Sources in the tests' docstrings: ``REF X.html`` is MTurk's API reference (2017-01-17),
+https://docs.aws.amazon.com/AWSMechTurk/latest/AWSMturkAPI/ApiReference_X.html (its text is
+botocore's service model's); ``LEGACY X.html`` the 2014-08-15 reference,
+https://docs.aws.amazon.com/AWSMechTurk/latest/AWSMturkAPI-legacy/ApiReference_X.html, where
+the limits the 2017 one leaves out are stated."""
 
 from __future__ import annotations
 
@@ -69,6 +75,12 @@ def test_server_side_validation_reports_every_violation_as_a_request_error(sandb
 
 
 def test_mturk_rules_beyond_the_model(mturk):
+    """Limits the 2017 reference leaves out and the legacy one states: LifetimeInSeconds "any
+    integer between 30 (30 seconds) and 31536000 (365 days)", Title "up to 128 characters"
+    (LEGACY CreateHITOperation.html). The Question is "an HTMLQuestion, ExternalQuestion or
+    QuestionForm data structure" (REF CreateHITOperation.html). The $0.01 minimum reward is the
+    sandbox's reading (MTurk's pricing charges "a minimum fee of $0.01 per assignment"; free
+    HITs are refused on MTurk in published reports, e.g. SurveyMan/SurveyMan#83)."""
     assert "at least $0.01" in error_of(create, mturk, Reward="0.00")["Message"]
     assert "between 30 and" in error_of(create, mturk, LifetimeInSeconds=10)["Message"]
     assert "128" in error_of(create, mturk, Title="x" * 129)["Message"]
@@ -80,6 +92,9 @@ def test_mturk_rules_beyond_the_model(mturk):
 
 
 def test_a_repeated_create_hit_token_creates_nothing_and_names_the_hit(sandbox, mturk):
+    """CreateHIT's UniqueRequestToken: "subsequent calls will return a
+    AWS.MechanicalTurk.HitAlreadyExists error with a message containing the HITId" and "The
+    unique token expires after 24 hours" (REF CreateHITOperation.html)."""
     first = create(mturk, UniqueRequestToken="batch-1-query-abc")
     error = error_of(create, mturk, UniqueRequestToken="batch-1-query-abc")
     assert error["Code"] == "RequestError"
@@ -92,6 +107,9 @@ def test_a_repeated_create_hit_token_creates_nothing_and_names_the_hit(sandbox, 
 
 
 def test_hit_types_are_reused_for_identical_properties(mturk):
+    """CreateHITType: "If you register a HIT type with values that match an existing HIT
+    type, the HIT type ID of the existing type will be returned"
+    (REF CreateHITTypeOperation.html)."""
     properties = {
         "AssignmentDurationInSeconds": 600,
         "Reward": "0.25",
@@ -142,6 +160,12 @@ def test_list_hits_pages_with_next_token_and_the_paginator(mturk):
 
 
 def test_lifecycle_from_assignable_to_disposed(sandbox, mturk):
+    """The HIT's HITStatus values (Assignable, Unassignable, Reviewable, Reviewing, Disposed;
+    REF HITDataStructureArticle.html); UpdateHITReviewStatus moves Reviewable and Reviewing
+    (REF UpdateHITReviewStatusOperation.html; that another status is an error is the
+    sandbox's reading); DeleteHIT "with all of their submitted assignments already either
+    approved or rejected" (REF DeleteHITOperation.html); ListHITs returns HITs "except for HITs
+    that have been deleted" (REF ListHITsOperation.html)."""
     hit = create(mturk, MaxAssignments=2)
     hit_id = hit["HITId"]
     first = sandbox.accept(hit_id, "AWORKERONE")
@@ -175,6 +199,10 @@ def test_lifecycle_from_assignable_to_disposed(sandbox, mturk):
 
 
 def test_expiry_ends_a_hit_and_an_extension_reopens_it(sandbox, mturk):
+    """UpdateExpirationForHIT: "If you update it to a time in the past, the HIT will be
+    immediately expired"; a later time extends it (REF UpdateExpirationForHITOperation.html).
+    That an expired HIT can be reopened so is the sandbox's reading (the legacy ExtendHIT did
+    so)."""
     hit_id = create(mturk, MaxAssignments=3)["HITId"]
     assert "Assignable" in error_of(mturk.delete_hit, HITId=hit_id)["Message"]
     sandbox.work(hit_id, "AWORKERONE")
@@ -192,6 +220,10 @@ def test_expiry_ends_a_hit_and_an_extension_reopens_it(sandbox, mturk):
 
 
 def test_an_accepted_assignment_that_runs_out_of_time_frees_its_slot(sandbox, mturk):
+    """CreateHIT's AssignmentDurationInSeconds: "If the Worker does not submit results
+    within this duration, the assignment is considered abandoned. If the HIT is still active
+    (that is, its lifetime has not elapsed), the assignment becomes available for other users
+    to find and accept" (REF CreateHITOperation.html)."""
     hit_id = create(mturk, MaxAssignments=1, AssignmentDurationInSeconds=60)["HITId"]
     late = sandbox.accept(hit_id, "AWORKERONE")
     assert mturk.get_hit(HITId=hit_id)["HIT"]["HITStatus"] == "Unassignable"
@@ -230,6 +262,11 @@ def test_assignments_list_with_filters_and_pages_and_carry_mturk_answer_xml(sand
 
 
 def test_approve_reject_and_override_follow_mturk_states(sandbox, mturk):
+    """ApproveAssignment: "Only the Requester who created the HIT can approve ... a
+    Submitted assignment", and "assignments that were previous rejected" only "by explicitly
+    overriding the previous rejection" (REF ApproveAssignmentOperation.html); RejectAssignment
+    "Only the Requester who created the HIT can reject the assignment" of a Submitted one
+    (REF RejectAssignmentOperation.html). GetAssignment of an unknown id is an error."""
     hit_id = create(mturk, MaxAssignments=2)["HITId"]
     one = sandbox.work(hit_id, "AWORKERONE")
     two = sandbox.work(hit_id, "AWORKERTWO")
@@ -245,6 +282,11 @@ def test_approve_reject_and_override_follow_mturk_states(sandbox, mturk):
 
 
 def test_auto_approval_happens_after_the_delay_and_is_charged(sandbox, mturk):
+    """CreateHIT's AutoApprovalDelayInSeconds: "After the assignment is submitted, the
+    assignment is automatically approved after this amount of time, unless the Requester
+    explicitly approves or rejects" (REF CreateHITOperation.html); the Assignment's
+    AutoApprovalTime (REF AssignmentDataStructureArticle.html). The charge is the reward and
+    MTurk's fee (https://www.mturk.com/pricing)."""
     hit_id = create(mturk, MaxAssignments=1, AutoApprovalDelayInSeconds=3600)["HITId"]
     assignment_id = sandbox.work(hit_id, "AWORKERONE")
     assert balance(mturk) == "10000.00"
@@ -279,7 +321,7 @@ def test_a_bonus_before_approval_is_paid_as_on_mturk(sandbox, mturk):
     """MTurk's SendBonus API reference states no assignment-status rule ("This payment happens
     separately from the reward you pay to the Worker when you approve the Worker's
     assignment"; it fails for insufficient funds or a Worker with no assignment for you in six
-    months: https://docs.aws.amazon.com/AWSMechTurk/latest/AWSMturkAPI/ApiReference_SendBonusOperation.html),
+    months: REF SendBonusOperation.html),
     so the sandbox pays a Submitted assignment too. Nothing is paid for work not submitted."""
     hit_id = create(mturk, MaxAssignments=2, Reward="0.50")["HITId"]
     assignment_id = sandbox.work(hit_id, "AWORKERONE")
@@ -306,6 +348,8 @@ def test_a_bonus_before_approval_is_paid_as_on_mturk(sandbox, mturk):
 
 
 def test_a_repeated_send_bonus_token_pays_once(sandbox, mturk):
+    """SendBonus's UniqueRequestToken: "subsequent calls will return an error with a message
+    containing the request ID" and nothing is paid twice (REF SendBonusOperation.html)."""
     hit_id = create(mturk, MaxAssignments=1)["HITId"]
     assignment_id = sandbox.work(hit_id, "AWORKERONE")
     mturk.approve_assignment(AssignmentId=assignment_id)
@@ -348,6 +392,14 @@ def test_insufficient_funds_is_mturks_error(sandbox_factory):
 
 
 def test_additional_assignments_are_idempotent_and_respect_the_fee_tier(sandbox, mturk):
+    """CreateAdditionalAssignmentsForHIT: its UniqueRequestToken makes a repeated call "return
+    an error with a message containing the request ID"; "HITs that were created before July
+    22, 2015 cannot be extended" does not apply offline; "HITs created with fewer than 10
+    assignments cannot be extended to have 10 or more assignments. Attempting to add
+    assignments in a way that brings the total number of assignments for a HIT from fewer
+    than 10 assignments to 10 or more assignments will result in an
+    AWS.MechanicalTurk.InvalidMaximumAssignmentsIncrease exception"
+    (REF CreateAdditionalAssignmentsForHITOperation.html)."""
     hit_id = create(mturk, MaxAssignments=3)["HITId"]
     params = {"HITId": hit_id, "NumberOfAdditionalAssignments": 2, "UniqueRequestToken": "more"}
     mturk.create_additional_assignments_for_hit(**params)
@@ -363,6 +415,12 @@ def test_additional_assignments_are_idempotent_and_respect_the_fee_tier(sandbox,
 
 
 def test_notify_workers_limits_and_failure_statuses(sandbox, mturk):
+    """NotifyWorkers: "You can send a notification email to up to 100 Workers at once";
+    Subject "can be up to 200 characters", MessageText "can be up to 4,096 characters"; it
+    "will send a notification email to a Worker only if you have previously approved or
+    rejected work from the Worker", reported in NotifyWorkersFailureStatuses
+    (REF NotifyWorkersOperation.html). The HardFailure code is the sandbox's pick of the
+    model's two."""
     hit_id = create(mturk, MaxAssignments=1)["HITId"]
     assignment_id = sandbox.work(hit_id, "AWORKERONE")
     message = {"Subject": "About your answer", "MessageText": "The known answer was B."}
@@ -436,6 +494,11 @@ def test_notifications_reach_a_local_sqs_queue_in_mturks_message_format(sandbox,
 
 
 def test_qualification_types_grants_and_listing(mturk):
+    """CreateQualificationType: the Name "must be unique across all of your Qualification
+    types" (REF CreateQualificationTypeOperation.html); AssociateQualificationWithWorker grants
+    with IntegerValue (REF AssociateQualificationWithWorkerOperation.html);
+    GetQualificationScore "returns the value of a Worker's Qualification for a given
+    Qualification type" (REF GetQualificationScoreOperation.html)."""
     qtype = mturk.create_qualification_type(
         Name="Failed a known answer",
         Description="Workers who answered a gold question wrongly",
@@ -484,6 +547,10 @@ def test_qualification_types_grants_and_listing(mturk):
 
 
 def test_qualification_requirements_guard_accepting(sandbox, mturk):
+    """QualificationRequirement: a Worker who does not meet it cannot do the guarded action
+    (ActionsGuarded: "Accept", "PreviewAndAccept", "DiscoverPreviewAndAccept"); Comparator
+    "EqualTo ... take one value", In and NotIn a set
+    (REF QualificationRequirementDataStructureArticle.html)."""
     failed = mturk.create_qualification_type(
         Name="Failed gold", Description="excluded", QualificationTypeStatus="Active"
     )["QualificationType"]["QualificationTypeId"]
