@@ -40,6 +40,8 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from include.crowd_sandbox import question_form
 from include.crowd_sandbox.protocol import RequestError
 from include.crowd_sandbox.question_xml import DoctypeNotAllowed, xml_root
+from include.crowd_sandbox.question_xml import element_children as _children
+from include.crowd_sandbox.question_xml import local_name as _local
 
 MAX_TEST_BYTES = 65_535
 MAX_ANSWER_KEY_BYTES = 65_535
@@ -290,11 +292,3 @@ def _one(element: ET.Element, name: str) -> ET.Element:
 
 def _fail(message: str) -> RequestError:
     return RequestError(f"The AnswerKey is not valid: {message}", XML_PARSE_ERROR)
-
-
-def _local(element: ET.Element) -> str:
-    return element.tag.rsplit("}", 1)[-1] if isinstance(element.tag, str) else ""
-
-
-def _children(element: ET.Element) -> list[ET.Element]:
-    return [child for child in element if isinstance(child.tag, str)]

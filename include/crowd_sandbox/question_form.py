@@ -85,6 +85,12 @@ from include.crowd_sandbox.question_xml import (
     question_kind,
     xml_root,
 )
+from include.crowd_sandbox.question_xml import (
+    element_children as _children,
+)
+from include.crowd_sandbox.question_xml import (
+    local_name as _local,
+)
 
 XML_PARSE_ERROR = "AWS.MechanicalTurk.XMLParseError"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -224,14 +230,6 @@ class QuestionForm:
 
 def _fail(message: str) -> RequestError:
     return RequestError(f"The QuestionForm is not valid: {message}", XML_PARSE_ERROR)
-
-
-def _local(element: ET.Element) -> str:
-    return element.tag.rsplit("}", 1)[-1] if isinstance(element.tag, str) else ""
-
-
-def _children(element: ET.Element) -> list[ET.Element]:
-    return [child for child in element if isinstance(child.tag, str)]
 
 
 def _only(element: ET.Element, name: str, *, required: bool = False) -> ET.Element | None:

@@ -98,6 +98,16 @@ def xml_root(xml: str) -> ET.Element:
     return parser.close()
 
 
+def local_name(element: ET.Element) -> str:
+    """An element's tag without its namespace ("" for a comment or processing instruction)."""
+    return element.tag.rsplit("}", 1)[-1] if isinstance(element.tag, str) else ""
+
+
+def element_children(element: ET.Element) -> list[ET.Element]:
+    """An element's child elements (comments and processing instructions left out)."""
+    return [child for child in element if isinstance(child.tag, str)]
+
+
 def question_kind(question: str) -> str:
     """Return ``HTMLQuestion``, ``ExternalQuestion`` or ``QuestionForm``, or raise."""
     if len(question.encode("utf-8")) > MAX_QUESTION_BYTES:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Page
 
 from testsupport.sandbox_process import (  # noqa: F401  (re-exported for the tests of this folder)
     HTML_QUESTION,
@@ -39,3 +40,29 @@ def sandbox(sandbox_factory) -> RunningSandbox:
 @pytest.fixture
 def mturk(sandbox):
     return sandbox.client()
+
+
+@pytest.fixture
+def foreign_requests() -> list[str]:
+    """URLs the page tried to load from anywhere but the sandbox (each one aborted)."""
+    return []
+
+
+@pytest.fixture
+def page(browser, sandbox, foreign_requests) -> Iterator[Page]:
+    """A page that may only talk to the sandbox: any other request is aborted and recorded."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+
+    def guard(route):
+        url = route.request.url
+        if url.startswith(sandbox.url + "/") or url.startswith(("data:", "about:")):
+            route.continue_()
+        else:
+            foreign_requests.append(url)
+            route.abort()
+
+    context.route("**/*", guard)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()

@@ -9,7 +9,6 @@ every step go to ``.artifacts/browser/`` (git-ignored) for a person to look at.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -75,32 +74,6 @@ PHOTO_PAIR_HIT = """<HTMLQuestion xmlns="http://mechanicalturk.amazonaws.com/AWS
 </body></html>]]></HTMLContent>
 <FrameHeight>460</FrameHeight>
 </HTMLQuestion>"""
-
-
-@pytest.fixture
-def foreign_requests() -> list[str]:
-    """URLs the page tried to load from anywhere but the sandbox (each one aborted)."""
-    return []
-
-
-@pytest.fixture
-def page(browser, sandbox, foreign_requests) -> Iterator[Page]:
-    """A page that may only talk to the sandbox: any other request is aborted and recorded."""
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-
-    def guard(route):
-        url = route.request.url
-        if url.startswith(sandbox.url + "/") or url.startswith(("data:", "about:")):
-            route.continue_()
-        else:
-            foreign_requests.append(url)
-            route.abort()
-
-    context.route("**/*", guard)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    yield page
-    context.close()
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,6 @@ import random
 import re
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 
 import pytest
 
@@ -458,31 +457,6 @@ def test_malformed_or_huge_task_answers_break_nothing(sandbox, mturk):
 
 
 # --- a person in headless Chromium ---------------------------------------------------------------
-
-
-@pytest.fixture
-def foreign_requests() -> list[str]:
-    return []
-
-
-@pytest.fixture
-def page(browser, sandbox, foreign_requests) -> Iterator:
-    """A Chromium page that may only talk to the sandbox (anything else is aborted, recorded)."""
-    context = browser.new_context(viewport={"width": 1100, "height": 900})
-
-    def guard(route):
-        url = route.request.url
-        if url.startswith(sandbox.url + "/") or url.startswith(("data:", "about:")):
-            route.continue_()
-        else:
-            foreign_requests.append(url)
-            route.abort()
-
-    context.route("**/*", guard)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    yield page
-    context.close()
 
 
 def test_a_person_submits_a_crowd_form_hit_in_chromium(sandbox, mturk, page, foreign_requests):
