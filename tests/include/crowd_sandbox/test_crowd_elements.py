@@ -48,7 +48,7 @@ from include.crowd_sandbox.crowd_elements import (
 )
 from include.crowd_sandbox.simulated_worker.answering import answer_form
 from include.crowd_sandbox.simulated_worker.profiles import PROFILES
-from testsupport.sandbox_process import http
+from testsupport.sandbox_process import PROJECT_ROOT, http
 
 ANSWERS_NS = {
     "a": "http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2005-10-01/"
@@ -510,6 +510,9 @@ def test_the_script_and_the_simulated_workers_send_the_same_json(
     frame.locator("crowd-checkbox[value=Green] input").check()
     frame.locator("crowd-input[name=comment] input").fill(ONE_LINE)
     frame.locator("crowd-text-area[name=notes] textarea").fill(ODD_TEXT.replace("\x01", ""))
+    shots = PROJECT_ROOT / ".artifacts" / "browser"  # for a person to look at, as test_browser
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / "crowd-elements.png"), full_page=True)
     frame.locator("crowd-classifier label", has_text="neutral").click()
     frame.locator("crowd-image-classifier label", has_text="Dog").click()
     frame.locator("textarea[name=native_text]").fill("native")
