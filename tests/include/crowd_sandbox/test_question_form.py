@@ -554,7 +554,7 @@ def test_simulated_workers_answer_a_question_form_hit(sandbox_factory):
         assert 3 <= len(got["name"]["FreeText"][0]) <= 12
 
 
-def test_a_person_answers_a_question_form_hit_in_chromium(sandbox, mturk, browser):
+def test_a_person_answers_a_question_form_hit_in_chromium(sandbox, mturk, page, foreign_requests):
     """The rendered form works in a real browser: preview without a working Submit, accept,
     fill in free text, a radio group, check boxes and a drop-down with "other", submit."""
     question = form_xml(
@@ -566,41 +566,24 @@ def test_a_person_answers_a_question_form_hit_in_chromium(sandbox, mturk, browse
         select("city", ("paris", "rome"), style="dropdown", other=""),
     )
     hit_id = create_form_hit(mturk, question, Title="Landmarks form")
-    context = browser.new_context(viewport={"width": 1000, "height": 900})
-    foreign: list[str] = []
-
-    def guard(route):
-        url = route.request.url
-        if url.startswith(sandbox.url + "/") or url.startswith(("data:", "about:")):
-            route.continue_()
-        else:
-            foreign.append(url)
-            route.abort()
-
-    context.route("**/*", guard)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    try:
-        page.goto(f"{sandbox.url}/hit/{hit_id}?workerId=A3FORMWORKER")
-        frame = page.frame_locator("#question")
-        expect(frame.locator("#submit-button")).to_be_disabled()
-        expect(frame.locator(".qf-formatted b")).to_have_text("all")
-        page.click("#accept-button")
-        expect(page.locator("#mode")).to_have_text("Accepted")
-        assignment_id = page.locator("#assignment-id").inner_text()
-        expect(frame.locator("#submit-button")).to_be_enabled()
-        frame.locator("input[name='qf.0']").fill("Big Ben")
-        frame.locator("input[name='qf.1'][value='0']").check()
-        frame.locator("input[name='qf.2'][value='0']").check()
-        frame.locator("input[name='qf.2'][value='2']").check()
-        frame.locator("select[name='qf.3']").select_option("other")
-        frame.locator("input[name='qf.3.other']").fill("London")
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "question-form.png"), full_page=True)
-        frame.locator("#submit-button").click()
-        page.wait_for_url(f"{sandbox.url}/?workerId=A3FORMWORKER&submitted={assignment_id}")
-    finally:
-        context.close()
+    page.goto(f"{sandbox.url}/hit/{hit_id}?workerId=A3FORMWORKER")
+    frame = page.frame_locator("#question")
+    expect(frame.locator("#submit-button")).to_be_disabled()
+    expect(frame.locator(".qf-formatted b")).to_have_text("all")
+    page.click("#accept-button")
+    expect(page.locator("#mode")).to_have_text("Accepted")
+    assignment_id = page.locator("#assignment-id").inner_text()
+    expect(frame.locator("#submit-button")).to_be_enabled()
+    frame.locator("input[name='qf.0']").fill("Big Ben")
+    frame.locator("input[name='qf.1'][value='0']").check()
+    frame.locator("input[name='qf.2'][value='0']").check()
+    frame.locator("input[name='qf.2'][value='2']").check()
+    frame.locator("select[name='qf.3']").select_option("other")
+    frame.locator("input[name='qf.3.other']").fill("London")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "question-form.png"), full_page=True)
+    frame.locator("#submit-button").click()
+    page.wait_for_url(f"{sandbox.url}/?workerId=A3FORMWORKER&submitted={assignment_id}")
     (assignment,) = mturk.list_assignments_for_hit(HITId=hit_id)["Assignments"]
     assert parsed_answers(assignment["Answer"]) == {
         "name": {"FreeText": ["Big Ben"]},
@@ -608,7 +591,7 @@ def test_a_person_answers_a_question_form_hit_in_chromium(sandbox, mturk, browse
         "tags": {"SelectionIdentifier": ["old", "tall"]},
         "city": {"OtherSelectionText": ["London"]},
     }
-    assert foreign == []
+    assert foreign_requests == []
 
 
 # --- review: hostile requesters and workers -------------------------------------------------
