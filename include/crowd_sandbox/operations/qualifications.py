@@ -203,8 +203,7 @@ class QualificationOperations(SandboxCore):
         found = [
             q
             for q in [*system, *own]
-            if q is not None
-            and (not params.get("MustBeRequestable") or q["IsRequestable"])
+            if (not params.get("MustBeRequestable") or q["IsRequestable"])
             and (not query or query in _searchable(q))
         ]
         page, token = self._page(found, params, f"ListQualificationTypes:{query}:{bool(owned)}")
@@ -310,8 +309,11 @@ class QualificationOperations(SandboxCore):
 
     # --- qualification requests (the requester's side) -----------------------------------
 
+    def _find_request(self, request_id: str) -> dict[str, Any] | None:
+        return self.store.doc("SELECT doc FROM qualification_requests WHERE id = ?", (request_id,))
+
     def _request(self, request_id: str) -> dict[str, Any]:
-        found = self.store.doc("SELECT doc FROM qualification_requests WHERE id = ?", (request_id,))
+        found = self._find_request(request_id)
         if found is None:
             raise RequestError(
                 f"QualificationRequest {request_id} does not exist.", REQUEST_MISSING
@@ -407,7 +409,7 @@ class QualificationOperations(SandboxCore):
                 "open": open_test,
                 "pending": next((r for r in requests if r["Status"] == PENDING), None),
                 "last": requests[-1] if requests else None,
-                "refusal": None if open_test else self._refusal(qtype, worker_id),
+                "refusal": None if open_test else self._refusal(qtype, worker_id, requests),
             }
 
     def start_qualification_test(self, type_id: str, worker_id: str) -> dict[str, Any]:
@@ -451,9 +453,7 @@ class QualificationOperations(SandboxCore):
         is not this worker's open test (of ``type_id``, when given) or its time ran out."""
         with self._operation():
             self._refresh()
-            attempt = self.store.doc(
-                "SELECT doc FROM qualification_requests WHERE id = ?", (request_id,)
-            )
+            attempt = self._find_request(request_id)
             if (
                 attempt is None
                 or attempt["WorkerId"] != worker_id
@@ -463,11 +463,7 @@ class QualificationOperations(SandboxCore):
                     f"{worker_id} has no qualification test {request_id} of this type to submit."
                 )
             now = self._now()
-            if attempt["Status"] == "Expired" or (
-                attempt["Status"] == "Started" and now > attempt["Deadline"]
-            ):
-                attempt["Status"] = "Expired"
-                self._put_request(attempt)
+            if attempt["Status"] == "Expired" or self._expired(attempt):
                 raise QualificationRefused(
                     "The time for this qualification test ran out: answers are taken for "
                     "TestDurationInSeconds after the test is opened. Nothing was submitted."
@@ -542,22 +538,32 @@ class QualificationOperations(SandboxCore):
             "AND status = 'Started'",
             (type_id, worker_id),
         ):
-            if self._now() > attempt["Deadline"]:
-                attempt["Status"] = "Expired"
-                self._put_request(attempt)
-            else:
+            if not self._expired(attempt):
                 found = attempt
         return found
 
-    def _refusal(self, qtype: dict[str, Any], worker_id: str) -> str | None:
-        """Why the worker may not request this type now (None: they may)."""
+    def _expired(self, attempt: dict[str, Any]) -> bool:
+        """Whether a started test is past its TestDurationInSeconds; if so it is stored as
+        Expired (it then counts as a request for the retry rules)."""
+        if attempt["Status"] != "Started" or self._now() <= attempt["Deadline"]:
+            return False
+        attempt["Status"] = "Expired"
+        self._put_request(attempt)
+        return True
+
+    def _refusal(
+        self,
+        qtype: dict[str, Any],
+        worker_id: str,
+        requests: list[dict[str, Any]] | None = None,
+    ) -> str | None:
+        """Why the worker may not request this type now (None: they may). ``requests`` are
+        the worker's requests of this type, when the caller has read them already."""
         if qtype["QualificationTypeStatus"] != "Active":
             return f"{qtype['Name']} is inactive: it takes no requests now."
-        ended = [
-            r
-            for r in self._worker_requests(qtype["QualificationTypeId"], worker_id)
-            if r["Status"] in ENDED
-        ]
+        if requests is None:
+            requests = self._worker_requests(qtype["QualificationTypeId"], worker_id)
+        ended = [r for r in requests if r["Status"] in ENDED]
         if any(r["Status"] == PENDING for r in ended):
             return f"Your request for {qtype['Name']} is waiting for the requester's review."
         if not ended:
