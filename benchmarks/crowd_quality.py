@@ -516,7 +516,7 @@ def run_crowd(bench: Bench, bad: float, args) -> Crowd:
     from concurrent.futures import ThreadPoolExecutor
 
     from include.crowd_sandbox.stack import LocalStack
-    from testsupport.platforms import mturk_platform
+    from testsupport.sandbox_process import account_cents
 
     spec = worker_spec(args.workers, bad)
     jobs = [(gold, mode) for gold in args.golds for mode in modes_of(args)]
@@ -527,8 +527,8 @@ def run_crowd(bench: Bench, bad: float, args) -> Crowd:
         seconds_per_assignment=args.seconds_per_assignment,
         worker_seed=args.seed,
     ) as stack:
-        platform = mturk_platform(stack.mturk_client())
-        before = platform.balance_cents()
+        mturk = stack.mturk_client()
+        before = account_cents(mturk)  # available and held: what was charged is its fall
         started = time.perf_counter()
         print(f"crowd {bad:.0%} bad ({spec}): {len(jobs)} batches at once ...", flush=True)
 
@@ -544,7 +544,7 @@ def run_crowd(bench: Bench, bad: float, args) -> Crowd:
 
         with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
             rows = list(pool.map(one, jobs))
-        change = before - platform.balance_cents()
+        change = before - account_cents(mturk)
     return Crowd(bad, spec, rows, change, time.perf_counter() - started)
 
 

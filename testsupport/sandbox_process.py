@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from urllib.error import HTTPError
 from urllib.parse import urlencode
@@ -158,6 +159,16 @@ def create_hit(mturk, **overrides):
     }
     params.update(overrides)
     return mturk.create_hit(**params)["HIT"]
+
+
+def account_cents(mturk) -> int:
+    """The account's balance in cents: GetAccountBalance's AvailableBalance plus OnHoldBalance.
+
+    The crowd sandbox holds each HIT's cost from its creation, as MTurk holds funds for
+    assignment liability, and pays approvals from the hold; what the account was charged is
+    how far this figure fell (AvailableBalance alone falls when HITs are created)."""
+    found = mturk.get_account_balance()
+    return sum(round(Decimal(found[key]) * 100) for key in ("AvailableBalance", "OnHoldBalance"))
 
 
 def error_of(call, *args, **kwargs) -> dict:

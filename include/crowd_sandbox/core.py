@@ -27,11 +27,13 @@ from typing import Any
 from include.crowd_sandbox import money
 from include.crowd_sandbox.protocol import RequestError
 from include.crowd_sandbox.qualification_requirements import requires_masters
-from include.crowd_sandbox.store import AssignmentCounts, HITState, Store
+from include.crowd_sandbox.store import AssignmentCounts, HITState, Hold, Store
 
 TOKEN_LIFETIME_S = 24 * 3600
 DEFAULT_PAGE_SIZE = 10
 DEFAULT_BALANCE = "10000.00"
+# The meta row of the time up to which expired HITs gave back their free slots' holds.
+HOLD_MARK_KEY = "hold_mark"
 # Ten years: past MTurk's longest timer (a HIT's year of lifetime), short of datetime's end.
 MAX_CLOCK_ADVANCE_S = 10 * 365 * 24 * 3600
 
@@ -73,6 +75,7 @@ class SandboxCore:
             if store.meta("balance_cents") is None:
                 store.set_meta("balance_cents", str(money.parse_amount(initial_balance)))
             self._offset = float(store.meta("clock_offset") or 0.0)
+            self._hold_all()
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -152,20 +155,76 @@ class SandboxCore:
     def _balance(self) -> int:
         return int(self.store.meta("balance_cents") or 0)
 
-    def _require_funds(self, cents: int) -> None:
-        balance = self._balance()
-        if cents > balance:
+    def _available(self) -> int:
+        """The balance less the funds held for assignment liability: what new work may use."""
+        return self._balance() - (self.store.held() or 0)
+
+    def _require_funds(self, cents: int, available: int | None = None) -> None:
+        available = self._available() if available is None else available
+        if cents > available:
             raise RequestError(
                 "This Requester has insufficient funds in their account to complete this "
                 f"transaction (needs ${money.format_amount(cents)}, available "
-                f"${money.format_amount(balance)}).",
+                f"${money.format_amount(available)}).",
                 "AWS.MechanicalTurk.InsufficientFunds",
             )
 
-    def _charge(self, cents: int, kind: str, detail: dict[str, Any]) -> None:
-        self._require_funds(cents)
+    def _charge(self, cents: int, kind: str, detail: dict[str, Any], *, held: bool = False):
+        """Take ``cents`` from the balance. ``held``: paid from a HIT's hold (the approval of
+        work its liability covers), so the balance, not the available funds, must cover it."""
+        self._require_funds(cents, self._balance() if held else None)
         self.store.set_meta("balance_cents", str(self._balance() - cents))
         self.store.add_ledger(kind, {**detail, "Charged": cents, "Time": self._now()})
+
+    # --- funds held for assignment liability --------------------------------------------------
+    #
+    # MTurk holds a HIT's cost when the HIT is created: "Your assignment liability will increase
+    # as you create new HITs and will decrease as you approve or reject assignments. If you have
+    # no outstanding assignments, you will have zero assignment liability" (MTurk's requester
+    # FAQ). The sandbox holds, for each HIT, reward and fee for every assignment that may still
+    # be paid: those being worked on or submitted, and the free slots while the HIT can be
+    # accepted (not expired, not deleted). So GetAccountBalance's AvailableBalance falls when
+    # HITs are created or extended, an approval moves money from the hold to the payment, and
+    # a rejection, an expiry or a slot left free on an expired HIT gives it back.
+
+    @staticmethod
+    def _hold_for(hold: Hold, now: float) -> int:
+        """What a HIT holds now: reward and fee for each assignment it may still pay."""
+        if hold.disposed:
+            return 0
+        counts = hold.counts
+        slots = counts.assigned - counts.completed  # accepted or submitted, not yet reviewed
+        if now < hold.expiration:
+            slots += max(0, hold.max_assignments - counts.assigned)
+        return slots * hold.slot_cost
+
+    def _rehold(self, hit_id: str, *, check: bool = False) -> None:
+        """Set a HIT's hold to what its state asks for now (from columns: no document is
+        read). ``check``: refuse (as MTurk does, ``InsufficientFunds``) a hold that grows by
+        more than the available funds; the operation's transaction then undoes everything."""
+        available = self._available()
+        grown = self.store.set_hold(hit_id, self._hold_for(self.store.hold(hit_id), self._now()))
+        if check and grown > 0:
+            self._require_funds(grown, available)
+
+    def _hold_all(self) -> None:
+        """Work out every HIT's hold from its state, when the state file is opened: a file
+        written before holds were kept, or changed since by a sandbox that did not keep them,
+        holds what its HITs ask for. Only HITs without a recorded slot cost are read."""
+        for hit_id in self.store.reset_holds():
+            self.store.put_slot_cost(hit_id, self._approval_cost(self._hit(hit_id)))
+        for hit_id in self.store.hit_ids():
+            self._rehold(hit_id)
+        self.store.set_meta(HOLD_MARK_KEY, repr(self._now()))
+
+    def _release_expired(self, now: float) -> None:
+        """Give back the free slots' holds of the HITs that expired since the last look."""
+        expired = self.store.hits_expired(float(self.store.meta(HOLD_MARK_KEY) or now), now)
+        if not expired:
+            return  # the mark stays: no write for a call in which nothing expired
+        self.store.set_meta(HOLD_MARK_KEY, repr(now))
+        for hit_id, _, _ in expired:
+            self._rehold(hit_id)
 
     def _seen_token(self, operation: str, token: str | None) -> dict[str, Any] | None:
         if not token:
@@ -204,6 +263,7 @@ class SandboxCore:
             status = assignment["AssignmentStatus"]
             if status == "Accepted" and now >= assignment["Deadline"]:
                 self.store.delete_assignment(assignment["AssignmentId"])
+                self._rehold(assignment["HITId"])  # a slot of an expired HIT frees
                 self.store.add_ledger("abandoned", {"AssignmentId": assignment["AssignmentId"]})
                 self._event(
                     "AssignmentAbandoned",
@@ -216,6 +276,7 @@ class SandboxCore:
                 cost = self._approval_cost(hit)
                 assignment.update(AssignmentStatus="Approved", ApprovalTime=now)
                 self.store.put_assignment(assignment)
+                self._rehold(hit["HITId"])  # paid from the HIT's hold
                 balance = self._balance()
                 self.store.set_meta("balance_cents", str(balance - cost))
                 self.store.add_ledger(
@@ -223,6 +284,7 @@ class SandboxCore:
                     {"AssignmentId": assignment["AssignmentId"], "Charged": cost, "Time": now},
                 )
                 self._event("AssignmentApproved", assignment["HITId"], assignment["AssignmentId"])
+        self._release_expired(now)
         self._queue_notifications()
 
     def _approval_cost(self, hit: dict[str, Any]) -> int:

@@ -5,7 +5,8 @@ Unassignable → Reviewable → Reviewing / Disposed, expiry), assignment states
 Approved / Rejected, OverrideRejection, auto-approval), ``UniqueRequestToken`` (24 h) on
 CreateHIT, CreateHITWithHITType, SendBonus and CreateAdditionalAssignmentsForHIT, qualification
 requirements checked when a worker previews or accepts, worker blocks (a blocked worker cannot
-accept), NotifyWorkers limits, the account balance charged with MTurk's fees, and HIT event
+accept), NotifyWorkers limits, the account balance charged with MTurk's fees (each HIT's
+cost held from its creation, as MTurk holds funds for assignment liability), and HIT event
 notifications sent to SQS queues on this machine. Every operation runs in one transaction of the
 state file; its notifications are sent after it commits.
 

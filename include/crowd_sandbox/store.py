@@ -1,6 +1,6 @@
-"""The sandbox's state in one SQLite file: every HIT, assignment, answer, payment, e-mail,
-qualification, worker block, notification setting, notification not yet sent and request token,
-so a restart on the same file loses nothing.
+"""The sandbox's state in one SQLite file: every HIT, assignment, answer, payment, hold of
+funds, e-mail, qualification, worker block, notification setting, notification not yet sent and
+request token, so a restart on the same file loses nothing.
 
 Each kind of record is a JSON document in its own table, with the columns the queries filter on.
 Every API call runs in one transaction (``Store.transaction``): its side effects and the
@@ -99,6 +99,11 @@ _ADDED_TABLES = (
     "(type_id, worker_id)",
     "CREATE INDEX IF NOT EXISTS qualification_requests_status ON qualification_requests "
     "(status, type_id)",
+    # The funds held for each HIT's assignment liability (``core.SandboxCore._rehold``): what
+    # one approved assignment costs (``slot_cost``) and what the HIT holds now (``cents``); the
+    # sum of ``cents`` is kept in the meta row ``held_cents``.
+    "CREATE TABLE IF NOT EXISTS holds ("
+    "hit_id TEXT PRIMARY KEY, slot_cost INTEGER NOT NULL, cents INTEGER NOT NULL)",
 )
 
 # Created after any migration (a version 1 file has not got the columns before it).
@@ -133,6 +138,19 @@ class AssignmentCounts:
     assigned: int = 0
     pending: int = 0
     completed: int = 0
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A HIT's state as its held funds depend on it, what one approved assignment costs and
+    what the HIT holds now (cents)."""
+
+    expiration: float
+    max_assignments: int
+    disposed: bool
+    counts: AssignmentCounts
+    slot_cost: int
+    cents: int
 
 
 @dataclass(frozen=True)
@@ -290,6 +308,70 @@ class Store:
         self.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     # --- typed helpers ----------------------------------------------------------------------
+
+    def held(self) -> int | None:
+        """The funds held for every HIT's assignment liability, in cents (``None`` in a file
+        written before holds were kept)."""
+        value = self.meta("held_cents")
+        return None if value is None else int(value)
+
+    def put_slot_cost(self, hit_id: str, slot_cost: int) -> None:
+        """Record what one approved assignment of a HIT costs (its hold's unit)."""
+        self.execute(
+            "INSERT INTO holds (hit_id, slot_cost, cents) VALUES (?, ?, 0) "
+            "ON CONFLICT (hit_id) DO UPDATE SET slot_cost = excluded.slot_cost",
+            (hit_id, slot_cost),
+        )
+
+    def hold(self, hit_id: str) -> Hold:
+        """What a HIT's hold is worked out from, read from columns (no document)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT h.expiration, h.max_assignments, h.disposed, d.slot_cost, d.cents "
+                "FROM hits AS h JOIN holds AS d ON d.hit_id = h.id WHERE h.id = ?",
+                (hit_id,),
+            ).fetchone()
+        expiration, max_assignments, disposed, slot_cost, cents = row
+        return Hold(
+            expiration,
+            max_assignments,
+            bool(disposed),
+            self.assignment_counts(hit_id),
+            slot_cost,
+            cents,
+        )
+
+    def set_hold(self, hit_id: str, cents: int) -> int:
+        """Hold ``cents`` for a HIT instead of what it held; keep the total; return the change."""
+        with self._lock:
+            (before,) = self._db.execute(
+                "SELECT cents FROM holds WHERE hit_id = ?", (hit_id,)
+            ).fetchone()
+            if cents == before:
+                return 0
+            self.execute("UPDATE holds SET cents = ? WHERE hit_id = ?", (cents, hit_id))
+            self.set_meta("held_cents", str((self.held() or 0) + cents - before))
+            return cents - before
+
+    def reset_holds(self) -> list[str]:
+        """Hold nothing (to work every hold out again); return the HITs without a slot cost."""
+        self.execute("DELETE FROM holds WHERE hit_id NOT IN (SELECT id FROM hits)")
+        self.execute("UPDATE holds SET cents = 0")
+        self.set_meta("held_cents", "0")
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM hits WHERE id NOT IN (SELECT hit_id FROM holds) ORDER BY seq"
+            ).fetchall()
+        return [hit_id for (hit_id,) in rows]
+
+    def hit_ids(self) -> list[str]:
+        with self._lock:
+            return [hit_id for (hit_id,) in self._db.execute("SELECT id FROM hits ORDER BY seq")]
+
+    def holds(self) -> dict[str, int]:
+        """What each HIT holding funds holds, in cents."""
+        with self._lock:
+            return dict(self._db.execute("SELECT hit_id, cents FROM holds WHERE cents").fetchall())
 
     def put_hit(self, hit: dict[str, Any]) -> None:
         self.execute(

@@ -16,6 +16,7 @@ from include.crowd.ledger import S3Ledger
 from include.crowd_sandbox.stack import LocalStack
 from include.demo.audit import audit_batch
 from include.demo.data import generate_demo_data
+from testsupport.sandbox_process import account_cents
 
 pytestmark = pytest.mark.slow
 NO_BONUS = "The check question was answered wrongly, so no bonus this time."
@@ -47,7 +48,7 @@ def test_unsure_hits_get_more_assignments_exactly_once_and_the_money_adds_up(
     tmp_path,
 ):
     mturk = stack.mturk_client()
-    before = Decimal(mturk.get_account_balance()["AvailableBalance"])
+    before = account_cents(mturk)
     conf = {
         **conf_for(sample, tmp_path),
         "batch_id": "adaptive",
@@ -83,5 +84,5 @@ def test_unsure_hits_get_more_assignments_exactly_once_and_the_money_adds_up(
     audit = audit_batch(mturk, stack.sandbox_state, plans, results, no_bonus_message=NO_BONUS)
     assert audit.ok, audit.problems
     # What the ledger says was spent is what the sandbox charged, to the cent.
-    after = Decimal(mturk.get_account_balance()["AvailableBalance"])
-    assert Decimal(results["summary"]["spent"]["total"].lstrip("$")) == before - after
+    spent = Decimal(results["summary"]["spent"]["total"].lstrip("$")) * 100
+    assert spent == before - account_cents(mturk)

@@ -37,6 +37,7 @@ from testsupport.crowd_plans import (
 )
 from testsupport.motokit import moto_s3, s3_client
 from testsupport.platforms import mturk_platform
+from testsupport.sandbox_process import account_cents
 
 pytestmark = pytest.mark.slow
 
@@ -102,12 +103,12 @@ def test_a_batch_under_faults_creates_pays_and_mails_exactly_once(crowd_factory,
     progress = as_task(lambda: read_batch_progress(hook, hit_ids), attempts["wait"])
     assert progress.complete and progress.submitted == 3 * QUERIES
 
-    before = float(mturk.get_account_balance()["AvailableBalance"])
+    before = account_cents(mturk)
     outcome = as_task(
         lambda: review_batch(mturk_platform(mturk), load_manifest(ledger), ledger, REVIEW),
         attempts["review"],
     )
-    charged = round(before - float(mturk.get_account_balance()["AvailableBalance"]), 2)
+    charged = before - account_cents(mturk)
 
     with sqlite3.connect(f"file:{crowd.state}?mode=ro", uri=True) as db:
         hits = db.execute("SELECT id, doc FROM hits").fetchall()
@@ -131,7 +132,7 @@ def test_a_batch_under_faults_creates_pays_and_mails_exactly_once(crowd_factory,
     # A worker not mailed is one whose e-mail call failed ambiguously; the ledger says so.
     assert all(emails[w]["status"] == "sending" for w in unsent), {w: emails[w] for w in unsent}
     assert len(ledger.entries("reviews")) == 3 * QUERIES  # no answer lost
-    assert charged == spent(ledger, REVIEW, FEES)["total_cents"] / 100
+    assert charged == spent(ledger, REVIEW, FEES)["total_cents"]
     assert outcome.spent == spent(ledger, REVIEW, FEES)
 
     injected = crowd.admin("faults")
@@ -266,7 +267,7 @@ def _unsure_round(crowd, s3, batch: str):
             crowd.work(plan.hit_id, worker, {plan.gold.field: "2", plan.model.field: model})
     for n in EXPIRED_HITS:
         platform.expire(created[n].hit_id)
-    before = float(mturk.get_account_balance()["AvailableBalance"])
+    before = account_cents(mturk)
     reviews = review_batch(platform, load_manifest(ledger), ledger, REVIEW).reviews
     return mturk, ledger, created, reviews, before
 
@@ -309,16 +310,16 @@ def _assert_extended_exactly_once(crowd, mturk, ledger, created, open_until=None
             assert hit["Expiration"] >= open_until - timedelta(seconds=1), hit
 
 
-def _assert_the_money_agrees(crowd, mturk, ledger, created, before: float) -> None:
+def _assert_the_money_agrees(crowd, mturk, ledger, created, before: int) -> None:
     """One worker takes each new assignment (and nobody a second); the last review pays; the
     ledger's money is what the sandbox charged."""
     for plan in created:
         crowd.work(plan.hit_id, "ALATE1", {plan.gold.field: "2", plan.model.field: "1"})
         assert crowd.accept_status(plan.hit_id, "ALATE2") != 303
     review_batch(mturk_platform(mturk), load_manifest(ledger), ledger, REVIEW)
-    charged = round(before - float(mturk.get_account_balance()["AvailableBalance"]), 2)
+    charged = before - account_cents(mturk)
     assert len(ledger.entries("approvals")) == (SETTINGS.assignments + 1) * ROUND_QUERIES
-    assert charged == spent(ledger, REVIEW, FEES)["total_cents"] / 100
+    assert charged == spent(ledger, REVIEW, FEES)["total_cents"]
 
 
 def _answers(crowd, operation: str, since: int = 0) -> Counter:

@@ -73,12 +73,14 @@ class AssignmentOperations(SandboxCore):
             self._approval_cost(hit),
             "approval",
             {"AssignmentId": assignment["AssignmentId"], "WorkerId": assignment["WorkerId"]},
+            held=status == "Submitted",  # an overridden rejection gave its hold back
         )
         assignment.update(AssignmentStatus="Approved", ApprovalTime=now)
         assignment.pop("RejectionTime", None)
         if params.get("RequesterFeedback") is not None:
             assignment["RequesterFeedback"] = params["RequesterFeedback"]
         self.store.put_assignment(assignment)
+        self._rehold(hit["HITId"])
         self._event("AssignmentApproved", assignment["HITId"], assignment["AssignmentId"], now)
         return {}
 
@@ -99,6 +101,7 @@ class AssignmentOperations(SandboxCore):
             RequesterFeedback=params["RequesterFeedback"],
         )
         self.store.put_assignment(assignment)
+        self._rehold(assignment["HITId"])  # a rejected assignment is not paid
         self._event("AssignmentRejected", assignment["HITId"], assignment["AssignmentId"])
         return {}
 
@@ -225,4 +228,7 @@ class AssignmentOperations(SandboxCore):
         return {"NotifyWorkersFailureStatuses": failures}
 
     def op_GetAccountBalance(self, params: dict[str, Any], request_id: str) -> dict[str, Any]:
-        return {"AvailableBalance": money.format_amount(self._balance()), "OnHoldBalance": "0.00"}
+        return {
+            "AvailableBalance": money.format_amount(self._available()),
+            "OnHoldBalance": money.format_amount(self.store.held() or 0),
+        }

@@ -95,8 +95,9 @@ class HITOperations(SandboxCore):
             "QualificationRequirements": hit_type["QualificationRequirements"],
             "HITReviewStatus": "NotReviewed",
         }
-        self._require_funds(max_assignments * self._approval_cost(hit))
         self.store.put_hit(hit)
+        self.store.put_slot_cost(hit["HITId"], self._approval_cost(hit))
+        self._rehold(hit["HITId"], check=True)  # MTurk holds the HIT's cost from its creation
         self._remember_token("CreateHIT", token, {"HITId": hit["HITId"], "RequestId": request_id})
         self.store.add_ledger("create-hit", {"HITId": hit["HITId"], "Time": now})
         self._event("HITCreated", hit["HITId"], at=now)
@@ -170,6 +171,7 @@ class HITOperations(SandboxCore):
         before = hit["Expiration"]
         hit["Expiration"] = max(self._now(), expire_at.timestamp())
         self.store.put_hit(hit)
+        self._rehold(hit["HITId"], check=True)  # an expired HIT made assignable holds again
         if hit["Expiration"] > before:
             self._event("HITExtended", hit["HITId"])
         return {}
@@ -214,6 +216,7 @@ class HITOperations(SandboxCore):
             )
         hit["Disposed"] = True
         self.store.put_hit(hit)
+        self._rehold(hit["HITId"])
         self._event("HITDisposed", hit["HITId"])
         return {}
 
@@ -245,9 +248,9 @@ class HITOperations(SandboxCore):
                 "more assignments.",
                 "AWS.MechanicalTurk.InvalidMaximumAssignmentsIncrease",
             )
-        self._require_funds(extra * self._approval_cost(hit))
         hit["MaxAssignments"] = before + extra
         self.store.put_hit(hit)
+        self._rehold(hit["HITId"], check=True)
         self._event("HITExtended", hit["HITId"])
         self._remember_token(
             "CreateAdditionalAssignmentsForHIT",

@@ -176,6 +176,7 @@ class WorkerActions(SandboxCore):
             if assignment is None or assignment["AssignmentStatus"] != "Accepted":
                 raise RequestError(f"Assignment {assignment_id} cannot be returned.")
             self.store.delete_assignment(assignment_id)
+            self._rehold(assignment["HITId"])  # a slot of an expired HIT frees
             self.store.add_ledger("returned", {"AssignmentId": assignment_id})
             self._event("AssignmentReturned", assignment["HITId"], assignment_id)
 

@@ -177,8 +177,8 @@ def _answered_batch(services, batch: str) -> list:
     return created
 
 
-def _balance(services) -> float:
-    return float(services["crowd"].client().get_account_balance()["AvailableBalance"])
+def _balance(services) -> int:
+    return sandbox_fixtures.account_cents(services["crowd"].client())
 
 
 def test_review_killed_anywhere_then_retried_pays_and_mails_at_most_once(services, record):
@@ -239,8 +239,8 @@ def test_review_killed_anywhere_then_retried_pays_and_mails_at_most_once(service
         assert len(ledger.entries("approvals")) == 3 * QUERIES
         totals["answers_lost"] += 3 * QUERIES - len(ledger.entries("reviews"))
         assert len(ledger.entries("reviews")) == 3 * QUERIES, kill_at
-        charged = round(before - _balance(services), 2)
-        assert charged == spent(ledger, REVIEW, FEES)["total_cents"] / 100, kill_at
+        charged = before - _balance(services)
+        assert charged == spent(ledger, REVIEW, FEES)["total_cents"], kill_at
         totals["duplicate_bonuses"] += sum(c - 1 for c in paid.values())
         totals["duplicate_emails"] += max(0, mails - 1)
     record["review"] = {
@@ -371,12 +371,12 @@ def test_a_round_killed_anywhere_in_its_extensions_extends_each_hit_exactly_once
             assert crowd.accept_status(plan.hit_id, _worker(batch, 5)) != 303, kill_at
         # The last review (the deadline's): the ledger's money is what the sandbox charged.
         review_batch(mturk_platform(mturk), load_manifest(ledger), ledger, REVIEW)
-        charged = round(before - _balance(services), 2)
-        assert charged == spent(ledger, REVIEW, FEES)["total_cents"] / 100, kill_at
+        charged = before - _balance(services)
+        assert charged == spent(ledger, REVIEW, FEES)["total_cents"], kill_at
         assert len(ledger.entries("approvals")) == (ROUND_START + 1) * ROUND_QUERIES, kill_at
         totals["duplicate_extensions"] += sum(c - 1 for c in calls.values())
         totals["unfinished_at_the_kill"] += len(unfinished)
-        totals["money_mismatches"] += charged != spent(ledger, REVIEW, FEES)["total_cents"] / 100
+        totals["money_mismatches"] += charged != spent(ledger, REVIEW, FEES)["total_cents"]
     record["round"] = {
         "kills": len(points),
         "events_per_run": events,

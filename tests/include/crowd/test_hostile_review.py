@@ -18,6 +18,7 @@ from include.crowd.records import HitPlan
 from include.crowd.review import ReviewSettings, decide, review_batch, spent
 from testsupport.crowd_plans import REVIEW, SETTINGS, render
 from testsupport.platforms import mturk_platform
+from testsupport.sandbox_process import account_cents
 
 # What a hostile or broken worker page can post for an option position.
 FORGED_VALUES = [
@@ -170,14 +171,14 @@ def test_no_bonus_pushes_the_batch_past_its_budget(crowd, ledger):
             crowd.work(p.hit_id, worker, answers(p, "2", "1"))
     # Committed: 2 HITs x 3 assignments x (5 c + 1 c fee) = 36 c; each bonus 10 c + 2 c fee.
     tight = ReviewSettings(**{**REVIEW.__dict__, "budget": "0.60"})  # room for two bonuses
-    before = mturk.get_account_balance()["AvailableBalance"]
+    before = account_cents(mturk)
     with pytest.raises(costs.BudgetError, match="over its budget of \\$0.60"):
         review_batch(mturk_platform(mturk), created, ledger, tight)
     with sqlite3.connect(f"file:{crowd.state}?mode=ro", uri=True) as db:
         assert db.execute("SELECT COUNT(*) FROM bonuses").fetchone() == (2,)
     money = spent(ledger, tight, FEES, created)
     assert money["total_cents"] == 4 * 6 + 2 * 12
-    charged = costs.cents(before) - costs.cents(mturk.get_account_balance()["AvailableBalance"])
+    charged = before - account_cents(mturk)
     assert charged == money["total_cents"]  # the ledger's figure is what MTurk charged
 
 

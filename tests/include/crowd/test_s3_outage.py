@@ -75,7 +75,7 @@ def test_s3_down_mid_review_fails_clearly_and_the_retry_finishes_exactly_once(
         mturk_platform(mturk), plans_for("outage", QUERIES), ledger, SETTINGS, render
     )
     answer_two_pass_one_fail(crowd, created)
-    before = float(mturk.get_account_balance()["AvailableBalance"])
+    before = sandbox_fixtures.account_cents(mturk)
 
     # S3 disappears after the review has recorded 5 facts (some MTurk calls are done by then).
     real_put, writes = ledger.put, Counter()
@@ -111,5 +111,5 @@ def test_s3_down_mid_review_fails_clearly_and_the_retry_finishes_exactly_once(
     assert set(bonuses.values()) == {1}
     assert mails == Counter({f"AFAIL{n}": 1 for n in range(QUERIES)})
     assert len(ledger.entries("reviews")) == 3 * QUERIES
-    charged = round(before - float(mturk.get_account_balance()["AvailableBalance"]), 2)
-    assert charged == spent(ledger, REVIEW, FEES)["total_cents"] / 100
+    charged = before - sandbox_fixtures.account_cents(mturk)
+    assert charged == spent(ledger, REVIEW, FEES)["total_cents"]

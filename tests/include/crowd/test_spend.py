@@ -72,7 +72,7 @@ def test_spent_equals_what_the_sandbox_charged(
         assert {(p.reward, p.max_assignments, p.masters) for p in created} == {
             (reward, assignments, masters)
         }
-        before = costs.cents(mturk.get_account_balance()["AvailableBalance"])
+        before = sandbox_fixtures.account_cents(mturk)
         for p in created:
             crowd.work(p.hit_id, "ADILIGENT01", answers(p, "2", "1"))  # a bonus
             crowd.work(p.hit_id, "ADILIGENT02", answers(p, "3", "1"))  # an e-mail
@@ -80,7 +80,7 @@ def test_spent_equals_what_the_sandbox_charged(
         later = ReviewSettings(**{**REVIEW.__dict__, "bonus": bonus, "reward": "0.50"})
         outcome = review_batch(mturk_platform(mturk), created, ledger, later)
 
-        charged = before - costs.cents(mturk.get_account_balance()["AvailableBalance"])
+        charged = before - sandbox_fixtures.account_cents(mturk)
         assert outcome.spent["total_cents"] == charged
         assert spent(ledger, later, FEES)["total_cents"] == charged  # from the ledger's HITs alone
         with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:

@@ -39,6 +39,12 @@ def balance(mturk) -> str:
     return mturk.get_account_balance()["AvailableBalance"]
 
 
+def funds(mturk) -> tuple[str, str]:
+    """GetAccountBalance's AvailableBalance and OnHoldBalance (the assignment liability)."""
+    found = mturk.get_account_balance()
+    return found["AvailableBalance"], found["OnHoldBalance"]
+
+
 # --- protocol -----------------------------------------------------------------------------
 
 
@@ -289,29 +295,33 @@ def test_auto_approval_happens_after_the_delay_and_is_charged(sandbox, mturk):
     MTurk's fee (https://www.mturk.com/pricing)."""
     hit_id = create(mturk, MaxAssignments=1, AutoApprovalDelayInSeconds=3600)["HITId"]
     assignment_id = sandbox.work(hit_id, "AWORKERONE")
-    assert balance(mturk) == "10000.00"
+    assert funds(mturk) == ("9999.40", "0.60")  # 0.50 + 20 %, held since CreateHIT
     sandbox.admin("clock", {"advance": 3601})
     got = mturk.get_assignment(AssignmentId=assignment_id)["Assignment"]
     assert got["AssignmentStatus"] == "Approved"
-    assert balance(mturk) == "9999.40"  # 0.50 + 20 %
+    assert funds(mturk) == ("9999.40", "0.00")  # paid from the hold
 
 
 # --- money ------------------------------------------------------------------------------------
 
 
 def test_balance_falls_by_reward_bonus_and_mturk_fees(sandbox, mturk):
+    """The fees of https://www.mturk.com/pricing; the reward and its fee are held from
+    CreateHIT and paid from the hold on approval, a bonus is paid from the available funds.
+    AvailableBalance + OnHoldBalance is the account's balance, which approvals lower."""
     small = create(mturk, MaxAssignments=1, Reward="0.04")["HITId"]
     large = create(mturk, MaxAssignments=10, Reward="1.00")["HITId"]
+    assert funds(mturk) == ("9985.95", "14.05")  # 1 x 0.05 and 10 x 1.40 held
     a = sandbox.work(small, "AWORKERONE")
     b = sandbox.work(large, "AWORKERONE")
     mturk.approve_assignment(AssignmentId=a)
-    assert balance(mturk) == "9999.95"  # 0.04 + minimum fee 0.01
+    assert funds(mturk) == ("9985.95", "14.00")  # 0.04 + minimum fee 0.01: balance 9999.95
     mturk.approve_assignment(AssignmentId=b)
-    assert balance(mturk) == "9998.55"  # 1.00 + 40 % for 10 or more assignments
+    assert funds(mturk) == ("9985.95", "12.60")  # 1.00 + 40 % for 10 or more: 9998.55
     mturk.send_bonus(
         WorkerId="AWORKERONE", BonusAmount="0.25", AssignmentId=b, Reason="Right gold answer"
     )
-    assert balance(mturk) == "9998.25"  # 0.25 + 0.05
+    assert funds(mturk) == ("9985.65", "12.60")  # 0.25 + 0.05: 9998.25
     (payment,) = mturk.list_bonus_payments(AssignmentId=b)["BonusPayments"]
     assert (payment["BonusAmount"], payment["Reason"]) == ("0.25", "Right gold answer")
     assert mturk.list_bonus_payments(HITId=large)["NumResults"] == 1
@@ -332,8 +342,9 @@ def test_a_bonus_before_approval_is_paid_as_on_mturk(sandbox, mturk):
     assert balance(mturk) == f"{float(before) - 0.12:.2f}"  # 0.10 + the 20 % fee
     (payment,) = mturk.list_bonus_payments(AssignmentId=assignment_id)["BonusPayments"]
     assert payment["BonusAmount"] == "0.10"
+    held = funds(mturk)[1]
     mturk.approve_assignment(AssignmentId=assignment_id)  # the reward is still paid on approval
-    assert balance(mturk) == f"{float(before) - 0.12 - 0.60:.2f}"
+    assert funds(mturk) == (f"{float(before) - 0.12:.2f}", f"{float(held) - 0.60:.2f}")
 
     def bonus_error(worker: str, assignment: str) -> str:
         return error_of(

@@ -323,9 +323,11 @@ def test_time_acts_on_due_assignments_only_and_reads_no_other(tmp_path, monkeypa
     entries = sandbox.store.ledger()[ledger:]
     assert [e.get("AssignmentId") for e in entries] == abandoned + approved
     charged = sum(e.get("Charged", 0) for e in entries)
-    after = sandbox.call("GetAccountBalance", {}, "request")["AvailableBalance"]
+    after = sandbox.call("GetAccountBalance", {}, "request")
     assert charged == 5 * 14  # $0.10 reward, 20 % fee and 20 % more for 10+ assignments
-    assert round((float(balance) - float(after)) * 100) == charged
+    assert after["AvailableBalance"] == balance  # paid from the HIT's hold
+    # 3 x 200 slots held at 0.14; an abandoned one is free again (its HIT has not expired)
+    assert round(float(after["OnHoldBalance"]) * 100) == 3 * 200 * 14 - charged
 
     parsed.clear()
     with sandbox.store.transaction():
