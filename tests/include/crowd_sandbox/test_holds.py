@@ -19,40 +19,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from test_store import Clock, create
 
 from include.crowd_sandbox.protocol import MTurkError, RequestError
 from include.crowd_sandbox.requester import Sandbox
 from include.crowd_sandbox.store import Store
-from testsupport.sandbox_process import html_question
-
-
-class Clock:
-    """A clock the test moves (the sandbox adds its own offset on top)."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.25
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def open_sandbox(path: Path, clock: Clock, balance: str = "1000.00") -> Sandbox:
     return Sandbox(Store(path), initial_balance=balance, clock=clock)
-
-
-def create(sandbox: Sandbox, **overrides) -> str:
-    params = {
-        "MaxAssignments": 3,
-        "LifetimeInSeconds": 3600,
-        "AssignmentDurationInSeconds": 600,
-        "AutoApprovalDelayInSeconds": 7 * 24 * 3600,
-        "Reward": "0.10",
-        "Title": "Pick one",
-        "Description": "Pick the matching image",
-        "Question": html_question(),
-    }
-    params.update(overrides)
-    return sandbox.call("CreateHIT", params, "request")["HIT"]["HITId"]
 
 
 def funds(sandbox: Sandbox) -> tuple[str, str]:
