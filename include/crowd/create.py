@@ -26,7 +26,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from include.crowd.ledger import S3Ledger
-from include.crowd.platform import CrowdPlatform, DuplicateRequest, TaskSpec
+from include.crowd.platform import CrowdPlatform, DuplicateRequest, PlatformError, TaskSpec
 from include.crowd.records import HitPlan
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,13 @@ def create_hits(
                     f"{plan.query.name!r}) exists, but no HIT of this batch carries it"
                 ) from error
             kind = "recovered"
+        except PlatformError as error:  # insufficient funds, a parameter, a rule, a fault
+            error.add_note(
+                f"The HIT of query {plan.query.name!r} was not created. The HITs created before "
+                f"it are kept in the ledger of batch {plan.batch_id}; once the cause is fixed, "
+                "a rerun creates the rest, none twice."
+            )
+            raise
         created = replace(
             plan,
             hit_id=task.id,

@@ -16,11 +16,13 @@ from include.crowd.create import create_hits, created_plans, load_manifest
 from include.crowd.ledger import S3Ledger
 from include.crowd.mturk import FEES
 from include.crowd.mturk.answers import parse_answers, submission
-from include.crowd.platform import TaskSpec
+from include.crowd.platform import PlatformError, TaskSpec
 from include.crowd.records import NONE_OF_THESE, HitPlan, ImageRef, Option, Question
 from include.crowd.review import ReviewSettings, decide, review_batch
+from testsupport import sandbox_process as sandbox_fixtures
 from testsupport.crowd_plans import REVIEW, SETTINGS, render
 from testsupport.platforms import mturk_platform
+from testsupport.sandbox_process import create_hit
 
 
 def image(name: str) -> ImageRef:
@@ -103,6 +105,35 @@ def test_a_create_retried_after_half_the_hits_ends_with_each_hit_once(crowd, led
     hits = crowd.client().list_hits(MaxResults=100)["HITs"]
     assert len(hits) == 6
     assert {p.hit_id for p in load_manifest(ledger)} == {h["HITId"] for h in hits}
+
+
+def test_a_batch_that_runs_out_of_funds_halfway_is_finished_by_a_rerun(tmp_path, ledger):
+    """MTurk holds each HIT's cost from its creation, so funds can run out in the middle of a
+    batch (another batch's HITs took them after the budget check): the HITs made so far are
+    kept, the error says which query failed and why, and once funds are free again a rerun
+    makes the rest, none twice."""
+    crowd = sandbox_fixtures.start_sandbox(tmp_path / "state.sqlite", "--balance", "1.00")
+    try:
+        mturk = crowd.client()
+        other = create_hit(
+            mturk, Reward="0.50", MaxAssignments=1, LifetimeInSeconds=60, RequesterAnnotation="b2"
+        )
+        plans = [plan(f"q{i}.jpg") for i in range(4)]  # 3 x (0.05 + 0.01) each: 0.18
+        with pytest.raises(PlatformError, match="insufficient funds") as refused:
+            create_hits(mturk_platform(mturk), plans, ledger, SETTINGS, render, concurrency=1)
+        note = " ".join(getattr(refused.value, "__notes__", []))
+        assert "'q2.jpg' was not created" in note and "a rerun creates the rest" in note
+        assert len(created_plans(ledger)) == 2  # 0.40 available after the other HIT's 0.60
+
+        crowd.admin("clock", {"advance": 61})  # the other HIT expires untaken: its hold is free
+        created = create_hits(mturk_platform(mturk), plans, ledger, SETTINGS, render)
+        hits = [h for h in mturk.list_hits(MaxResults=100)["HITs"] if h["HITId"] != other["HITId"]]
+        assert sorted(p.hit_id for p in created) == sorted(h["HITId"] for h in hits)
+        assert len(hits) == 4
+        funds = mturk.get_account_balance()
+        assert (funds["AvailableBalance"], funds["OnHoldBalance"]) == ("0.28", "0.72")
+    finally:
+        crowd.stop()
 
 
 def test_a_lost_ledger_write_is_recovered_through_the_request_token(crowd, ledger, monkeypatch):
