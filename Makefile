@@ -30,7 +30,7 @@ SANDBOX_PORT ?= 8911
 SANDBOX_STATE ?= $(CURDIR)/.crowd/sandbox.sqlite
 SANDBOX_WORKERS ?= diligent:6,careless:3,spammer:1
 
-.PHONY: help install demo test test-stack lint unit benchmark benchmark-hits benchmark-crowd benchmark-scale lock clean sandbox
+.PHONY: help install demo test test-stack lint unit benchmark benchmark-hits benchmark-crowd benchmark-scale benchmark-ann lock clean sandbox
 
 help:
 	@echo "make demo       generate sample data offline and run the image_similarity_mturk DAG on it"
@@ -42,6 +42,7 @@ help:
 	@echo "make benchmark-hits  HIT creation rate and the sensor's wait (benchmarks/hits.py)"
 	@echo "make benchmark-crowd crowd accuracy vs truth: fixed-3/5 vs adaptive, 30/50% bad workers (benchmarks/crowd_quality.py)"
 	@echo "make benchmark-scale sharded embedding on 1 vs 2 Celery workers, top-k at 1e5/1e6 in memory and 1e6/1e7 sharded from disk, the DAG search tasks at 1e6, a wait poll over 10,000 HITs, re-ranking before/after (benchmarks/scale.py)"
+	@echo "make benchmark-ann   approximate search (faiss IVF-Flat, IVF-SQ8, HNSW) vs the exact top-k: build, search, recall@3, memory (benchmarks/ann.py)"
 	@echo "make lock       re-resolve constraints.txt from requirements*.txt"
 
 $(STAMP): requirements.txt requirements-test.txt constraints.txt
@@ -93,6 +94,9 @@ benchmark-crowd: $(STAMP)
 
 benchmark-scale: $(STAMP)
 	$(BIN)/python benchmarks/scale.py
+
+benchmark-ann: $(STAMP)
+	$(BIN)/python benchmarks/ann.py
 
 lock:
 	rm -rf $(CURDIR)/.lock-venv

@@ -6,6 +6,7 @@ import importlib.metadata as md
 import os
 import platform
 import resource
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -65,3 +66,15 @@ def load_line(before: float) -> str:
         f"load average {before:.1f} before, {os.getloadavg()[0]:.1f} after "
         f"({os.cpu_count()} CPUs: above that, other processes were competing for the CPU)"
     )
+
+
+def render(header: Sequence[str], rows: list[Sequence[str]]) -> str:
+    """A Markdown table of ``rows`` under ``header``, columns padded to their widest cell."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        return "| " + " | ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)) + " |"
+
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [
+        line(r) for r in rows
+    ])  # fmt: skip

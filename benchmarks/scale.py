@@ -79,7 +79,7 @@ for path in (ROOT, BENCH):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from _common import load_line, machine_line, peak_rss_bytes  # noqa: E402
+from _common import load_line, machine_line, peak_rss_bytes, render  # noqa: E402
 
 DEFAULT_WORKDIR = ROOT / ".cache" / "bench"
 MODEL_DIR = ROOT / ".cache" / "models"
@@ -838,17 +838,6 @@ def sharded_table(results: list[dict[str, Any] | None]) -> str:
 
 
 # --- the table ------------------------------------------------------------------------------
-
-
-def render(header: Sequence[str], rows: list[Sequence[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(row: Sequence[str]) -> str:
-        return "| " + " | ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)) + " |"
-
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [
-        line(r) for r in rows
-    ])  # fmt: skip
 
 
 def dag_table(results: dict[int, DagResult | None]) -> str:
