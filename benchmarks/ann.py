@@ -61,8 +61,8 @@ def vectors(size: int, queries: int, seed: int = 0):
         rows = min(50_000, size - start)
         block = centres[rng.integers(0, CENTRES, rows)]
         block += SPREAD * rng.standard_normal((rows, DIMENSIONS), dtype=np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)  # by block: no copy of all
         data[start : start + rows] = block
-    data /= np.linalg.norm(data, axis=1, keepdims=True)
     sources = rng.choice(size, queries, replace=False)
     query = data[sources] + QUERY_NOISE * rng.standard_normal((queries, DIMENSIONS), np.float32)
     query /= np.linalg.norm(query, axis=1, keepdims=True)
