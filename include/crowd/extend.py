@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 
 from include.crowd.costs import usd
 from include.crowd.ledger import S3Ledger
-from include.crowd.platform import CrowdPlatform, Task
+from include.crowd.platform import CrowdPlatform, InsufficientFunds, Task
 from include.crowd.quality import Overlap, Posterior, more_assignments
 from include.crowd.records import HitPlan
 
@@ -155,15 +155,25 @@ def extend_unsure(
     if entries is None:
         entries = extensions_of(ledger)
     left = budget_left_cents
+    short: InsufficientFunds | None = None  # once funds ran out, this round calls no more
     for plan in plans:
         if not plan.hit_id or plan.hit_id not in posteriors:
             continue
         hit_id = plan.hit_id
         done = entries.get(hit_id, [])
-        task, finished = _finish_claimed(platform, ledger, plan, done, open_until, now)
-        if finished:  # a crashed round's extension: this round waits for its assignments
-            outcome.extended.append(hit_id)
-            outcome.added += finished
+        task: Task | None = None
+        if short is None:
+            try:
+                task, finished = _finish_claimed(platform, ledger, plan, done, open_until, now)
+            except InsufficientFunds as error:
+                short = _refuse_for_funds(outcome, hit_id, error)
+                continue
+            if finished:  # a crashed round's extension: this round waits for its assignments
+                outcome.extended.append(hit_id)
+                outcome.added += finished
+        elif any(entry.get("status") != "done" for entry in done):
+            outcome.refused[hit_id] = _short_of_funds(short)  # its claim waits for funds too
+            continue
         have = (plan.max_assignments or overlap.start) + sum(int(e["count"]) for e in done)
         count = more_assignments(posteriors[hit_id], have, submitted.get(hit_id, 0), overlap)
         if not count:
@@ -183,12 +193,19 @@ def extend_unsure(
             )
             log.warning("HIT %s not extended: %s", hit_id, outcome.refused[hit_id])
             continue
+        if short is not None:  # no call this round: funds ran out at an earlier HIT
+            outcome.refused[hit_id] = _short_of_funds(short)
+            continue
         number = len(done) + 1
         entry = {"status": "requesting", "count": count, "target": have + count}
         if not ledger.claim(KIND, f"{hit_id}.{number}", entry):
             continue  # another round claimed it at the same moment: it makes the call
-        _keep_open(platform, task or platform.task(hit_id), open_until, now)
-        _add(platform, ledger, plan, number, entry)
+        try:
+            _keep_open(platform, task or platform.task(hit_id), open_until, now)
+            _add(platform, ledger, plan, number, entry)
+        except InsufficientFunds as error:  # nothing was done: the claim is finished later
+            short = _refuse_for_funds(outcome, hit_id, error)
+            continue
         if left is not None:
             left -= cost
         if hit_id not in outcome.extended:
@@ -196,6 +213,22 @@ def extend_unsure(
         outcome.added += count
     log.info("adaptive overlap: %s", outcome.summary())
     return outcome
+
+
+def _short_of_funds(error: InsufficientFunds) -> str:
+    return (
+        f"the account's available funds do not cover it ({error.reason}); a later review "
+        "round or rerun makes it once funds are free"
+    )
+
+
+def _refuse_for_funds(outcome: RoundOutcome, hit_id: str, error: InsufficientFunds):
+    """Note a HIT the platform would not extend for want of funds; the round goes on without
+    extending (its claimed ledger entry stays ``requesting``: a later round or rerun finishes
+    it with the same request token, so never twice)."""
+    outcome.refused[hit_id] = _short_of_funds(error)
+    log.warning("HIT %s not extended: %s", hit_id, outcome.refused[hit_id])
+    return error
 
 
 def _finish_claimed(

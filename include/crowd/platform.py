@@ -40,6 +40,11 @@ class Throttled(PlatformError):
     """The platform refused the request for its rate (nothing was done; retrying is safe)."""
 
 
+class InsufficientFunds(PlatformError):
+    """The account's available funds do not cover what the request would commit (nothing was
+    done; the same request may succeed once funds are free again)."""
+
+
 class OutcomeUnknown(PlatformError):
     """A request without a request token failed in a way that leaves unknown whether it ran
     (so it must not be repeated blindly)."""

@@ -27,6 +27,7 @@ from include.crowd.mturk import answers, question, requirements
 from include.crowd.mturk.fees import FEES
 from include.crowd.platform import (
     DuplicateRequest,
+    InsufficientFunds,
     OutcomeUnknown,
     PlatformError,
     Submission,
@@ -97,6 +98,17 @@ def _message(error: ClientError) -> str:
     return error.response.get("Error", {}).get("Message", str(error))
 
 
+def _is_insufficient_funds(error: ClientError) -> bool:
+    """MTurk's refusal for want of funds: its TurkErrorCode, or its message ("This Requester
+    has insufficient funds in their account to complete this transaction")."""
+    turk_code = error.response.get("TurkErrorCode") or error.response.get("Error", {}).get(
+        "TurkErrorCode"
+    )
+    return turk_code == "AWS.MechanicalTurk.InsufficientFunds" or (
+        "insufficient funds" in _message(error).lower()
+    )
+
+
 def _is_duplicate(error: ClientError) -> bool:
     text = f"{_code(error)} {_message(error)}"
     return "UniqueRequestToken" in text or "HitAlreadyExists" in text
@@ -109,7 +121,13 @@ def _translated(operation: str) -> Generator[None, None, None]:
         yield
     except ClientError as error:
         code, message = _code(error), _message(error)
-        kind = Throttled if code in THROTTLING_CODES else PlatformError
+        kind = (
+            Throttled
+            if code in THROTTLING_CODES
+            else InsufficientFunds
+            if _is_insufficient_funds(error)
+            else PlatformError
+        )
         raise kind(message, code=code, operation=operation) from error
 
 

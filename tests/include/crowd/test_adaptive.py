@@ -4,6 +4,7 @@ HITs exactly once (``extend``), against moto's S3 server and the crowd sandbox."
 from __future__ import annotations
 
 import dataclasses
+import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,8 +15,10 @@ from include.crowd.extend import added_assignments, extend_unsure, extension_tok
 from include.crowd.quality import Overlap, Skill, more_assignments, posteriors, skills
 from include.crowd.records import NONE_OF_THESE, Review
 from include.crowd.review import review_batch
+from testsupport import sandbox_process as sandbox_fixtures
 from testsupport.crowd_plans import REVIEW, SETTINGS, render
 from testsupport.platforms import mturk_platform
+from testsupport.sandbox_process import create_hit
 
 OVERLAP = Overlap(start=3, maximum=5, confidence=0.95)
 
@@ -223,6 +226,42 @@ def test_the_budget_left_stops_an_extension(crowd, ledger):
     outcome = round_of(platform, ledger, [p], approval_cents={p.hit_id: 6}, budget_left_cents=5)
     assert outcome.extended == [] and "exceed the budget left ($0.05)" in outcome.refused[p.hit_id]
     assert mturk.get_hit(HITId=p.hit_id)["HIT"]["MaxAssignments"] == 3
+
+
+def test_an_extension_refused_for_want_of_funds_is_made_once_when_funds_are_free(
+    tmp_path, ledger, caplog
+):
+    """MTurk holds what a HIT may pay from its creation, so another batch can take the funds
+    an extension needs (the budget check at creation reserves nothing): the refused extension
+    neither stops the review round nor is lost; it stays claimed and a later round makes it,
+    with the same request token, once."""
+    crowd = sandbox_fixtures.start_sandbox(tmp_path / "state.sqlite", "--balance", "1.00")
+    try:
+        mturk = crowd.client()
+        platform = mturk_platform(mturk)
+        p = split_hit(crowd, ledger, platform)  # holds 3 x 0.06
+        other = create_hit(  # another batch's HIT: holds 0.46 for a minute
+            mturk, Reward="0.38", MaxAssignments=1, LifetimeInSeconds=60, RequesterAnnotation="b2"
+        )
+        # The review pays three bonuses of 0.10 + 0.02 from what is left (0.36): nothing
+        # remains for one more assignment (0.06).
+        with caplog.at_level(logging.WARNING, logger="include.crowd.extend"):
+            outcome = round_of(platform, ledger, [p])
+        assert outcome.extended == [] and "available funds" in outcome.refused[p.hit_id]
+        assert "insufficient funds" in caplog.text
+        assert mturk.get_hit(HITId=p.hit_id)["HIT"]["MaxAssignments"] == 3
+        assert ledger.get("extensions", f"{p.hit_id}.1")["status"] == "requesting"
+
+        crowd.admin("clock", {"advance": 61})  # the other HIT expires untaken
+        assert mturk.get_hit(HITId=other["HITId"])["HIT"]["HITStatus"] == "Reviewable"
+        again = round_of(platform, ledger, [p])
+        assert again.extended == [p.hit_id] and again.refused == {}
+        assert mturk.get_hit(HITId=p.hit_id)["HIT"]["MaxAssignments"] == 4
+        assert ledger.get("extensions", f"{p.hit_id}.1")["status"] == "done"
+        assert ledger.get("extensions", f"{p.hit_id}.2") is None
+        assert added_assignments(ledger) == {p.hit_id: 1}
+    finally:
+        crowd.stop()
 
 
 def test_fixed_overlap_never_extends(crowd, ledger):

@@ -21,6 +21,7 @@ from include.crowd.mturk.adapter import refuse_blind_retry
 from include.crowd.mturk.answers import submission
 from include.crowd.platform import (
     DuplicateRequest,
+    InsufficientFunds,
     OutcomeUnknown,
     PlatformError,
     TaskSpec,
@@ -153,6 +154,25 @@ def test_mturk_errors_become_platform_errors(code, kind):
     assert isinstance(raised.value.__cause__, ClientError)
     with pytest.raises(kind):
         platform.balance_cents()
+
+
+def test_a_refusal_for_want_of_funds_is_insufficient_funds():
+    """CreateHIT's and CreateAdditionalAssignmentsForHIT's refusal when the available funds do
+    not cover them (MTurk: "This Requester has insufficient funds in their account to complete
+    this transaction"): a PlatformError the extension rounds can wait out."""
+    refused = _client_error(
+        "RequestError",
+        "This Requester has insufficient funds in their account to complete this transaction.",
+    )
+    with pytest.raises(InsufficientFunds) as raised:
+        mturk_platform(Answers(refused)).add_assignments("H", 1, token="t")
+    assert isinstance(raised.value, PlatformError) and raised.value.code == "RequestError"
+    with pytest.raises(InsufficientFunds):
+        mturk_platform(Answers(refused)).create_task(SPEC, html_page(), batch_id="b", token="t")
+    other = _client_error("RequestError", "Worker does not exist")
+    with pytest.raises(PlatformError) as raised:
+        mturk_platform(Answers(other)).add_assignments("H", 1, token="t")
+    assert not isinstance(raised.value, InsufficientFunds)
 
 
 def test_a_repeated_token_is_a_duplicate_request_and_a_repeated_bonus_is_no_error():
