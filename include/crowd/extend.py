@@ -200,10 +200,12 @@ def extend_unsure(
         entry = {"status": "requesting", "count": count, "target": have + count}
         if not ledger.claim(KIND, f"{hit_id}.{number}", entry):
             continue  # another round claimed it at the same moment: it makes the call
+        # Refused for want of funds, nothing was added (the HIT may already be kept open):
+        # the claim stays and a later round or rerun finishes it.
         try:
             _keep_open(platform, task or platform.task(hit_id), open_until, now)
             _add(platform, ledger, plan, number, entry)
-        except InsufficientFunds as error:  # nothing was done: the claim is finished later
+        except InsufficientFunds as error:
             short = _refuse_for_funds(outcome, hit_id, error)
             continue
         if left is not None:
@@ -224,8 +226,10 @@ def _short_of_funds(error: InsufficientFunds) -> str:
 
 def _refuse_for_funds(outcome: RoundOutcome, hit_id: str, error: InsufficientFunds):
     """Note a HIT the platform would not extend for want of funds; the round goes on without
-    extending (its claimed ledger entry stays ``requesting``: a later round or rerun finishes
-    it with the same request token, so never twice)."""
+    extending. Its claimed ledger entry stays ``requesting``: a later round (when other HITs
+    were extended) or a rerun of the batch finishes it with the same request token, so never
+    twice; the budget counts it as committed meanwhile. The rounds do not wait for funds: a
+    refused HIT has all its assignments in, so waiting for it would end at once."""
     outcome.refused[hit_id] = _short_of_funds(error)
     log.warning("HIT %s not extended: %s", hit_id, outcome.refused[hit_id])
     return error

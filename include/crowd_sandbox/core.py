@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import secrets
 import string
 import time
@@ -28,6 +29,8 @@ from include.crowd_sandbox import money
 from include.crowd_sandbox.protocol import RequestError
 from include.crowd_sandbox.qualification_requirements import requires_masters
 from include.crowd_sandbox.store import AssignmentCounts, HITState, Hold, Store
+
+log = logging.getLogger(__name__)
 
 TOKEN_LIFETIME_S = 24 * 3600
 DEFAULT_PAGE_SIZE = 10
@@ -198,12 +201,14 @@ class SandboxCore:
             slots += max(0, hold.max_assignments - counts.assigned)
         return slots * hold.slot_cost
 
-    def _rehold(self, hit_id: str, *, check: bool = False) -> None:
-        """Set a HIT's hold to what its state asks for now (from columns: no document is
-        read). ``check``: refuse (as MTurk does, ``InsufficientFunds``) a hold that grows by
-        more than the available funds; the operation's transaction then undoes everything."""
+    def _rehold(self, hit_id: str, *, check: bool = False, now: float | None = None) -> None:
+        """Set a HIT's hold to what its state asks for ``now`` (default: the clock; from
+        columns, no document is read). ``check``: refuse (as MTurk does, ``InsufficientFunds``)
+        a hold that grows by more than the available funds; the operation's transaction then
+        undoes everything."""
         available = self._available()
-        grown = self.store.set_hold(hit_id, self._hold_for(self.store.hold(hit_id), self._now()))
+        now = self._now() if now is None else now
+        grown = self.store.set_hold(hit_id, self._hold_for(self.store.hold(hit_id), now))
         if check and grown > 0:
             self._require_funds(grown, available)
 
@@ -213,9 +218,19 @@ class SandboxCore:
         holds what its HITs ask for. Only HITs without a recorded slot cost are read."""
         for hit_id in self.store.reset_holds():
             self.store.put_slot_cost(hit_id, self._approval_cost(self._hit(hit_id)))
+        now = self._now()  # one time for every HIT and the mark: none expires between them
         for hit_id in self.store.hit_ids():
-            self._rehold(hit_id)
-        self.store.set_meta(HOLD_MARK_KEY, repr(self._now()))
+            self._rehold(hit_id, now=now)
+        self.store.set_meta(HOLD_MARK_KEY, repr(now))
+        available = self._available()
+        if available < 0:  # a file from a sandbox that let HITs commit more than the balance
+            log.warning(
+                "%s: the HITs hold $%s, more than the balance: AvailableBalance is $%s, and "
+                "new HITs are refused until work is reviewed or expires",
+                self.store.path,
+                money.format_amount(self.store.held() or 0),
+                money.format_amount(available),
+            )
 
     def _release_expired(self, now: float) -> None:
         """Give back the free slots' holds of the HITs that expired since the last look."""

@@ -233,8 +233,8 @@ def test_an_extension_refused_for_want_of_funds_is_made_once_when_funds_are_free
 ):
     """MTurk holds what a HIT may pay from its creation, so another batch can take the funds
     an extension needs (the budget check at creation reserves nothing): the refused extension
-    neither stops the review round nor is lost; it stays claimed and a later round makes it,
-    with the same request token, once."""
+    neither stops the review round nor is lost; it stays claimed and a later round (when other
+    HITs were extended) or a rerun of the batch makes it, with the same request token, once."""
     crowd = sandbox_fixtures.start_sandbox(tmp_path / "state.sqlite", "--balance", "1.00")
     try:
         mturk = crowd.client()
