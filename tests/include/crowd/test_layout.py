@@ -27,6 +27,7 @@ from include.crowd.layout import plan_hits, render_hit, render_question, request
 from include.crowd.mturk.question import HTML_QUESTION_XMLNS, html_question
 from include.crowd.mturk.requirements import qualification_requirements
 from include.crowd.records import HitPlan, ImageRef
+from testsupport.browserkit import local_page
 from testsupport.imagekit import textured
 from testsupport.sandbox_process import PROJECT_ROOT, RunningSandbox, start_sandbox
 
@@ -694,24 +695,6 @@ def artifacts() -> Path:
     for old in ARTIFACTS.glob("*.png"):
         old.unlink()
     return ARTIFACTS
-
-
-def local_page(browser, allowed: tuple[str, ...], foreign: list[str], **context):
-    """A page that may only load from ``allowed`` origins; anything else is aborted and noted."""
-    context = browser.new_context(**({"viewport": {"width": 1280, "height": 900}} | context))
-
-    def guard(route):
-        url = route.request.url
-        if url.startswith(tuple(origin + "/" for origin in allowed) + ("data:", "about:")):
-            route.continue_()
-        else:
-            foreign.append(url)
-            route.abort()
-
-    context.route("**/*", guard)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    return page
 
 
 def test_a_person_previews_accepts_and_submits_the_hit_in_chromium(

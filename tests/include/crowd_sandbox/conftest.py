@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page
 
+from testsupport.browserkit import local_page
 from testsupport.sandbox_process import (  # noqa: F401  (re-exported for the tests of this folder)
     HTML_QUESTION,
     PROJECT_ROOT,
@@ -51,18 +52,8 @@ def foreign_requests() -> list[str]:
 @pytest.fixture
 def page(browser, sandbox, foreign_requests) -> Iterator[Page]:
     """A page that may only talk to the sandbox: any other request is aborted and recorded."""
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-
-    def guard(route):
-        url = route.request.url
-        if url.startswith(sandbox.url + "/") or url.startswith(("data:", "about:")):
-            route.continue_()
-        else:
-            foreign_requests.append(url)
-            route.abort()
-
-    context.route("**/*", guard)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
+    page = local_page(
+        browser, (sandbox.url,), foreign_requests, viewport={"width": 1200, "height": 900}
+    )
     yield page
-    context.close()
+    page.context.close()

@@ -473,14 +473,6 @@ def test_a_question_with_a_document_type_is_refused_before_its_entities_expand(m
     )
     question = prefix + laughs + html_question().replace("Pick one", "&g;", 1)
     with pytest.raises(ClientError) as raised:
-        mturk.create_hit(
-            MaxAssignments=1,
-            LifetimeInSeconds=600,
-            AssignmentDurationInSeconds=60,
-            Reward="0.10",
-            Title="Entities",
-            Description="A question with a document type",
-            Question=question,
-        )
+        create_hit(mturk, Title="Entities", Question=question)
     assert "<!DOCTYPE>" in raised.value.response["Error"]["Message"]
     assert mturk.list_hits()["NumResults"] == 0

@@ -22,6 +22,7 @@ from test_workers import Files, altered, png, wait_for  # noqa: F401  (files: th
 
 from include.crowd_sandbox import qualification_tests, question_form
 from include.crowd_sandbox.protocol import RequestError
+from testsupport import sandbox_process
 from testsupport.imagekit import textured
 from testsupport.sandbox_process import html_question, http
 
@@ -109,16 +110,14 @@ def outcome(page: str) -> str | None:
 
 
 def create_hit(mturk, requirements: list[dict]) -> str:
-    return mturk.create_hit(
+    return sandbox_process.create_hit(
+        mturk,
         MaxAssignments=3,
-        LifetimeInSeconds=3600,
-        AssignmentDurationInSeconds=600,
         Reward="0.10",
         Title="Needs a qualification",
         Description="Only for qualified workers",
-        Question=html_question(),
         QualificationRequirements=requirements,
-    )["HIT"]["HITId"]
+    )["HITId"]
 
 
 # --- auto-graded tests --------------------------------------------------------------------
