@@ -160,7 +160,7 @@ class SandboxCore:
 
     def _available(self) -> int:
         """The balance less the funds held for assignment liability: what new work may use."""
-        return self._balance() - (self.store.held() or 0)
+        return self._balance() - self.store.held()
 
     def _require_funds(self, cents: int, available: int | None = None) -> None:
         available = self._available() if available is None else available
@@ -206,7 +206,7 @@ class SandboxCore:
         columns, no document is read). ``check``: refuse (as MTurk does, ``InsufficientFunds``)
         a hold that grows by more than the available funds; the operation's transaction then
         undoes everything."""
-        available = self._available()
+        available = self._available() if check else 0
         now = self._now() if now is None else now
         grown = self.store.set_hold(hit_id, self._hold_for(self.store.hold(hit_id), now))
         if check and grown > 0:
@@ -228,7 +228,7 @@ class SandboxCore:
                 "%s: the HITs hold $%s, more than the balance: AvailableBalance is $%s, and "
                 "new HITs are refused until work is reviewed or expires",
                 self.store.path,
-                money.format_amount(self.store.held() or 0),
+                money.format_amount(self.store.held()),
                 money.format_amount(available),
             )
 

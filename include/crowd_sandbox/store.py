@@ -309,11 +309,9 @@ class Store:
 
     # --- typed helpers ----------------------------------------------------------------------
 
-    def held(self) -> int | None:
-        """The funds held for every HIT's assignment liability, in cents (``None`` in a file
-        written before holds were kept)."""
-        value = self.meta("held_cents")
-        return None if value is None else int(value)
+    def held(self) -> int:
+        """The funds held for every HIT's assignment liability, in cents."""
+        return int(self.meta("held_cents") or 0)
 
     def put_slot_cost(self, hit_id: str, slot_cost: int) -> None:
         """Record what one approved assignment of a HIT costs (its hold's unit)."""
@@ -350,7 +348,7 @@ class Store:
             if cents == before:
                 return 0
             self.execute("UPDATE holds SET cents = ? WHERE hit_id = ?", (cents, hit_id))
-            self.set_meta("held_cents", str((self.held() or 0) + cents - before))
+            self.set_meta("held_cents", str(self.held() + cents - before))
             return cents - before
 
     def reset_holds(self) -> list[str]:

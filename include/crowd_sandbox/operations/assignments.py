@@ -230,5 +230,5 @@ class AssignmentOperations(SandboxCore):
     def op_GetAccountBalance(self, params: dict[str, Any], request_id: str) -> dict[str, Any]:
         return {
             "AvailableBalance": money.format_amount(self._available()),
-            "OnHoldBalance": money.format_amount(self.store.held() or 0),
+            "OnHoldBalance": money.format_amount(self.store.held()),
         }
